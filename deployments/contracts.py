@@ -1,0 +1,144 @@
+"""What passes between the stages: EditRequest -> Encoder -> Conditioning -> Denoiser -> Latents -> Decoder -> EditedImage.
+
+Frozen dataclasses with diffusers' tensor names. Tensors cross process boundaries on the CPU,
+contiguous, in the model dtype; never as base64 or JSON.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from deployments.errors import InvalidInputError
+
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+MAX_INPUT_IMAGES = 3
+MAX_SIDE = 4096
+MAX_STEPS = 1000
+MAX_CFG_SCALE = 100.0
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """How the Decoder encodes the image. `compression` is the JPEG/WebP quality, 100 = best (OpenAI's meaning)."""
+
+    format: str = "png"
+    compression: int = 100
+
+    def __post_init__(self):
+        if self.format not in OUTPUT_FORMATS:
+            raise InvalidInputError("output_format", f"must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}")
+        if not _is_int(self.compression) or not 0 <= self.compression <= 100:
+            raise InvalidInputError("output_compression", f"must be an integer in [0, 100], got {self.compression!r}")
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One validated edit: input image bytes (decoded by the Encoder), the instruction and the sampling settings.
+
+    True CFG runs when `negative_prompt` is given and `true_cfg_scale > 1` (diffusers' rule).
+    `width`/`height` of None mean: the model's area at the aspect ratio of the input image.
+    """
+
+    images: tuple[bytes, ...]
+    prompt: str
+    negative_prompt: str | None = None
+    seed: int = 0
+    num_inference_steps: int = 50
+    true_cfg_scale: float = 4.0
+    width: int | None = None
+    height: int | None = None
+    output: OutputSpec = field(default_factory=OutputSpec)
+    request_id: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.images, tuple) or not 1 <= len(self.images) <= MAX_INPUT_IMAGES:
+            raise InvalidInputError("image", f"give 1 to {MAX_INPUT_IMAGES} images, got {_count(self.images)}")
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise InvalidInputError("prompt", "must be a non-empty instruction")
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise InvalidInputError("negative_prompt", "must be a string")
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise InvalidInputError("seed", f"must be an integer in [0, {MAX_SEED}], got {self.seed!r}")
+        if not _is_int(self.num_inference_steps) or not 1 <= self.num_inference_steps <= MAX_STEPS:
+            raise InvalidInputError(
+                "num_inference_steps", f"must be an integer in [1, {MAX_STEPS}], got {self.num_inference_steps!r}"
+            )
+        scale = self.true_cfg_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise InvalidInputError("true_cfg_scale", f"must be a finite number, got {scale!r}")
+        if not 0 <= scale <= MAX_CFG_SCALE:
+            raise InvalidInputError("true_cfg_scale", f"must be in [0, {MAX_CFG_SCALE:g}], got {scale!r}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or not 1 <= value <= MAX_SIDE):
+                raise InvalidInputError("size", f"{name} must be an integer in [1, {MAX_SIDE}], got {value!r}")
+        if (self.width is None) != (self.height is None):
+            raise InvalidInputError("size", "give both width and height, or neither")
+
+    @property
+    def do_true_cfg(self) -> bool:
+        return self.negative_prompt is not None and self.true_cfg_scale > 1
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """The Encoder's output: everything the Denoiser needs, and nothing it has to recompute.
+
+    `img_shapes` are the transformer's (frames, rows, cols) patch grids: the output first, then each
+    input image, as diffusers passes them (RoPE positions depend on them).
+    """
+
+    request_id: str
+    prompt_embeds: torch.Tensor  # (S, D)
+    prompt_embeds_mask: torch.Tensor  # (S,) int64, 1 = real token
+    negative_prompt_embeds: torch.Tensor | None  # (S', D), None when CFG is off
+    negative_prompt_embeds_mask: torch.Tensor | None  # (S',)
+    image_latents: torch.Tensor  # (L_img, C) normalized, packed latents of all input images, concatenated
+    img_shapes: tuple[tuple[int, int, int], ...]
+    height: int  # output pixels
+    width: int
+    seed: int
+    num_inference_steps: int
+    true_cfg_scale: float
+    output: OutputSpec
+
+    @property
+    def do_true_cfg(self) -> bool:
+        return self.negative_prompt_embeds is not None
+
+
+@dataclass(frozen=True)
+class Latents:
+    """The Denoiser's output: final packed latents of one edit."""
+
+    request_id: str
+    latents: torch.Tensor  # (L, C) packed, normalized
+    height: int
+    width: int
+    seed: int
+    output: OutputSpec
+
+
+@dataclass(frozen=True)
+class EditedImage:
+    """The Decoder's output: the encoded image and what it is."""
+
+    request_id: str
+    data: bytes
+    format: str
+    width: int
+    height: int
+    seed: int
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count(images) -> str:
+    try:
+        return str(len(images))
+    except TypeError:
+        return type(images).__name__

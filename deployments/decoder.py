@@ -1,0 +1,36 @@
+"""Stage 3, Decoder: Latents -> EditedImage.
+
+Loads: the VAE only. Unpacks and de-normalizes the latents, VAE-decodes, post-processes exactly as
+diffusers does and encodes the image as PNG, JPEG or WebP.
+"""
+
+import numpy as np
+import torch
+
+from deployments.contracts import EditedImage, Latents
+from deployments.families import load_family
+from deployments.images import encode_image
+from deployments.settings import model_from_env
+
+
+class Decoder:
+    def __init__(self, model: str | None = None, device: torch.device | None = None):
+        self.family = load_family(model or model_from_env(), "decode", device)
+
+    def decode_pixels(self, latents: Latents) -> np.ndarray:
+        """The (H, W, 3) float image in [0, 1], before 8-bit quantization."""
+        return self.family.decode(latents)
+
+    def decode(self, latents: Latents) -> EditedImage:
+        pixels = self.decode_pixels(latents)
+        return EditedImage(
+            request_id=latents.request_id,
+            data=encode_image(pixels, latents.output),
+            format=latents.output.format,
+            width=pixels.shape[1],
+            height=pixels.shape[0],
+            seed=latents.seed,
+        )
+
+    def decode_batch(self, batch: list[Latents]) -> list[EditedImage]:
+        return [self.decode(latents) for latents in batch]

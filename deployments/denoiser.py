@@ -1,0 +1,53 @@
+"""Stage 2, Denoiser: list[Conditioning] -> list[Latents], one batched model forward per step.
+
+Loads: the transformer and the scheduler config (never the VAE or the text encoder).
+Requests in one batch may differ in prompt and prompt length, seed, CFG on/off and scale, and may be
+at different steps: `start` admits a request at any time and `step` advances every given job by one
+step, so a caller can add and retire requests between steps. Jobs whose latent shapes differ are
+never mixed in one forward. Each request's result equals denoising it alone.
+"""
+
+import torch
+
+from deployments.contracts import Conditioning, Latents
+from deployments.families import DenoiseJob, load_family
+from deployments.settings import model_from_env
+
+
+class Denoiser:
+    def __init__(self, model: str | None = None, device: torch.device | None = None):
+        self.family = load_family(model or model_from_env(), "denoise", device)
+
+    def denoise(self, batch: list[Conditioning]) -> list[Latents]:
+        jobs = [self.start(conditioning) for conditioning in batch]
+        while active := [job for job in jobs if not job.done]:
+            self.step(active)
+        return [self.finish(job) for job in jobs]
+
+    def start(self, conditioning: Conditioning) -> DenoiseJob:
+        """Initial noise from the request's seed and its own sigma schedule; no model call yet."""
+        return self.family.start(conditioning)
+
+    @torch.no_grad()
+    def step(self, jobs: list[DenoiseJob]) -> None:
+        """Advances every job by one step: one model forward per latent-shape bucket, then each job's
+        own scheduler update."""
+        buckets: dict = {}
+        for job in jobs:
+            buckets.setdefault(job.bucket, []).append(job)
+        for group in buckets.values():
+            for job, noise_pred in zip(group, self.family.predict(group)):
+                job.latents = job.scheduler.step(noise_pred, job.timestep, job.latents, return_dict=False)[0]
+                job.step_index += 1
+
+    @staticmethod
+    def finish(job: DenoiseJob) -> Latents:
+        c = job.conditioning
+        return Latents(
+            request_id=c.request_id,
+            latents=job.latents[0].detach().to("cpu").contiguous(),
+            height=c.height,
+            width=c.width,
+            seed=c.seed,
+            output=c.output,
+        )

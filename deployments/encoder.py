@@ -1,0 +1,35 @@
+"""Stage 1, Encoder: EditRequest -> Conditioning.
+
+Loads: the VL processor, the Qwen2.5-VL text encoder and the VAE (never the transformer).
+Decodes the uploaded bytes (EXIF orientation applied, any mode to RGB), resizes as diffusers does,
+embeds the prompt (and the negative prompt when true CFG is on) and VAE-encodes the input image(s)
+into normalized, packed latents. Output tensors are on the CPU.
+"""
+
+import torch
+
+from deployments.contracts import Conditioning, EditRequest
+from deployments.errors import EditError
+from deployments.families import load_family
+from deployments.images import decode_image
+from deployments.settings import model_from_env
+
+
+class Encoder:
+    def __init__(self, model: str | None = None, device: torch.device | None = None):
+        self.family = load_family(model or model_from_env(), "encode", device)
+
+    def encode(self, request: EditRequest) -> Conditioning:
+        images = [decode_image(data, "image" if len(request.images) == 1 else f"image[{i}]") for i, data in enumerate(request.images)]
+        return self.family.encode(request, images)
+
+    def encode_batch(self, requests: list[EditRequest]) -> list[Conditioning | EditError]:
+        """Each request's Conditioning, or the error that request alone ended with."""
+        return [_or_error(self.encode, request) for request in requests]
+
+
+def _or_error(fn, item):
+    try:
+        return fn(item)
+    except EditError as e:
+        return e

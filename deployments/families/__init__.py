@@ -1,0 +1,30 @@
+"""Model families and how a stage gets its own: `load_family(model, "encode" | "denoise" | "decode")`."""
+
+import torch
+
+from deployments.errors import ModelLoadError
+from deployments.families.base import DenoiseJob, ModelFamily
+from deployments.families.qwen_image_edit import QwenImageEdit
+from deployments.models import default_device, default_dtype, load_components, resolve_model
+
+FAMILIES: tuple[type[ModelFamily], ...] = (QwenImageEdit,)
+
+__all__ = ["DenoiseJob", "ModelFamily", "FAMILIES", "load_family"]
+
+
+def load_family(model: str, stage: str, device: torch.device | None = None) -> ModelFamily:
+    """The family math of `model` with only the components `stage` needs, loaded on `device`."""
+    device = device or default_device()
+    spec = resolve_model(model, _all_components(stage))
+    for family in FAMILIES:
+        if spec.pipeline_class in family.pipeline_classes:
+            dtype = default_dtype(device)
+            loaded = load_components(spec, family.components[stage], device, dtype)
+            return family(spec, loaded, device, dtype)
+    supported = sorted(name for family in FAMILIES for name in family.pipeline_classes)
+    raise ModelLoadError(f"{model!r} is a {spec.pipeline_class}; supported pipelines are {supported}")
+
+
+def _all_components(stage: str) -> tuple[str, ...]:
+    # Before model_index.json is read the family is unknown: fetch what any family's stage may need.
+    return tuple(sorted({name for family in FAMILIES for name in family.components[stage]}))

@@ -1,0 +1,78 @@
+"""The per-family interface: the math that differs between model families, behind a few named calls.
+
+The stage classes own what is common (loading, validation, batching, the step loop, image I/O);
+a family owns prompt encoding, latent packing, the model call with its guidance combination, the
+scheduler set-up and latent decoding. A stage builds its family with only that stage's components
+and calls only that stage's methods.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from deployments.contracts import Conditioning, EditRequest, Latents
+from deployments.models import ModelSpec
+
+
+@dataclass(eq=False)
+class DenoiseJob:
+    """One request inside the Denoiser: its conditioning on the device and where its sampling stands."""
+
+    conditioning: Conditioning
+    latents: torch.Tensor  # (1, L, C) the current sample, packed
+    scheduler: Any  # this request's own scheduler instance (schedulers keep a step index)
+    timesteps: torch.Tensor  # (N,)
+    generator: torch.Generator  # seeded with the request's seed
+    bucket: Hashable  # jobs with equal buckets may share one model forward
+    device_inputs: dict[str, torch.Tensor]  # conditioning tensors moved to the model's device
+    step_index: int = 0
+
+    @property
+    def timestep(self) -> torch.Tensor:
+        return self.timesteps[self.step_index]
+
+    @property
+    def done(self) -> bool:
+        return self.step_index >= len(self.timesteps)
+
+
+class ModelFamily(ABC):
+    """Family math for one pipeline class. `components[stage]` lists what each stage loads."""
+
+    pipeline_classes: ClassVar[tuple[str, ...]]
+    components: ClassVar[dict[str, tuple[str, ...]]]  # "encode" | "denoise" | "decode" -> component names
+
+    def __init__(self, spec: ModelSpec, loaded: dict[str, Any], device: torch.device, dtype: torch.dtype):
+        self.spec = spec
+        self.loaded = loaded
+        self.device = device
+        self.dtype = dtype
+
+    @property
+    @abstractmethod
+    def max_input_images(self) -> int: ...
+
+    # Encoder side
+    @abstractmethod
+    def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
+        """Prompt embeddings (and negative ones with CFG) and image latents; tensors on the CPU."""
+
+    # Denoiser side
+    @abstractmethod
+    def start(self, conditioning: Conditioning) -> DenoiseJob:
+        """Initial noise from the request's seed, its own scheduler and timesteps."""
+
+    @abstractmethod
+    def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
+        """One batched model forward for `jobs` (one bucket, each at its own timestep, guidance rows
+        included) and the guided noise prediction of each, shaped like its `latents`."""
+
+    # Decoder side
+    @abstractmethod
+    def decode(self, latents: Latents) -> np.ndarray:
+        """The (H, W, 3) float image in [0, 1], before 8-bit quantization."""

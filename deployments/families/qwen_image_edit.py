@@ -1,0 +1,237 @@
+"""Qwen-Image-Edit family math (QwenImageEditPipeline, QwenImageEditPlusPipeline for -2509/-2511).
+
+Adapted from diffusers 0.42 `pipelines/qwenimage/pipeline_qwenimage_edit{,_plus}.py` (`__call__`
+split into encode / start + predict / decode). Where diffusers has a helper we call it (on a pipeline
+object holding only this stage's components) instead of copying it, so fixes there reach us.
+"""
+
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
+from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (
+    calculate_dimensions,
+    calculate_shift,
+    retrieve_timesteps,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from deployments.contracts import Conditioning, EditRequest, Latents
+from deployments.errors import InvalidInputError, ModelLoadError
+from deployments.families.base import DenoiseJob, ModelFamily
+from deployments.models import ModelSpec
+
+PIPELINES = {cls.__name__: cls for cls in (QwenImageEditPipeline, QwenImageEditPlusPipeline)}
+ALL_COMPONENTS = ("scheduler", "vae", "text_encoder", "tokenizer", "processor", "transformer")
+
+
+class QwenImageEdit(ModelFamily):
+    pipeline_classes = tuple(PIPELINES)
+    components = {
+        "encode": ("processor", "text_encoder", "vae"),
+        "denoise": ("transformer", "scheduler"),
+        "decode": ("vae",),
+    }
+
+    def __init__(self, spec: ModelSpec, loaded: dict[str, Any], device: torch.device, dtype: torch.dtype):
+        super().__init__(spec, loaded, device, dtype)
+        self.plus = spec.pipeline_class == QwenImageEditPlusPipeline.__name__
+        # diffusers' pipeline holding only this stage's components: its prompt template, image
+        # processor and static helpers are the reference we must match.
+        self.pipe = PIPELINES[spec.pipeline_class](**{name: loaded.get(name) for name in ALL_COMPONENTS})
+        transformer = loaded.get("transformer")
+        if transformer is not None and transformer.config.guidance_embeds:
+            raise ModelLoadError(f"{spec.model_id!r}: guidance-distilled Qwen-Image transformers are not supported")
+
+    @property
+    def max_input_images(self) -> int:
+        return 3 if self.plus else 1
+
+    # ---- Encoder -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
+        if len(images) > self.max_input_images:
+            raise InvalidInputError(
+                "image", f"{self.spec.pipeline_class} takes at most {self.max_input_images} image(s), got {len(images)}"
+            )
+        condition_images, vae_images, vae_sizes = self._prepare_images(images)
+        width, height = self._output_size(request, images)
+        prompt_embeds, prompt_mask = self._encode_prompt(request.prompt, condition_images)
+        negative_embeds = negative_mask = None
+        if request.do_true_cfg:
+            negative_embeds, negative_mask = self._encode_prompt(request.negative_prompt, condition_images)
+        scale = self.pipe.vae_scale_factor * 2
+        return Conditioning(
+            request_id=request.request_id,
+            prompt_embeds=prompt_embeds,
+            prompt_embeds_mask=prompt_mask,
+            negative_prompt_embeds=negative_embeds,
+            negative_prompt_embeds_mask=negative_mask,
+            image_latents=self._encode_image_latents(vae_images),
+            img_shapes=((1, height // scale, width // scale), *[(1, h // scale, w // scale) for w, h in vae_sizes]),
+            height=height,
+            width=width,
+            seed=request.seed,
+            num_inference_steps=request.num_inference_steps,
+            true_cfg_scale=float(request.true_cfg_scale),
+            output=request.output,
+        )
+
+    def _prepare_images(self, images: list[Image.Image]):
+        """Condition image(s) for the VL encoder (PIL) and VAE image(s) (B, C, 1, H, W) with their sizes."""
+        settings, processor = self.spec.settings, self.pipe.image_processor
+        condition_images, vae_images, vae_sizes = [], [], []
+        for image in images:
+            ratio = image.width / image.height
+            vae_width, vae_height = calculate_dimensions(settings.vae_image_area, ratio)
+            if self.plus:
+                condition_width, condition_height = calculate_dimensions(settings.condition_image_area, ratio)
+                condition_images.append(processor.resize(image, condition_height, condition_width))
+            else:  # Edit shows the VL encoder the VAE-sized image and preprocesses that resized copy
+                image = processor.resize(image, vae_height, vae_width)
+                condition_images.append(image)
+            vae_images.append(processor.preprocess(image, vae_height, vae_width).unsqueeze(2))
+            vae_sizes.append((vae_width, vae_height))
+        return condition_images, vae_images, vae_sizes
+
+    def _output_size(self, request: EditRequest, images: list[Image.Image]) -> tuple[int, int]:
+        multiple = self.pipe.vae_scale_factor * 2
+        if request.width is not None:
+            if request.width % multiple or request.height % multiple:
+                raise InvalidInputError(
+                    "size", f"width and height must be multiples of {multiple}, got {request.width}x{request.height}"
+                )
+            return request.width, request.height
+        # Edit-Plus takes the aspect ratio of the last image, Edit of its only one.
+        image = images[-1]
+        width, height = calculate_dimensions(self.spec.settings.vae_image_area, image.width / image.height)
+        return width // multiple * multiple, height // multiple * multiple
+
+    def _encode_prompt(self, prompt: str, condition_images: list[Image.Image]):
+        """(S, D) embeddings and their (S,) mask for one prompt, on the CPU."""
+        images = condition_images if self.plus else condition_images[0]
+        embeds, mask = self.pipe.encode_prompt(prompt=prompt, image=images, device=self.device)
+        if mask is None:  # diffusers drops an all-ones mask; the contract always carries one
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+        return _to_cpu(embeds[0]), _to_cpu(mask[0])
+
+    def _encode_image_latents(self, vae_images: list[torch.Tensor]) -> torch.Tensor:
+        """Normalized, packed latents of every input image, concatenated: (L_img, C)."""
+        packed = []
+        for image in vae_images:
+            latents = self.pipe._encode_vae_image(image.to(self.device, self.dtype), generator=None)
+            _, channels, _, height, width = latents.shape  # (1, C, 1, h, w)
+            packed.append(self.pipe._pack_latents(latents, 1, channels, height, width))
+        return _to_cpu(torch.cat(packed, dim=1)[0])
+
+    # ---- Denoiser ------------------------------------------------------------------------------
+
+    def start(self, conditioning: Conditioning) -> DenoiseJob:
+        transformer, template = self.loaded["transformer"], self.loaded["scheduler"]
+        _, rows, cols = conditioning.img_shapes[0]
+        channels = transformer.config.in_channels // 4
+        generator = torch.Generator("cpu").manual_seed(conditioning.seed)
+        noise = randn_tensor((1, 1, channels, 2 * rows, 2 * cols), generator=generator, device=self.device, dtype=self.dtype)
+        latents = self.pipe._pack_latents(noise, 1, channels, 2 * rows, 2 * cols)  # (1, L, C)
+
+        steps = conditioning.num_inference_steps
+        config = template.config
+        mu = calculate_shift(
+            latents.shape[1],
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        scheduler = type(template).from_config(config)
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+        timesteps, _ = retrieve_timesteps(scheduler, steps, self.device, sigmas=sigmas, mu=mu)
+        scheduler.set_begin_index(0)
+
+        device_inputs = {
+            name: getattr(conditioning, name).to(self.device)
+            for name in ("prompt_embeds", "prompt_embeds_mask", "negative_prompt_embeds", "negative_prompt_embeds_mask", "image_latents")
+            if getattr(conditioning, name) is not None
+        }
+        return DenoiseJob(
+            conditioning=conditioning,
+            latents=latents,
+            scheduler=scheduler,
+            timesteps=timesteps,
+            generator=generator,
+            bucket=conditioning.img_shapes,  # RoPE takes one set of image shapes per forward
+            device_inputs=device_inputs,
+        )
+
+    @torch.no_grad()
+    def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
+        # One row per job, plus one for its negative prompt when it uses true CFG.
+        rows = []
+        for job in jobs:
+            rows.append((job, "prompt_embeds"))
+            if job.conditioning.do_true_cfg:
+                rows.append((job, "negative_prompt_embeds"))
+        embeds, mask = _pad_prompts(
+            [job.device_inputs[name] for job, name in rows], [job.device_inputs[name + "_mask"] for job, name in rows]
+        )
+        hidden_states = torch.cat(
+            [torch.cat([job.latents, job.device_inputs["image_latents"][None]], dim=1) for job, _ in rows]
+        )  # (B, L + L_img, C)
+        timestep = torch.stack([job.timestep for job, _ in rows]).to(self.dtype)  # one timestep per row
+        noise_pred = self.loaded["transformer"](
+            hidden_states=hidden_states,
+            timestep=timestep / 1000,
+            guidance=None,
+            encoder_hidden_states_mask=None if mask.all() else mask,  # as diffusers passes unpadded prompts
+            encoder_hidden_states=embeds,
+            img_shapes=[list(jobs[0].conditioning.img_shapes)] * len(rows),
+            attention_kwargs={},
+            return_dict=False,
+        )[0]
+        noise_pred = noise_pred[:, : jobs[0].latents.shape[1]]  # drop the image-latent positions
+
+        predictions, row = [], 0
+        for job in jobs:
+            prediction = noise_pred[row : row + 1]
+            row += 1
+            if job.conditioning.do_true_cfg:
+                prediction = _true_cfg(prediction, noise_pred[row : row + 1], job.conditioning.true_cfg_scale)
+                row += 1
+            predictions.append(prediction)
+        return predictions
+
+    # ---- Decoder -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, latents: Latents) -> np.ndarray:
+        vae = self.loaded["vae"]
+        packed = latents.latents[None].to(self.device, vae.dtype)  # (1, L, C)
+        unpacked = self.pipe._unpack_latents(packed, latents.height, latents.width, self.pipe.vae_scale_factor)
+        z_dim = vae.config.z_dim
+        mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(unpacked.device, unpacked.dtype)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(unpacked.device, unpacked.dtype)
+        image = vae.decode(unpacked / inv_std + mean, return_dict=False)[0][:, :, 0]  # (1, 3, H, W) in [-1, 1]
+        return self.pipe.image_processor.postprocess(image, output_type="np")[0]
+
+
+def _true_cfg(positive: torch.Tensor, negative: torch.Tensor, scale: float) -> torch.Tensor:
+    """diffusers' true CFG with norm rescale: guide, then restore the conditional prediction's norm."""
+    combined = negative + scale * (positive - negative)
+    cond_norm = torch.norm(positive, dim=-1, keepdim=True)
+    noise_norm = torch.norm(combined, dim=-1, keepdim=True)
+    return combined * (cond_norm / noise_norm)
+
+
+def _pad_prompts(embeds: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads (S_i, D) prompts to (B, S_max, D) with a (B, S_max) mask, as diffusers pads a batch."""
+    length = max(e.shape[0] for e in embeds)
+    padded = torch.stack([torch.cat([e, e.new_zeros(length - e.shape[0], e.shape[1])]) for e in embeds])
+    mask = torch.stack([torch.cat([m, m.new_zeros(length - m.shape[0])]) for m in masks])
+    return padded, mask
+
+
+def _to_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu").contiguous()

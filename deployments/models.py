@@ -1,0 +1,95 @@
+"""Loading a stage's components from a diffusers-format checkpoint: a local directory or a hub id.
+
+`model_index.json` names the pipeline class (hence the model family and its rules) and, for each
+component, the library and class to load it with, exactly as `DiffusionPipeline.from_pretrained`
+reads it. Each stage loads only the components it uses: the Encoder never loads the transformer.
+Real checkpoints (Qwen/Qwen-Image-Edit, Qwen/Qwen-Image-Edit-2509) and the tiny ones take this path.
+"""
+
+import importlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deployments.errors import ModelLoadError
+from deployments.settings import ENGINE_SETTINGS_FILE, EngineSettings
+from deployments.tiny import ensure_tiny_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a checkpoint is: where it lives, its pipeline class, its components and the engine settings."""
+
+    model_id: str  # as the user named it (directory or hub id)
+    path: Path  # local directory holding model_index.json
+    pipeline_class: str
+    component_classes: dict[str, tuple[str, str]]  # name -> (library, class name)
+    settings: EngineSettings
+
+
+def resolve_model(model: str, components: tuple[str, ...] = ()) -> ModelSpec:
+    """Finds `model` locally or in the hub cache (downloading only `components` when online)."""
+    path = Path(model)
+    if not ensure_tiny_checkpoint(path) and not path.is_dir():
+        path = _download(model, components)
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise ModelLoadError(f"{model!r} is not a diffusers checkpoint: {index_file} is missing")
+    index = json.loads(index_file.read_text())
+    component_classes = {
+        name: tuple(value) for name, value in index.items() if not name.startswith("_") and isinstance(value, list)
+    }
+    return ModelSpec(
+        model_id=model,
+        path=path,
+        pipeline_class=index["_class_name"],
+        component_classes=component_classes,
+        settings=EngineSettings.for_model(path),
+    )
+
+
+def _download(repo_id: str, components: tuple[str, ...]) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["model_index.json", ENGINE_SETTINGS_FILE] + [f"{name}/*" for name in components]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as e:  # hub errors have many types; all mean the same to the caller
+        raise ModelLoadError(
+            f"model {repo_id!r} is neither a local checkpoint directory nor available from the hub cache ({e})"
+        ) from e
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs (the dtype the Qwen-Image models are published in), fp32 on CPUs."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_components(
+    spec: ModelSpec, names: tuple[str, ...], device: torch.device, dtype: torch.dtype
+) -> dict[str, Any]:
+    """Loads the named components of `spec`; torch modules go to `device` in `dtype`, in eval mode."""
+    missing = [name for name in names if name not in spec.component_classes]
+    if missing:
+        raise ModelLoadError(f"{spec.model_id!r} ({spec.pipeline_class}) has no component(s) {missing}")
+    return {name: _load_component(spec, name, device, dtype) for name in names}
+
+
+def _load_component(spec: ModelSpec, name: str, device: torch.device, dtype: torch.dtype) -> Any:
+    library, class_name = spec.component_classes[name]
+    cls = getattr(importlib.import_module(library), class_name)
+    folder = spec.path / name
+    logger.info("loading %s (%s.%s) from %s", name, library, class_name, folder)
+    if issubclass(cls, torch.nn.Module):
+        return cls.from_pretrained(folder, torch_dtype=dtype).to(device).eval()
+    return cls.from_pretrained(folder)

@@ -1,0 +1,53 @@
+"""Engine settings: one definition each, with its default, its meaning and its validation.
+
+Environment variables are read here and nowhere else.
+"""
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from deployments.errors import ModelLoadError
+
+# A small JSON file of the project's own beside `model_index.json`; real checkpoints don't have one.
+ENGINE_SETTINGS_FILE = "edit_engine.json"
+
+# Tiny checkpoints generated on first use (git-ignored); the first is the default model everywhere.
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+TINY_MODEL_DIRS = {MODELS_DIR / "tiny-edit-plus": "edit-plus", MODELS_DIR / "tiny-edit": "edit"}
+DEFAULT_MODEL_DIR = MODELS_DIR / "tiny-edit-plus"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Per-model knobs of the engine. The defaults are the values diffusers' pipelines hard-code."""
+
+    vae_image_area: int = 1024 * 1024
+    """Pixel area the input image(s) are resized to for VAE latents (and the default output area)."""
+
+    condition_image_area: int = 384 * 384
+    """Pixel area of each input image shown to the Qwen2.5-VL encoder (Edit-Plus models only)."""
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 32 * 32 <= value <= 4096 * 4096:
+                raise ValueError(f"{f.name} must be an integer pixel area in [1024, 16777216], got {value!r}")
+
+    @classmethod
+    def for_model(cls, model_dir: str | Path) -> "EngineSettings":
+        """The settings recorded beside a checkpoint, or the defaults when it records none."""
+        path = Path(model_dir) / ENGINE_SETTINGS_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            values = json.loads(path.read_text())
+            return cls(**values)
+        except (ValueError, TypeError) as e:
+            raise ModelLoadError(f"{path} is not a valid engine settings file: {e}") from e
+
+
+def model_from_env() -> str:
+    """The model to serve: `MODEL` (a checkpoint directory or a hub id), else the tiny default."""
+    return os.environ.get("MODEL") or str(DEFAULT_MODEL_DIR)

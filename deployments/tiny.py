@@ -1,0 +1,199 @@
+"""Writes tiny random-weight Qwen-Image-Edit checkpoints in diffusers format, with no download at all.
+
+    python -m deployments.tiny OUT_DIR --variant edit|edit-plus
+
+The checkpoints have the real models' architecture at toy widths (the configs of diffusers' own
+Qwen-Image-Edit fast tests), a byte-level BPE tokenizer built in memory with the Qwen special tokens,
+a `Qwen2VLProcessor` and the real scheduler config. They load through the same loader as real
+checkpoints. Their weights are random, so the images they produce are noise: they exist to test the
+plumbing and the math (parity with diffusers), not edit quality.
+"""
+
+import argparse
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKLQwenImage,
+    FlowMatchEulerDiscreteScheduler,
+    QwenImageEditPipeline,
+    QwenImageEditPlusPipeline,
+    QwenImageTransformer2DModel,
+)
+from tokenizers import pre_tokenizers
+from transformers import (
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2Tokenizer,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+)
+
+from deployments.settings import ENGINE_SETTINGS_FILE, TINY_MODEL_DIRS
+
+logger = logging.getLogger(__name__)
+
+PIPELINES = {"edit": QwenImageEditPipeline, "edit-plus": QwenImageEditPlusPipeline}
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# Small areas keep a tiny edit around a second on a CPU; real checkpoints use diffusers' defaults.
+TINY_ENGINE_SETTINGS = {"vae_image_area": 256 * 256, "condition_image_area": 128 * 128}
+
+# Qwen's real scheduler config (dynamic shifting on), so the sigma schedule is the one users get.
+SCHEDULER_CONFIG = {
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 8192,
+    "max_shift": 0.9,
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "shift_terminal": 0.02,
+    "time_shift_type": "exponential",
+    "use_dynamic_shifting": True,
+}
+
+
+def build_tokenizer() -> Qwen2Tokenizer:
+    # One token per byte and no merges: every string tokenizes, ids are stable, nothing is downloaded.
+    # transformers 5 needs the vocab in memory (a vocab file path silently gives a one-token vocab).
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[])
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
+    return tokenizer
+
+
+def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen2VLProcessor:
+    return Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+    )
+
+
+def build_text_encoder(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGeneration:
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+            "rope_theta": 1000000.0,
+            "vocab_size": len(tokenizer),
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
+        hidden_size=16,
+        vocab_size=len(tokenizer),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def build_transformer() -> QwenImageTransformer2DModel:
+    torch.manual_seed(0)
+    return QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=3,
+        joint_attention_dim=16,
+        guidance_embeds=False,
+        axes_dims_rope=(8, 4, 4),
+    ).eval()
+
+
+def build_vae() -> AutoencoderKLQwenImage:
+    torch.manual_seed(0)
+    z_dim = 4
+    return AutoencoderKLQwenImage(
+        base_dim=8,  # narrower than diffusers' test VAE (24): the VAE dominates a tiny edit on CPU
+        z_dim=z_dim,
+        dim_mult=[1, 2, 4],
+        num_res_blocks=1,
+        temperal_downsample=[False, True],
+        latents_mean=[0.0] * z_dim,
+        latents_std=[1.0] * z_dim,
+    ).eval()
+
+
+def build_pipeline(variant: str):
+    """The complete tiny pipeline for `variant` ("edit" or "edit-plus"), in memory."""
+    if variant not in PIPELINES:
+        raise ValueError(f"variant must be one of {sorted(PIPELINES)}, got {variant!r}")
+    tokenizer = build_tokenizer()
+    return PIPELINES[variant](
+        scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
+        vae=build_vae(),
+        text_encoder=build_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        processor=build_processor(tokenizer),
+        transformer=build_transformer(),
+    )
+
+
+def write_checkpoint(out_dir: str | Path, variant: str = "edit-plus") -> Path:
+    """Writes the tiny checkpoint to `out_dir` (diffusers format + the engine settings file)."""
+    out_dir = Path(out_dir)
+    build_pipeline(variant).save_pretrained(out_dir)
+    (out_dir / ENGINE_SETTINGS_FILE).write_text(json.dumps(TINY_ENGINE_SETTINGS, indent=2) + "\n")
+    logger.info("wrote tiny %s checkpoint to %s", variant, out_dir)
+    return out_dir
+
+
+def ensure_tiny_checkpoint(path: Path) -> bool:
+    """Generates one of the project's tiny default checkpoints at `path` if it is missing.
+
+    Several replicas may start at once: each writes a private copy and renames it into place, so a
+    reader never sees a half-written checkpoint. Returns whether `path` is a tiny default.
+    """
+    path = Path(path).resolve()
+    variant = TINY_MODEL_DIRS.get(path)
+    if variant is None:
+        return False
+    if not path.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.parent / f".{path.name}.{os.getpid()}.tmp"
+        write_checkpoint(scratch, variant)
+        try:
+            scratch.rename(path)
+        except OSError:  # another process got there first; its copy is identical
+            shutil.rmtree(scratch, ignore_errors=True)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", help="directory to write the checkpoint into")
+    parser.add_argument("--variant", choices=sorted(PIPELINES), default="edit-plus")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    write_checkpoint(args.out_dir, args.variant)
+
+
+if __name__ == "__main__":
+    main()

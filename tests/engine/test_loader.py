@@ -1,0 +1,68 @@
+"""Checkpoints load offline through the one loader real checkpoints use; stages load only their parts."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from deployments.contracts import EditRequest
+from deployments.decoder import Decoder
+from deployments.denoiser import Denoiser
+from deployments.encoder import Encoder
+from deployments.errors import ModelLoadError
+from deployments.models import resolve_model
+from deployments.tiny import ensure_tiny_checkpoint, write_checkpoint
+from tests.helpers import image_bytes, random_image
+
+
+def test_written_checkpoint_reloads_offline_with_an_empty_cache(tmp_path):
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    cache = Path(os.environ["HF_HOME"])
+    assert not any(cache.rglob("*.safetensors"))  # nothing came from (or went to) a hub cache
+
+    model = str(write_checkpoint(tmp_path / "ckpt", "edit"))
+    spec = resolve_model(model)
+    assert spec.pipeline_class == "QwenImageEditPipeline"
+    assert spec.settings.vae_image_area == 256 * 256
+
+    encoder, denoiser, decoder = Encoder(model), Denoiser(model), Decoder(model)
+    assert set(encoder.family.loaded) == {"processor", "text_encoder", "vae"}
+    assert set(denoiser.family.loaded) == {"transformer", "scheduler"}
+    assert set(decoder.family.loaded) == {"vae"}
+    assert denoiser.family.loaded["transformer"].dtype == torch.float32  # fp32 on CPU
+
+    request = EditRequest(images=(image_bytes(random_image(64, 64)),), prompt="hello", num_inference_steps=2)
+    edited = decoder.decode(denoiser.denoise([encoder.encode(request)])[0])
+    assert edited.data.startswith(b"\x89PNG") and (edited.width, edited.height) == (256, 256)
+    assert not any(cache.rglob("*.safetensors"))
+
+
+def test_tokenizer_vocab_matches_text_encoder(stages):
+    family = stages["edit-plus"].encoder.family
+    tokenizer = family.loaded["processor"].tokenizer
+    config = family.loaded["text_encoder"].config
+    assert len(tokenizer) == config.text_config.vocab_size > 256
+    assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == config.image_token_id
+    assert tokenizer.convert_tokens_to_ids("<|vision_start|>") == config.vision_start_token_id
+    assert tokenizer("배경").input_ids != [tokenizer.unk_token_id]
+
+
+def test_hub_id_not_in_cache_fails_clearly_offline():
+    with pytest.raises(ModelLoadError) as info:
+        resolve_model("Qwen/Qwen-Image-Edit-2509", ("transformer",))
+    assert "Qwen/Qwen-Image-Edit-2509" in info.value.message
+
+
+def test_directory_without_model_index_is_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="model_index.json is missing"):
+        resolve_model(str(tmp_path))
+
+
+def test_default_tiny_checkpoint_is_generated_on_first_use(tmp_path, monkeypatch):
+    target = tmp_path / "tiny-edit"
+    monkeypatch.setattr("deployments.tiny.TINY_MODEL_DIRS", {target.resolve(): "edit"})
+    assert ensure_tiny_checkpoint(target)
+    assert resolve_model(str(target)).pipeline_class == "QwenImageEditPipeline"
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-edit"]  # no scratch copy left behind
+    assert not ensure_tiny_checkpoint(tmp_path / "somewhere-else")

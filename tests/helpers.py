@@ -1,0 +1,18 @@
+"""Small builders shared by tests: deterministic input images as encoded bytes."""
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def random_image(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    channels = {"RGB": 3, "RGBA": 4}[mode]
+    pixels = np.random.RandomState(seed).randint(0, 256, (height, width, channels), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def image_bytes(image: Image.Image, format: str = "PNG", **save_args) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **save_args)
+    return buffer.getvalue()
