@@ -2,6 +2,10 @@
 
 Frozen dataclasses with diffusers' tensor names. Tensors cross process boundaries on the CPU,
 contiguous, in the model dtype; never as base64 or JSON.
+
+Each contract carries `timings`, where the request's time went so far: seconds by name
+("encode_queue", "encode", "denoise_queue", ...), plus "sent_at", the wall-clock time the previous
+hop handed it on. Stages copy it forward; the serving layer fills it in.
 """
 
 import math
@@ -38,19 +42,21 @@ class EditRequest:
     """One validated edit: input image bytes (decoded by the Encoder), the instruction and the sampling settings.
 
     True CFG runs when `negative_prompt` is given and `true_cfg_scale > 1` (diffusers' rule).
-    `width`/`height` of None mean: the model's area at the aspect ratio of the input image.
+    `width`/`height` of None mean: the model's area at the aspect ratio of the input image;
+    `num_inference_steps` of None means the model's default.
     """
 
     images: tuple[bytes, ...]
     prompt: str
     negative_prompt: str | None = None
     seed: int = 0
-    num_inference_steps: int = 50
+    num_inference_steps: int | None = None
     true_cfg_scale: float = 4.0
     width: int | None = None
     height: int | None = None
     output: OutputSpec = field(default_factory=OutputSpec)
     request_id: str = ""
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if not isinstance(self.images, tuple) or not 1 <= len(self.images) <= MAX_INPUT_IMAGES:
@@ -61,7 +67,8 @@ class EditRequest:
             raise InvalidInputError("negative_prompt", "must be a string")
         if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise InvalidInputError("seed", f"must be an integer in [0, {MAX_SEED}], got {self.seed!r}")
-        if not _is_int(self.num_inference_steps) or not 1 <= self.num_inference_steps <= MAX_STEPS:
+        steps = self.num_inference_steps
+        if steps is not None and (not _is_int(steps) or not 1 <= steps <= MAX_STEPS):
             raise InvalidInputError(
                 "num_inference_steps", f"must be an integer in [1, {MAX_STEPS}], got {self.num_inference_steps!r}"
             )
@@ -103,6 +110,7 @@ class Conditioning:
     num_inference_steps: int
     true_cfg_scale: float
     output: OutputSpec
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def do_true_cfg(self) -> bool:
@@ -119,6 +127,7 @@ class Latents:
     width: int
     seed: int
     output: OutputSpec
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,7 @@ class EditedImage:
     width: int
     height: int
     seed: int
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 def _is_int(value) -> bool:

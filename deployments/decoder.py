@@ -30,6 +30,7 @@ class Decoder:
             width=pixels.shape[1],
             height=pixels.shape[0],
             seed=latents.seed,
+            timings=latents.timings,
         )
 
     def decode_batch(self, batch: list[Latents]) -> list[EditedImage]:

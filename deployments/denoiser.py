@@ -50,4 +50,5 @@ class Denoiser:
             width=c.width,
             seed=c.seed,
             output=c.output,
+            timings=c.timings,
         )

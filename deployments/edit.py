@@ -26,7 +26,7 @@ def main() -> int:
     parser.add_argument("images", nargs="+", type=Path, help="input image(s); 1-3 for Edit-Plus models")
     parser.add_argument("--prompt", required=True, help="the edit instruction")
     parser.add_argument("--negative-prompt", default=" ", help="true CFG negative prompt (default ' ', as Qwen's examples)")
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     parser.add_argument("--cfg", type=float, default=4.0, help="true CFG scale; <= 1 turns CFG off")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="where to write the edited image")

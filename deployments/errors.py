@@ -16,6 +16,10 @@ class EditError(Exception):
         self.message = message
         self.param = param
 
+    def __reduce__(self):
+        # Errors cross process boundaries (Ray pickles them); subclasses' constructors differ.
+        return _restore, (type(self), self.message, self.param)
+
 
 class InvalidInputError(EditError):
     """A field of the request is missing, malformed or out of range (HTTP 400). `param` names the field."""
@@ -27,5 +31,32 @@ class InvalidInputError(EditError):
         super().__init__(f"{param}: {message}", param)
 
 
+class PayloadTooLargeError(InvalidInputError):
+    """An upload or the whole request is larger than allowed (HTTP 413)."""
+
+    status = 413
+
+
+class OverloadedError(EditError):
+    """No capacity right now; the same request may succeed later (HTTP 503 with Retry-After)."""
+
+    status = 503
+    type = "overloaded"
+    retry_after_s = 2
+
+
+class DeadlineExceededError(EditError):
+    """The request did not finish within its deadline; its work was cancelled (HTTP 504)."""
+
+    status = 504
+    type = "timeout"
+
+
 class ModelLoadError(EditError):
     """The model could not be found or loaded (a deployment problem, not the client's)."""
+
+
+def _restore(cls: type[EditError], message: str, param: str | None) -> EditError:
+    error = cls.__new__(cls)
+    EditError.__init__(error, message, param)
+    return error

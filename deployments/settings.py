@@ -5,7 +5,7 @@ Environment variables are read here and nowhere else.
 
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from deployments.errors import ModelLoadError
@@ -29,11 +29,13 @@ class EngineSettings:
     condition_image_area: int = 384 * 384
     """Pixel area of each input image shown to the Qwen2.5-VL encoder (Edit-Plus models only)."""
 
+    default_num_inference_steps: int = 50
+    """Denoising steps of a request that names none."""
+
     def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 32 * 32 <= value <= 4096 * 4096:
-                raise ValueError(f"{f.name} must be an integer pixel area in [1024, 16777216], got {value!r}")
+        for name in ("vae_image_area", "condition_image_area"):
+            _check_int(name, getattr(self, name), 32 * 32, 4096 * 4096)
+        _check_int("default_num_inference_steps", self.default_num_inference_steps, 1, 1000)
 
     @classmethod
     def for_model(cls, model_dir: str | Path) -> "EngineSettings":
@@ -48,6 +50,12 @@ class EngineSettings:
             raise ModelLoadError(f"{path} is not a valid engine settings file: {e}") from e
 
 
-def model_from_env() -> str:
-    """The model to serve: `MODEL` (a checkpoint directory or a hub id), else the tiny default."""
-    return os.environ.get("MODEL") or str(DEFAULT_MODEL_DIR)
+def _check_int(name: str, value, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+def model_from_env(configured: str | None = None) -> str:
+    """The model to serve: `MODEL` (a checkpoint directory or a hub id), else `configured`, else the
+    tiny default."""
+    return os.environ.get("MODEL") or configured or str(DEFAULT_MODEL_DIR)

@@ -51,7 +51,11 @@ SPECIAL_TOKENS = [
 ]
 
 # Small areas keep a tiny edit around a second on a CPU; real checkpoints use diffusers' defaults.
-TINY_ENGINE_SETTINGS = {"vae_image_area": 256 * 256, "condition_image_area": 128 * 128}
+TINY_ENGINE_SETTINGS = {
+    "vae_image_area": 256 * 256,
+    "condition_image_area": 128 * 128,
+    "default_num_inference_steps": 8,
+}
 
 # Qwen's real scheduler config (dynamic shifting on), so the sigma schedule is the one users get.
 SCHEDULER_CONFIG = {

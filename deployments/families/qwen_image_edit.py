@@ -42,8 +42,10 @@ class QwenImageEdit(ModelFamily):
         # processor and static helpers are the reference we must match.
         self.pipe = PIPELINES[spec.pipeline_class](**{name: loaded.get(name) for name in ALL_COMPONENTS})
         transformer = loaded.get("transformer")
-        if transformer is not None and transformer.config.guidance_embeds:
-            raise ModelLoadError(f"{spec.model_id!r}: guidance-distilled Qwen-Image transformers are not supported")
+        if transformer is not None:
+            if transformer.config.guidance_embeds:
+                raise ModelLoadError(f"{spec.model_id!r}: guidance-distilled Qwen-Image transformers are not supported")
+            _make_per_row_linears_batch_invariant(transformer)
 
     @property
     def max_input_images(self) -> int:
@@ -75,9 +77,10 @@ class QwenImageEdit(ModelFamily):
             height=height,
             width=width,
             seed=request.seed,
-            num_inference_steps=request.num_inference_steps,
+            num_inference_steps=request.num_inference_steps or self.spec.settings.default_num_inference_steps,
             true_cfg_scale=float(request.true_cfg_scale),
             output=request.output,
+            timings=request.timings,
         )
 
     def _prepare_images(self, images: list[Image.Image]):
@@ -215,6 +218,25 @@ class QwenImageEdit(ModelFamily):
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(unpacked.device, unpacked.dtype)
         image = vae.decode(unpacked / inv_std + mean, return_dict=False)[0][:, :, 0]  # (1, 3, H, W) in [-1, 1]
         return self.pipe.image_processor.postprocess(image, output_type="np")[0]
+
+
+def _make_per_row_linears_batch_invariant(transformer: torch.nn.Module) -> None:
+    """Runs the transformer's per-row linears (timestep embedding, modulation: inputs (B, D)) one row
+    at a time. BLAS picks other kernels for 1 row than for several, so without this a request's
+    result would change in the last bits with whatever else shares its batch. The token-wise linears
+    (B, L, D) are large matmuls whose rows don't depend on the batch, and stay batched."""
+    for module in transformer.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.forward = _row_by_row(module.forward)
+
+
+def _row_by_row(forward):
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and x.shape[0] > 1:
+            return torch.cat([forward(x[i : i + 1]) for i in range(x.shape[0])])
+        return forward(x)
+
+    return run
 
 
 def _true_cfg(positive: torch.Tensor, negative: torch.Tensor, scale: float) -> torch.Tensor:

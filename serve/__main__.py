@@ -1,0 +1,82 @@
+"""`make serve`: a local Ray cluster and the editing app in the foreground, until Ctrl-C.
+
+    python -m serve [--config serve/config.yaml]      # PORT and MODEL from the environment
+
+Reads the same config file `serve run` / `serve deploy` take, so what runs here is what runs on a
+cluster.
+"""
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import ray
+import yaml
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
+
+from serve.app import build_app
+from serve.settings import AppSettings
+
+logger = logging.getLogger("serve")
+CONFIG = Path(__file__).with_name("config.yaml")
+
+
+def load_config(path: Path, port: int | None) -> tuple[ServeDeploySchema, AppSettings]:
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    if port is not None:
+        schema.http_options.port = port
+    if len(schema.applications) != 1:
+        raise SystemExit(f"{path}: expected one application, found {len(schema.applications)}")
+    return schema, AppSettings.model_validate(schema.applications[0].args or {})
+
+
+def wait_healthy(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"the app did not become healthy at {url} within {timeout_s:.0f}s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=CONFIG)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    port = int(os.environ["PORT"]) if os.environ.get("PORT") else None
+    schema, settings = load_config(args.config, port)
+    app = schema.applications[0]
+    http = schema.http_options
+
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
+    serve.start(http_options={"host": http.host, "port": http.port}, proxy_location=schema.proxy_location)
+    serve.run(build_app(settings), name=app.name, route_prefix=app.route_prefix, blocking=False)
+    base = f"http://{http.host}:{http.port}"
+    wait_healthy(f"{base}/healthz", timeout_s=300)
+    print(f"\nReady: editing at {base}/v1/images/edits (OpenAPI: {base}/openapi.json). Ctrl-C stops.\n", flush=True)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    print("Shutting down...", flush=True)
+    serve.shutdown()
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The typed app builder: `serve run serve/config.yaml` (or `serve deploy`) calls `build_app(args)`.
+
+Ray Serve validates the config's `args` into `AppSettings` first, so a bad value fails the deployment
+at start-up with a message naming it.
+"""
+
+from pathlib import Path
+
+from ray.serve import Application
+
+from deployments.settings import model_from_env
+from serve.ingress import Ingress
+from serve.settings import AppSettings
+from serve.stages import DecoderDeployment, DenoiserDeployment, EncoderDeployment
+
+
+def build_app(settings: AppSettings) -> Application:
+    model = model_from_env(settings.model)
+    stage = {}
+    for name, deployment in (("encoder", EncoderDeployment), ("denoiser", DenoiserDeployment), ("decoder", DecoderDeployment)):
+        stage_settings = getattr(settings, name)
+        stage[name] = deployment.options(**stage_settings.deployment.options()).bind(model, stage_settings)
+    return Ingress.options(**settings.ingress.deployment.options()).bind(
+        stage["encoder"], stage["denoiser"], stage["decoder"], settings, settings.served_model_name or served_name(model)
+    )
+
+
+def served_name(model: str) -> str:
+    """What /v1/models calls the model: a hub id as is, a checkpoint directory by its name."""
+    path = Path(model)
+    return path.name if path.is_dir() or path.is_absolute() else model

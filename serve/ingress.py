@@ -1,0 +1,125 @@
+"""The HTTP ingress: OpenAI-compatible routes on Starlette, chaining the stage deployments.
+
+An edit is Encoder -> Denoiser (once per image of `n`, seeds seed, seed+1, ...) -> Decoder. The
+ingress passes each stage's response handle straight to the next, so tensors go replica to replica
+through Ray's object store and never through here.
+"""
+
+import asyncio
+import base64
+import dataclasses
+import logging
+import time
+import uuid
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from deployments.contracts import EditedImage, EditRequest
+from deployments.errors import OverloadedError, PayloadTooLargeError
+from serve.errors import as_edit_error, error_response
+from serve.openapi import OPENAPI
+from serve.schema import parse_edit_form, read_uploads
+from serve.settings import AppSettings
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("Encoder", "Denoiser", "Decoder")
+# Serve's deployment states in which a stage can take requests (or start a replica for one).
+SERVING_STATES = ("HEALTHY", "UPSCALING", "DOWNSCALING")
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress()
+class Ingress:
+    def __init__(
+        self,
+        encoder: DeploymentHandle,
+        denoiser: DeploymentHandle,
+        decoder: DeploymentHandle,
+        settings: AppSettings,
+        served_model: str,
+    ):
+        self.encoder, self.denoiser, self.decoder = encoder, denoiser, decoder
+        self.settings = settings
+        self.served_model = served_model
+        self.created = int(time.time())
+
+    def __serve_build_asgi_app__(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/images/edits", self.edit, methods=["POST"]),
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/healthz", self.healthz, methods=["GET"]),
+                Route("/openapi.json", self.openapi, methods=["GET"]),
+            ]
+        )
+
+    async def edit(self, http: Request) -> Response:
+        request_id = uuid.uuid4().hex
+        headers = {"X-Request-Id": request_id}
+        started = time.time()
+        try:
+            form = await self._read_form(http)
+            try:
+                uploads = await read_uploads(form, self.settings.limits)
+                parsed = parse_edit_form(form, uploads, self.settings.limits, self.served_model)
+            finally:
+                await form.close()
+            request = dataclasses.replace(parsed.request, request_id=request_id, timings={"sent_at": time.time()})
+            images = await asyncio.wait_for(self._run(request, parsed.seeds), self.settings.request_timeout_s)
+        except Exception as e:  # every failure becomes an OpenAI-shaped error, never a stack trace
+            return error_response(as_edit_error(e), headers)
+        return self._edit_response(images, time.time() - started, headers)
+
+    async def _read_form(self, http: Request):
+        limit = self.settings.limits.max_request_bytes
+        declared = http.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLargeError("image", f"the request may be at most {limit} bytes, got {declared}")
+        return await http.form(max_files=8, max_fields=64)
+
+    async def _run(self, request: EditRequest, seeds: tuple[int, ...]) -> list[EditedImage]:
+        conditioning = self.encoder.encode.remote(request)
+        responses: list[DeploymentResponse] = [
+            self.decoder.decode.remote(self.denoiser.denoise.remote(conditioning, seed)) for seed in seeds
+        ]
+        try:
+            return list(await asyncio.gather(*responses))
+        finally:  # on error, timeout or client disconnect, stop the work still queued or running
+            for response in (conditioning, *responses):
+                response.cancel()
+
+    def _edit_response(self, images: list[EditedImage], total_s: float, headers: dict) -> Response:
+        timings = {name: round(value, 4) for name, value in images[0].timings.items() if name != "sent_at"}
+        timings["total"] = round(total_s, 4)
+        headers["Server-Timing"] = ", ".join(f"{name};dur={value * 1000:.1f}" for name, value in timings.items())
+        body = {
+            "created": int(time.time()),
+            "data": [{"b64_json": base64.b64encode(image.data).decode("ascii"), "seed": image.seed} for image in images],
+            "output_format": images[0].format,
+            "size": f"{images[0].width}x{images[0].height}",
+            "timings": timings,
+        }
+        return JSONResponse(body, headers=headers)
+
+    async def models(self, http: Request) -> Response:
+        model = {"id": self.served_model, "object": "model", "created": self.created, "owned_by": "qwen-edit-cluster"}
+        return JSONResponse({"object": "list", "data": [model]})
+
+    async def healthz(self, http: Request) -> Response:
+        app = serve.get_replica_context().app_name
+        status = await asyncio.to_thread(serve.status)  # a controller call; keep the event loop free
+        deployments = status.applications[app].deployments
+        states = {name: deployments[name].status.value for name in STAGES}
+        unhealthy = [name for name, state in states.items() if state not in SERVING_STATES]
+        if unhealthy:
+            return error_response(OverloadedError(f"stage(s) {unhealthy} cannot serve now: {states}"))
+        return JSONResponse({"status": "ok", "model": self.served_model, "stages": states})
+
+    async def openapi(self, http: Request) -> Response:
+        return JSONResponse(OPENAPI)

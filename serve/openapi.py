@@ -1,0 +1,118 @@
+"""The OpenAPI 3.1 document served at /openapi.json, describing exactly what the ingress accepts."""
+
+from serve.schema import IGNORED_FIELDS
+
+
+def _error_response(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+EDIT_FORM = {
+    "type": "object",
+    "required": ["image", "prompt"],
+    "properties": {
+        "image": {
+            "description": "1 image file (or 1-3 for Edit-Plus models, also as `image[]`): PNG, JPEG or WebP.",
+            "oneOf": [
+                {"type": "string", "format": "binary"},
+                {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1, "maxItems": 3},
+            ],
+        },
+        "image[]": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1, "maxItems": 3},
+        "prompt": {"type": "string", "minLength": 1, "description": "The edit instruction, in any language."},
+        "n": {"type": "integer", "minimum": 1, "maximum": 4, "default": 1, "description": "Images to make; image i uses seed + i."},
+        "size": {"type": "string", "pattern": "^(auto|[0-9]+x[0-9]+)$", "default": "auto",
+                 "description": "WIDTHxHEIGHT (multiples of the model's latent grid, 16 for real models) or auto."},
+        "response_format": {"type": "string", "enum": ["b64_json"], "default": "b64_json"},
+        "output_format": {"type": "string", "enum": ["png", "jpeg", "webp"], "default": "png"},
+        "output_compression": {"type": "integer", "minimum": 0, "maximum": 100, "default": 100,
+                               "description": "JPEG/WebP quality; 100 is best. Ignored for PNG."},
+        "model": {"type": "string", "description": "Optional; must name the served model (see /v1/models)."},
+        "negative_prompt": {"type": "string", "default": " ", "description": "What to steer away from (true CFG)."},
+        "seed": {"type": "integer", "minimum": 0, "description": "Same seed and inputs give the same image; random if unset."},
+        "num_inference_steps": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "Default: the model's."},
+        "true_cfg_scale": {"type": "number", "minimum": 0, "maximum": 100, "default": 4.0,
+                           "description": "True classifier-free guidance scale; <= 1 turns it off."},
+        **{name: {"type": "string", "description": "Accepted for OpenAI compatibility; ignored."} for name in IGNORED_FIELDS},
+    },
+}
+
+OPENAPI = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "qwen-edit-cluster",
+        "version": "1.0.0",
+        "description": "Instruction-based image editing, compatible with OpenAI's Images edit API.",
+    },
+    "paths": {
+        "/v1/images/edits": {
+            "post": {
+                "summary": "Edit image(s) following a written instruction",
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": EDIT_FORM}}},
+                "responses": {
+                    "200": {
+                        "description": "The edited image(s). `Server-Timing` says where the time went.",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ImagesResponse"}}},
+                    },
+                    "400": _error_response("An invalid field; `param` names it."),
+                    "413": _error_response("The request or an image is too large."),
+                    "503": _error_response("At capacity or a replica restarting; see Retry-After."),
+                    "504": _error_response("The edit did not finish within the request timeout."),
+                },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "summary": "The served model",
+                "responses": {"200": {"description": "OpenAI's model list shape.", "content": {"application/json": {}}}},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Whether every stage can serve",
+                "responses": {
+                    "200": {"description": "Every stage has a healthy replica or can start one."},
+                    "503": _error_response("A stage is unhealthy or failed to deploy."),
+                },
+            }
+        },
+    },
+    "components": {
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["message", "type", "param", "code"],
+                        "properties": {
+                            "message": {"type": "string"},
+                            "type": {"type": "string"},
+                            "param": {"type": ["string", "null"]},
+                            "code": {"type": "integer"},
+                        },
+                    }
+                },
+            },
+            "ImagesResponse": {
+                "type": "object",
+                "required": ["created", "data"],
+                "properties": {
+                    "created": {"type": "integer"},
+                    "data": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {"b64_json": {"type": "string"}, "seed": {"type": "integer"}},
+                        },
+                    },
+                    "output_format": {"type": "string"},
+                    "size": {"type": "string"},
+                    "timings": {"type": "object", "additionalProperties": {"type": "number"},
+                                "description": "Seconds spent queued and working in each stage."},
+                },
+            },
+        }
+    },
+}

@@ -1,0 +1,122 @@
+"""The `POST /v1/images/edits` form: OpenAI's Images edit fields plus our extensions, parsed into an
+EditRequest. Every refusal names the field and what is allowed.
+"""
+
+import math
+import random
+import re
+from dataclasses import dataclass
+
+from starlette.datastructures import FormData, UploadFile
+
+from deployments.contracts import MAX_INPUT_IMAGES, EditRequest, OutputSpec
+from deployments.errors import InvalidInputError, PayloadTooLargeError
+from serve.settings import Limits
+
+# Fields OpenAI's SDK may send that don't change what this server computes; accepted and ignored.
+IGNORED_FIELDS = ("background", "quality", "user", "input_fidelity", "moderation")
+DEFAULT_NEGATIVE_PROMPT = " "  # Qwen's model cards pair true_cfg_scale=4 with negative_prompt=" "
+SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class EditForm:
+    """A parsed edit call: the request for the engine, how many images, and the response format."""
+
+    request: EditRequest
+    n: int
+    seeds: tuple[int, ...]  # one per image: seed, seed + 1, ...
+
+
+async def read_uploads(form: FormData, limits: Limits) -> tuple[bytes, ...]:
+    files = [*form.getlist("image"), *form.getlist("image[]")]
+    if not files:
+        raise InvalidInputError("image", "upload 1 to 3 image files as `image` (or `image[]`)")
+    if len(files) > MAX_INPUT_IMAGES:
+        raise InvalidInputError("image", f"give 1 to {MAX_INPUT_IMAGES} images, got {len(files)}")
+    uploads = []
+    for file in files:
+        if not isinstance(file, UploadFile):
+            raise InvalidInputError("image", "must be an uploaded file (multipart/form-data), not a text field")
+        data = await file.read()
+        if len(data) > limits.max_image_bytes:
+            raise PayloadTooLargeError("image", f"each image may be at most {limits.max_image_bytes} bytes, got {len(data)}")
+        uploads.append(data)
+    return tuple(uploads)
+
+
+def parse_edit_form(form: FormData, uploads: tuple[bytes, ...], limits: Limits, served_model: str) -> EditForm:
+    if form.get("mask") is not None:
+        raise InvalidInputError("mask", "masks are not supported; describe the region in the prompt instead")
+    if _text(form, "stream") not in (None, "false", "False", "0"):
+        raise InvalidInputError("stream", "streaming is not supported yet; leave `stream` unset or false")
+    response_format = _text(form, "response_format") or "b64_json"
+    if response_format != "b64_json":
+        raise InvalidInputError("response_format", f"only b64_json is supported, got {response_format!r}")
+    model = _text(form, "model")
+    if model is not None and model != served_model:
+        raise InvalidInputError("model", f"this server serves {served_model!r}, got {model!r}")
+
+    n = _int(form, "n", 1, limits.max_n) or 1
+    seed = _int(form, "seed", 0, 2**63 - n)
+    seed = random.randrange(2**31) if seed is None else seed
+    width, height = _size(_text(form, "size"))
+    output_format = _text(form, "output_format") or "png"
+    compression = _int(form, "output_compression", 0, 100)
+    negative = _text(form, "negative_prompt", strip=False)
+    request = EditRequest(
+        images=uploads,
+        prompt=_text(form, "prompt", strip=False) or "",
+        negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative is None else negative,
+        seed=seed,
+        num_inference_steps=_int(form, "num_inference_steps", 1, 1000),
+        true_cfg_scale=_float(form, "true_cfg_scale", 4.0),
+        width=width,
+        height=height,
+        output=OutputSpec(format=output_format, compression=100 if compression is None else compression),
+    )
+    return EditForm(request=request, n=n, seeds=tuple(seed + i for i in range(n)))
+
+
+def _text(form: FormData, name: str, strip: bool = True) -> str | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(name, "must be a text field, not a file")
+    return value.strip() if strip else value
+
+
+def _int(form: FormData, name: str, low: int, high: int) -> int | None:
+    text = _text(form, name)
+    if text is None or text == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidInputError(name, f"must be an integer in [{low}, {high}], got {text!r}") from None
+    if not low <= value <= high:
+        raise InvalidInputError(name, f"must be an integer in [{low}, {high}], got {value}")
+    return value
+
+
+def _float(form: FormData, name: str, default: float) -> float:
+    text = _text(form, name)
+    if text is None or text == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidInputError(name, f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise InvalidInputError(name, f"must be a finite number, got {text!r}")
+    return value
+
+
+def _size(text: str | None) -> tuple[int | None, int | None]:
+    if text is None or text in ("", "auto"):
+        return None, None
+    match = SIZE.match(text)
+    if not match:
+        raise InvalidInputError("size", f"must be 'auto' or WIDTHxHEIGHT (e.g. 1024x768), got {text!r}")
+    return int(match.group(1)), int(match.group(2))

@@ -1,0 +1,96 @@
+"""The online app's settings: the typed `args` of serve/config.yaml, each with a default and a description.
+
+Ray Serve validates the YAML `args` against `AppSettings` before it builds the app, so a bad value
+stops the deployment with a message naming the field, the value and what is allowed.
+"""
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ActorOptions(_Settings):
+    num_cpus: float = Field(0.5, ge=0, description="Logical CPUs each replica reserves.")
+    num_gpus: float = Field(
+        0, ge=0, description="GPUs each replica reserves; a fraction (e.g. 0.25) lets small stages share a card."
+    )
+
+
+class Autoscaling(_Settings):
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 scales the stage to zero when idle.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at start-up (default: min_replicas).")
+    max_replicas: int = Field(1, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(2, gt=0, description="Requests per replica the autoscaler aims for.")
+    upscale_delay_s: float = Field(5, ge=0, description="How long load must stay high before adding replicas.")
+    downscale_delay_s: float = Field(60, ge=0, description="How long load must stay low before removing replicas.")
+    look_back_period_s: float = Field(30, gt=0, description="Window the autoscaler averages load over.")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        initial = self.min_replicas if self.initial_replicas is None else self.initial_replicas
+        if not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(
+                "need min_replicas <= initial_replicas <= max_replicas, got "
+                f"{self.min_replicas} <= {initial} <= {self.max_replicas}"
+            )
+        return self
+
+
+class DeploymentSettings(_Settings):
+    """Ray Serve options of one deployment."""
+
+    ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
+    max_ongoing_requests: int = Field(8, ge=1, description="Requests a replica works on at once.")
+    max_queued_requests: int = Field(
+        64, ge=1, description="Requests waiting for a replica before callers get 'overloaded' (429/503)."
+    )
+    autoscaling_config: Autoscaling = Field(default_factory=Autoscaling)
+    health_check_period_s: float = Field(10, gt=0, description="How often Serve checks each replica.")
+    health_check_timeout_s: float = Field(30, gt=0, description="How long a health check may take.")
+
+    def options(self) -> dict:
+        """Keyword arguments for `Deployment.options`."""
+        return self.model_dump(exclude_none=True)
+
+
+class BatchedStage(_Settings):
+    max_batch_size: int = Field(4, ge=1, le=64, description="Most requests one batch call handles.")
+    batch_wait_timeout_s: float = Field(
+        0.01, ge=0, le=10, description="How long a batch waits to fill up after its first request."
+    )
+    deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
+
+
+class IngressSettings(_Settings):
+    deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
+
+
+class Limits(_Settings):
+    max_request_bytes: int = Field(
+        50 * 2**20, ge=1024, description="Largest request body accepted; larger ones get 413."
+    )
+    max_image_bytes: int = Field(20 * 2**20, ge=1024, description="Largest single uploaded image; larger get 413.")
+    max_n: int = Field(4, ge=1, le=16, description="Most images one request may ask for (`n`).")
+
+
+class AppSettings(_Settings):
+    """Everything `serve/config.yaml` sets under `args`."""
+
+    model: str | None = Field(
+        None, description="Checkpoint directory or hub id; the MODEL environment variable overrides it."
+    )
+    served_model_name: str | None = Field(
+        None, description="Name in /v1/models and the `model` field (default: the checkpoint's name)."
+    )
+    request_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        300, description="A request still unfinished after this long gets 504."
+    )
+    limits: Limits = Field(default_factory=Limits)
+    ingress: IngressSettings = Field(default_factory=IngressSettings)
+    encoder: BatchedStage = Field(default_factory=BatchedStage)
+    denoiser: BatchedStage = Field(default_factory=BatchedStage)
+    decoder: BatchedStage = Field(default_factory=BatchedStage)
