@@ -14,16 +14,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Until the online app exists: one edit with the default model (tiny, generated on first use).
+# The online cluster in the foreground at http://127.0.0.1:$${PORT:-8000}, until Ctrl-C.
+# MODEL picks the checkpoint (default: the tiny one, generated on first use).
 serve: install
-	$(PY) -c "from tests.helpers import random_image; random_image(320, 240).save('/tmp/qwen-edit-input.png')"
-	$(PY) -m deployments.edit /tmp/qwen-edit-input.png --prompt "make the sky pink" --steps 8 --out edited.png
+	$(PY) -m serve
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
+# Ends whatever a killed `make serve` left behind (it stops everything Ray on this machine).
 stop:
-	@true
+	-$(VENV)/bin/ray stop --force
 
 clean:
 	rm -rf $(VENV) models

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ray.serve import Application
 
+from deployments.models import resolve_model
 from deployments.settings import model_from_env
 from serve.ingress import Ingress
 from serve.settings import AppSettings
@@ -16,6 +17,9 @@ from serve.stages import DecoderDeployment, DenoiserDeployment, EncoderDeploymen
 
 def build_app(settings: AppSettings) -> Application:
     model = model_from_env(settings.model)
+    # Fail here, once and clearly, on a model that can't be found, rather than in every replica;
+    # this also writes the tiny default checkpoint once instead of in each stage at the same time.
+    resolve_model(model)
     stage = {}
     for name, deployment in (("encoder", EncoderDeployment), ("denoiser", DenoiserDeployment), ("decoder", DecoderDeployment)):
         stage_settings = getattr(settings, name)

@@ -1,6 +1,6 @@
 """Test-wide settings: no network for model hubs, an empty Hugging Face cache, tiny checkpoints.
 
-Suites: unit/ (no model), engine/ (tiny model, in-process). Later suites add serve/ and cluster/.
+Suites: unit/ (no model), engine/ (tiny model, in-process), serve/ (a real local Ray Serve).
 """
 
 import os
@@ -10,6 +10,10 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="empty-hf-home-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Serve replicas and handles report load every 0.5 s instead of 10 s, so autoscaling tests take
+# seconds. Ray reads these at import, and the local test cluster's processes inherit them.
+for name in ("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S"):
+    os.environ[name] = "0.5"
 
 import pytest  # noqa: E402
 

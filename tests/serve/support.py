@@ -1,0 +1,38 @@
+"""Helpers shared by the serve/ tests: the test app's settings, an HTTP client, a free port."""
+
+import socket
+
+import requests
+
+from serve.settings import AppSettings
+
+APP = "edit"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_settings(model: str) -> AppSettings:
+    """The repo's defaults, pointed at the tiny test checkpoint, with small CPU shares so that the app
+    and the autoscaling app fit the test cluster."""
+    stage = {"max_batch_size": 8, "batch_wait_timeout_s": 0.2, "deployment": {"ray_actor_options": {"num_cpus": 0.5}}}
+    return AppSettings.model_validate(
+        {"model": model, "request_timeout_s": 120, "encoder": stage, "denoiser": stage, "decoder": stage}
+    )
+
+
+class Client:
+    """requests against one base URL, with a timeout on every call."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+        self.session = requests.Session()
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return self.session.get(self.base_url + path, timeout=120, **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return self.session.post(self.base_url + path, timeout=120, **kwargs)

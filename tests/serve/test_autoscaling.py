@@ -1,0 +1,83 @@
+"""Autoscaling is real: a burst scales the Denoiser 1 -> 2 replicas and back; stages at zero replicas
+start one for the first request instead of failing it."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from ray import serve
+
+from deployments.contracts import EditRequest
+from deployments.encoder import Encoder
+from serve.app import build_app
+from serve.settings import AppSettings, BatchedStage
+from serve.stages import DenoiserDeployment
+from tests.helpers import image_bytes, random_image
+from tests.serve.support import Client, app_settings
+
+PHOTO = image_bytes(random_image(64, 64, seed=4))
+
+
+def running_replicas(app: str, deployment: str) -> int:
+    return serve.status().applications[app].deployments[deployment].replica_states.get("RUNNING", 0)
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_burst_scales_denoiser_up_and_back_down(ray_cluster, tiny_checkpoints):
+    model = tiny_checkpoints["edit-plus"]
+    stage = BatchedStage.model_validate(
+        {
+            "max_batch_size": 1,  # one request per batch: load shows up as ongoing requests
+            "deployment": {
+                "ray_actor_options": {"num_cpus": 0.25},
+                "max_ongoing_requests": 2,
+                "autoscaling_config": {
+                    "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                    "upscale_delay_s": 1, "downscale_delay_s": 3, "look_back_period_s": 2,
+                },
+            },
+        }
+    )
+    denoiser = DenoiserDeployment.options(**stage.deployment.options()).bind(model, stage)
+    handle = serve.run(denoiser, name="scale", route_prefix=None)
+    assert running_replicas("scale", "Denoiser") == 1
+
+    conditioning = Encoder(model).encode(EditRequest(images=(PHOTO,), prompt="burst", num_inference_steps=20))
+    peak = 0
+
+    def burst():
+        return [r.result(timeout_s=300) for r in [handle.denoise.remote(conditioning, seed) for seed in range(8)]]
+
+    with ThreadPoolExecutor(1) as pool:
+        results = pool.submit(burst)
+        while not results.done():
+            peak = max(peak, running_replicas("scale", "Denoiser"))
+            time.sleep(0.5)
+        assert len(results.result()) == 8
+    assert peak == 2, "the burst never brought up a second Denoiser replica"
+    wait_for(lambda: running_replicas("scale", "Denoiser") == 1, 60, "scale-down to 1 replica")
+    serve.delete("scale")
+
+
+def test_stages_scale_from_zero(ray_cluster, tiny_checkpoints):
+    settings = app_settings(tiny_checkpoints["edit-plus"]).model_dump()
+    for name in ("encoder", "denoiser", "decoder"):
+        settings[name]["deployment"]["autoscaling_config"] = {
+            "min_replicas": 0, "initial_replicas": 0, "max_replicas": 1, "upscale_delay_s": 0,
+        }
+    serve.run(build_app(AppSettings.model_validate(settings)), name="zero", route_prefix="/zero")
+    assert all(running_replicas("zero", name) == 0 for name in ("Encoder", "Denoiser", "Decoder"))
+
+    client = Client(f"{ray_cluster}/zero")
+    assert client.get("/healthz").status_code == 200  # scaled to zero but able to start replicas
+    files = [("image", ("p.png", PHOTO, "image/png"))]
+    response = client.post("/v1/images/edits", files=files, data={"prompt": "wake up", "num_inference_steps": "2"})
+    assert response.status_code == 200, response.text
+    assert all(running_replicas("zero", name) == 1 for name in ("Encoder", "Denoiser", "Decoder"))
+    serve.delete("zero")
