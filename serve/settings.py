@@ -8,6 +8,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deployments.admission import AdmissionPolicy
+
 
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -65,6 +67,28 @@ class BatchedStage(_Settings):
     deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
 
 
+class DenoiserStage(_Settings):
+    """The Denoiser replica's engine loop: step-level (continuous) batching under a token budget."""
+
+    continuous: bool = Field(
+        True,
+        description="Admit waiting requests between any two steps; false falls back to whole-request "
+        "batching (a batch starts only when the previous one has finished).",
+    )
+    token_budget: int = Field(
+        65536, ge=1, description="Most tokens per transformer forward: image + text tokens, CFG rows counted."
+    )
+    max_batch_rows: int = Field(16, ge=1, description="Most rows per forward (a request with CFG takes 2).")
+    max_waiting: int = Field(64, ge=1, description="Requests waiting in the loop before new ones get 503.")
+    max_wait_steps: int = Field(
+        32, ge=1, description="Aging: after waiting this many steps, a request's latent shape runs next."
+    )
+    deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
+
+    def policy(self) -> AdmissionPolicy:
+        return AdmissionPolicy(self.token_budget, self.max_batch_rows, self.max_wait_steps, self.continuous)
+
+
 class IngressSettings(_Settings):
     deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
 
@@ -92,5 +116,5 @@ class AppSettings(_Settings):
     limits: Limits = Field(default_factory=Limits)
     ingress: IngressSettings = Field(default_factory=IngressSettings)
     encoder: BatchedStage = Field(default_factory=BatchedStage)
-    denoiser: BatchedStage = Field(default_factory=BatchedStage)
+    denoiser: DenoiserStage = Field(default_factory=DenoiserStage)
     decoder: BatchedStage = Field(default_factory=BatchedStage)

@@ -1,5 +1,6 @@
 """The three stage deployments: each wraps the engine's stage class (the same one the bulk jobs use)
-with Ray Serve request batching, per-request timings and counters. No stage logic lives here.
+with batching (Ray Serve request batching for the Encoder and Decoder, the engine's step-level loop
+for the Denoiser), per-request timings and counters. No stage logic lives here.
 """
 
 import asyncio
@@ -11,10 +12,11 @@ from ray import serve
 
 from deployments.contracts import Conditioning, EditRequest, Latents
 from deployments.decoder import Decoder
+from deployments.denoise_loop import DenoiseLoop
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from deployments.errors import EditError
-from serve.settings import BatchedStage
+from serve.settings import BatchedStage, DenoiserStage
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +26,10 @@ class BatchingReplica:
     so the replica keeps answering health checks and accepting requests while the model works."""
 
     stage: str  # "encode" | "denoise" | "decode": names this stage's timings
+    engine_class: type  # the engine's stage class this deployment wraps
 
-    def __init__(self, batching: BatchedStage):
+    def __init__(self, model: str, batching: BatchedStage):
+        self.engine = self.engine_class(model)
         self.batches = 0
         self.items = 0
         self._batch.set_max_batch_size(batching.max_batch_size)
@@ -70,10 +74,7 @@ def _stamp(result, item, stage: str, started: float, finished: float):
 @serve.deployment(name="Encoder")
 class EncoderDeployment(BatchingReplica):
     stage = "encode"
-
-    def __init__(self, model: str, batching: BatchedStage):
-        super().__init__(batching)
-        self.engine = Encoder(model)
+    engine_class = Encoder
 
     def process(self, items: list[EditRequest]) -> list:
         return self.engine.encode_batch(items)
@@ -83,31 +84,35 @@ class EncoderDeployment(BatchingReplica):
 
 
 @serve.deployment(name="Denoiser")
-class DenoiserDeployment(BatchingReplica):
-    """Whole-request batching through the engine's batched denoise. Callers only use `denoise`, so a
-    step-level engine loop can replace the batching inside without touching the ingress."""
+class DenoiserDeployment:
+    """Runs the engine's continuous-batching loop on its own thread; each call waits for its request
+    while the replica's event loop stays free. A call that is cancelled (client gone, deadline hit)
+    takes its request out of the batch at the next step boundary."""
 
-    stage = "denoise"
-
-    def __init__(self, model: str, batching: BatchedStage):
-        super().__init__(batching)
-        self.engine = Denoiser(model)
-
-    def process(self, items: list[Conditioning]) -> list:
-        return self.engine.denoise(items)
+    def __init__(self, model: str, settings: DenoiserStage):
+        self.loop = DenoiseLoop(Denoiser(model), settings.policy(), settings.max_waiting)
 
     async def denoise(self, conditioning: Conditioning, seed: int) -> Latents:
         """Denoises `conditioning` with `seed` (one encoding serves all `n` images of a request)."""
-        return await self.submit(dataclasses.replace(conditioning, seed=seed))
+        ticket = self.loop.submit(dataclasses.replace(conditioning, seed=seed))
+        latents = await asyncio.wrap_future(ticket.future)  # cancelling this cancels the ticket
+        return _stamp(latents, conditioning, "denoise", ticket.admitted_at, time.time())
+
+    def stats(self) -> dict:
+        return dataclasses.asdict(self.loop.stats)
+
+    def check_health(self) -> None:
+        if not self.loop.alive:
+            raise RuntimeError("the denoising engine loop has stopped")
+
+    def __del__(self):
+        self.loop.close()
 
 
 @serve.deployment(name="Decoder")
 class DecoderDeployment(BatchingReplica):
     stage = "decode"
-
-    def __init__(self, model: str, batching: BatchedStage):
-        super().__init__(batching)
-        self.engine = Decoder(model)
+    engine_class = Decoder
 
     def process(self, items: list[Latents]) -> list:
         return self.engine.decode_batch(items)

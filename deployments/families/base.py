@@ -30,6 +30,8 @@ class DenoiseJob:
     generator: torch.Generator  # seeded with the request's seed
     bucket: Hashable  # jobs with equal buckets may share one model forward
     device_inputs: dict[str, torch.Tensor]  # conditioning tensors moved to the model's device
+    rows: int  # model-forward rows per step (guidance rows included)
+    tokens: int  # tokens those rows put through each forward
     step_index: int = 0
 
     @property

@@ -159,6 +159,8 @@ class QwenImageEdit(ModelFamily):
             for name in ("prompt_embeds", "prompt_embeds_mask", "negative_prompt_embeds", "negative_prompt_embeds_mask", "image_latents")
             if getattr(conditioning, name) is not None
         }
+        rows = 2 if conditioning.do_true_cfg else 1
+        text = max(e.shape[0] for e in (conditioning.prompt_embeds, conditioning.negative_prompt_embeds) if e is not None)
         return DenoiseJob(
             conditioning=conditioning,
             latents=latents,
@@ -167,6 +169,8 @@ class QwenImageEdit(ModelFamily):
             generator=generator,
             bucket=conditioning.img_shapes,  # RoPE takes one set of image shapes per forward
             device_inputs=device_inputs,
+            rows=rows,
+            tokens=rows * (latents.shape[1] + conditioning.image_latents.shape[0] + text),
         )
 
     @torch.no_grad()

@@ -18,9 +18,11 @@ def free_port() -> int:
 def app_settings(model: str) -> AppSettings:
     """The repo's defaults, pointed at the tiny test checkpoint, with small CPU shares so that the app
     and the autoscaling app fit the test cluster."""
-    stage = {"max_batch_size": 8, "batch_wait_timeout_s": 0.2, "deployment": {"ray_actor_options": {"num_cpus": 0.5}}}
+    deployment = {"ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 32}
+    stage = {"max_batch_size": 8, "batch_wait_timeout_s": 0.2, "deployment": deployment}
+    denoiser = {"deployment": deployment}
     return AppSettings.model_validate(
-        {"model": model, "request_timeout_s": 120, "encoder": stage, "denoiser": stage, "decoder": stage}
+        {"model": model, "request_timeout_s": 120, "encoder": stage, "denoiser": denoiser, "decoder": stage}
     )
 
 

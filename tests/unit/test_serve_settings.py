@@ -14,7 +14,7 @@ def test_repo_config_is_valid_and_port_overridable():
     schema, settings = load_config(CONFIG, port=8123)
     assert schema.http_options.port == 8123 and schema.http_options.host == "127.0.0.1"
     assert schema.applications[0].import_path == "serve.app:build_app"
-    assert settings.denoiser.max_batch_size >= 1
+    assert settings.denoiser.continuous and settings.denoiser.token_budget >= 1
     assert settings.encoder.deployment.autoscaling_config.max_replicas >= 1
 
 

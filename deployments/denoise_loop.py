@@ -1,0 +1,181 @@
+"""Continuous (step-level) batching: one engine loop per Denoiser replica, on its own thread.
+
+    step() = admit -> forward -> update -> resolve
+
+Between any two denoising steps, waiting requests join the running batch and finished ones leave at
+once, so a short request never waits for a long one to finish all its steps. Each request's result
+equals denoising it alone (the Denoiser's batch-invariance guarantee). Cancelled requests leave at
+the next step boundary and free their slot.
+"""
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from deployments.admission import AdmissionPolicy
+from deployments.contracts import Conditioning
+from deployments.denoiser import Denoiser
+from deployments.errors import OverloadedError
+from deployments.families import DenoiseJob
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request in the loop: its job, its result, where it stands."""
+
+    job: DenoiseJob
+    on_step: Callable[[int, int], None] | None  # called (steps done, total) from the loop thread
+    future: Future = field(default_factory=Future)
+    submitted_at: float = field(default_factory=time.time)
+    admitted_at: float | None = None
+    waited_steps: int = 0
+
+    @property
+    def bucket(self):
+        return self.job.bucket
+
+    @property
+    def rows(self) -> int:
+        return self.job.rows
+
+    @property
+    def tokens(self) -> int:
+        return self.job.tokens
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        return self.job.step_index, len(self.job.timesteps)
+
+    def cancel(self) -> None:
+        """Leave the batch at the next step boundary (safe from any thread; also what cancelling an
+        asyncio future wrapping `future` does)."""
+        self.future.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
+
+
+@dataclass
+class LoopStats:
+    """The loop's state, for metrics and tests."""
+
+    active_requests: int = 0
+    active_rows: int = 0
+    waiting_requests: int = 0
+    last_forward_tokens: int = 0
+    last_step_s: float = 0.0
+    steps: int = 0  # engine steps run (one forward each)
+    rows_stepped: int = 0  # sum of rows over all steps: rows_stepped / steps = mean rows per forward
+    max_requests_in_a_step: int = 0
+    mixed_timestep_steps: int = 0  # steps whose batch held requests at different timesteps
+    finished: int = 0
+    cancelled: int = 0
+
+
+class DenoiseLoop:
+    def __init__(self, denoiser: Denoiser, policy: AdmissionPolicy, max_waiting: int):
+        self.denoiser = denoiser
+        self.policy = policy
+        self.max_waiting = max_waiting
+        self.stats = LoopStats()
+        self.last_beat = time.monotonic()  # last time the loop was alive and not stuck in a step
+        self._waiting: collections.deque[Ticket] = collections.deque()
+        self._active: list[Ticket] = []
+        self._wakeup = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="denoise-loop", daemon=True)
+        self._thread.start()
+
+    def submit(self, conditioning: Conditioning, on_step: Callable[[int, int], None] | None = None) -> Ticket:
+        """Queues a request; its ticket's future resolves to its Latents. Raises OverloadedError when
+        `max_waiting` requests are already waiting."""
+        with self._wakeup:
+            if len(self._waiting) >= self.max_waiting:
+                raise OverloadedError(f"the denoiser already has {self.max_waiting} requests waiting")
+            ticket = Ticket(job=self.denoiser.start(conditioning), on_step=on_step)
+            self._waiting.append(ticket)
+            self.stats.waiting_requests = len(self._waiting)
+            self._wakeup.notify()
+        return ticket
+
+    def close(self) -> None:
+        with self._wakeup:
+            self._stopped = True
+            self._wakeup.notify()
+        self._thread.join(timeout=60)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not (self._stopped or self._waiting or self._active):
+                    self.last_beat = time.monotonic()
+                    self._wakeup.wait(timeout=1.0)
+                if self._stopped:
+                    return
+                self._drop_cancelled()
+                self._admit()
+            if self._active:
+                self._step()
+            self.last_beat = time.monotonic()
+
+    def _drop_cancelled(self) -> None:
+        for queue in (self._waiting, self._active):
+            for ticket in [t for t in queue if t.cancelled]:
+                queue.remove(ticket)
+                self.stats.cancelled += 1
+
+    def _admit(self) -> None:
+        for ticket in self.policy.admit(list(self._waiting), self._active):
+            self._waiting.remove(ticket)
+            ticket.admitted_at = time.time()
+            self._active.append(ticket)
+        for ticket in self._waiting:
+            ticket.waited_steps += 1
+        self.stats.waiting_requests = len(self._waiting)
+
+    def _step(self) -> None:
+        """One batched forward for every active request, each at its own timestep; then resolve."""
+        batch = list(self._active)
+        started = time.perf_counter()
+        try:
+            self.denoiser.step([t.job for t in batch])
+        except Exception as error:  # a failed step fails its requests with the cause, not the loop
+            logger.exception("denoising step failed for %d request(s)", len(batch))
+            for ticket in batch:
+                self._active.remove(ticket)
+                if not ticket.cancelled:
+                    ticket.future.set_exception(error)
+            return
+        self._record(batch, time.perf_counter() - started)
+        for ticket in batch:
+            if ticket.on_step is not None:
+                ticket.on_step(*ticket.progress)
+            if ticket.job.done:
+                self._active.remove(ticket)
+                self.stats.finished += 1
+                if not ticket.cancelled:  # cancelled during this step: nobody is waiting
+                    ticket.future.set_result(self.denoiser.finish(ticket.job))
+
+    def _record(self, batch: list[Ticket], seconds: float) -> None:
+        s = self.stats
+        s.active_requests = len(batch)
+        s.active_rows = sum(t.rows for t in batch)
+        s.last_forward_tokens = sum(t.tokens for t in batch)
+        s.last_step_s = seconds
+        s.steps += 1
+        s.rows_stepped += s.active_rows
+        s.max_requests_in_a_step = max(s.max_requests_in_a_step, len(batch))
+        # step_index was advanced by the step: differing indices = different timesteps in one forward
+        if len({t.job.step_index for t in batch}) > 1:
+            s.mixed_timestep_steps += 1
