@@ -10,6 +10,7 @@ plumbing and the math (parity with diffusers), not edit quality.
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from deployments.settings import ENGINE_SETTINGS_FILE, TINY_MODEL_DIRS
+from deployments.settings import ENGINE_SETTINGS_FILE, TINY_MODEL_DIRS, EngineSettings
 
 logger = logging.getLogger(__name__)
 
@@ -160,11 +161,13 @@ def build_pipeline(variant: str):
     )
 
 
-def write_checkpoint(out_dir: str | Path, variant: str = "edit-plus") -> Path:
-    """Writes the tiny checkpoint to `out_dir` (diffusers format + the engine settings file)."""
+def write_checkpoint(out_dir: str | Path, variant: str = "edit-plus", **engine_settings: int) -> Path:
+    """Writes the tiny checkpoint to `out_dir` (diffusers format + the engine settings file);
+    `engine_settings` override TINY_ENGINE_SETTINGS (e.g. a benchmark's working area)."""
     out_dir = Path(out_dir)
     build_pipeline(variant).save_pretrained(out_dir)
-    (out_dir / ENGINE_SETTINGS_FILE).write_text(json.dumps(TINY_ENGINE_SETTINGS, indent=2) + "\n")
+    settings = EngineSettings(**{**TINY_ENGINE_SETTINGS, **engine_settings})  # validates the overrides
+    (out_dir / ENGINE_SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
     logger.info("wrote tiny %s checkpoint to %s", variant, out_dir)
     return out_dir
 
@@ -194,9 +197,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", help="directory to write the checkpoint into")
     parser.add_argument("--variant", choices=sorted(PIPELINES), default="edit-plus")
+    parser.add_argument("--vae-image-area", type=int, default=TINY_ENGINE_SETTINGS["vae_image_area"])
+    parser.add_argument("--condition-image-area", type=int, default=TINY_ENGINE_SETTINGS["condition_image_area"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    write_checkpoint(args.out_dir, args.variant)
+    write_checkpoint(
+        args.out_dir, args.variant, vae_image_area=args.vae_image_area, condition_image_area=args.condition_image_area
+    )
 
 
 if __name__ == "__main__":

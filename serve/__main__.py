@@ -60,7 +60,9 @@ def main() -> None:
     app = schema.applications[0]
     http = schema.http_options
 
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
+    # Logical CPUs: enough for every stage of the config on one machine, whatever its core count
+    # (the stages' torch threads then share the cores).
+    ray.init(num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False)
     serve.start(http_options={"host": http.host, "port": http.port}, proxy_location=schema.proxy_location)
     serve.run(build_app(settings), name=app.name, route_prefix=app.route_prefix, blocking=False)
     base = f"http://{http.host}:{http.port}"

@@ -1,0 +1,266 @@
+"""Load benchmark of the online app against the in-process staged engine, side by side in one run.
+
+    python -m cluster.bench [--model DIR_OR_HUB_ID] [--report bench.json] [--quick]
+
+1. Throughput: 128x128 edits, 8 steps, CFG on, 8 concurrent clients, 64 requests, against the same
+   requests run one at a time in this process through Encoder -> Denoiser -> Decoder (the baseline).
+   Also 1 client (serving overhead) and 256x256. Final line: throughput_ratio=<served/baseline>.
+2. Head-of-line blocking: half 4-step, half 24-step requests, 8 clients, with the Denoiser's
+   continuous (step-level) admission on and off. Final line: short_p50_ratio=<on/off> of the 4-step
+   requests' median latency.
+
+Each served run starts the app with `python -m serve` on a free loopback port (serve/config.yaml
+with the denoiser's `continuous` switched as needed) and stops it afterwards. Requests and time are
+bounded. The JSON report holds throughput (images/s), p50/p95/p99 latency and mean rows per forward.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import requests
+import yaml
+from PIL import Image
+
+from deployments.contracts import EditRequest
+from deployments.decoder import Decoder
+from deployments.denoiser import Denoiser
+from deployments.encoder import Encoder
+from deployments.tiny import write_checkpoint
+
+CONFIG = Path(__file__).resolve().parents[1] / "serve" / "config.yaml"
+APP = "edit"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One edit of a workload."""
+
+    size: int
+    steps: int
+    seed: int
+
+    def form(self) -> dict[str, str]:
+        return {
+            "prompt": "change the red dress to a blue long-sleeved shirt",
+            "negative_prompt": "blurry",
+            "true_cfg_scale": "4.0",
+            "size": f"{self.size}x{self.size}",
+            "num_inference_steps": str(self.steps),
+            "seed": str(self.seed),
+        }
+
+
+def tiny_at_working_size(size: int) -> Path:
+    """The tiny checkpoint with its VAE (and VL) image area at size x size, so that the whole edit —
+    input latents and output — runs at the workload's resolution. Written once, under models/."""
+    path = CONFIG.parents[1] / "models" / f"tiny-edit-plus-{size}"
+    if not path.is_dir():
+        write_checkpoint(path, "edit-plus", vae_image_area=size * size, condition_image_area=size * size)
+    return path
+
+
+def input_image(size: int = 128) -> bytes:
+    pixels = np.random.RandomState(0).randint(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def summarize(latencies: list[float], wall_s: float) -> dict:
+    ordered = np.sort(np.array(latencies))
+    return {
+        "requests": len(latencies),
+        "wall_s": round(wall_s, 3),
+        "images_per_s": round(len(latencies) / wall_s, 4),
+        **{f"p{q}_s": round(float(np.percentile(ordered, q)), 4) for q in (50, 95, 99)},
+    }
+
+
+# ---- baseline: the staged engine in this process, one request at a time ----------------------------
+
+
+def run_in_process(stages, image: bytes, jobs: list[Job]) -> dict:
+    encoder, denoiser, decoder = stages
+    latencies, started = [], time.perf_counter()
+    for job in jobs:
+        t = time.perf_counter()
+        request = EditRequest(
+            images=(image,), prompt=job.form()["prompt"], negative_prompt="blurry", true_cfg_scale=4.0,
+            width=job.size, height=job.size, num_inference_steps=job.steps, seed=job.seed,
+        )
+        decoder.decode(denoiser.denoise([encoder.encode(request)])[0])
+        latencies.append(time.perf_counter() - t)
+    return summarize(latencies, time.perf_counter() - started)
+
+
+# ---- served: the app over HTTP on loopback ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def served_app(model: str, continuous: bool):
+    """Runs `python -m serve` with the repo config (denoiser.continuous set) on a free port."""
+    config = yaml.safe_load(CONFIG.read_text())
+    args = config["applications"][0]["args"]
+    args["model"] = model
+    args["denoiser"]["continuous"] = continuous
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        log = open(Path(tmp) / "serve.log", "w")
+        env = {**os.environ, "PORT": str(port)}
+        env.pop("MODEL", None)  # the config names the model
+        process = subprocess.Popen([sys.executable, "-m", "serve", "--config", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_ready(base, process, timeout_s=300)
+            yield ServedApp(base)
+        finally:
+            process.send_signal(2)  # Ctrl-C: the launcher shuts Serve and Ray down
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()
+
+
+def wait_ready(base: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the app exited with {process.returncode} before it was ready")
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
+                return
+        time.sleep(1)
+    raise SystemExit(f"the app was not ready within {timeout_s}s")
+
+
+# Read in a short-lived process: a driver that connects to a cluster, holds Serve handles and
+# disconnects cannot reconnect to the next cluster in the same process.
+STATS = (
+    "import json, ray; from ray import serve; ray.init(address='auto', namespace='serve', log_to_driver=False); "
+    f"print(json.dumps(serve.get_deployment_handle('Denoiser', '{APP}').stats.remote().result(timeout_s=60)))"
+)
+
+
+@dataclass(frozen=True)
+class ServedApp:
+    base: str  # http://127.0.0.1:PORT
+
+    def denoiser_stats(self) -> dict:
+        """The Denoiser's engine-loop counters (one replica: the config's default)."""
+        out = subprocess.run([sys.executable, "-c", STATS], capture_output=True, text=True, timeout=120, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_served(app: ServedApp, image: bytes, jobs: list[Job], clients: int, max_seconds: float) -> dict:
+    """`clients` concurrent clients send `jobs` (in order, as each frees up); stops issuing after
+    `max_seconds`. Returns the summary plus each job's latency."""
+    base = app.base
+    before = app.denoiser_stats()
+    deadline = time.monotonic() + max_seconds
+    sessions = [requests.Session() for _ in range(clients)]
+
+    stage_times = []
+
+    def send(index: int) -> tuple[Job, float | None]:
+        job = jobs[index]
+        if time.monotonic() > deadline:
+            return job, None
+        t = time.perf_counter()
+        response = sessions[index % clients].post(
+            f"{base}/v1/images/edits", files={"image": ("in.png", image, "image/png")}, data=job.form(), timeout=600
+        )
+        response.raise_for_status()
+        stage_times.append(response.json()["timings"])
+        return job, time.perf_counter() - t
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = [r for r in pool.map(send, range(len(jobs))) if r[1] is not None]
+    wall = time.perf_counter() - started
+    after = app.denoiser_stats()
+    steps = after["steps"] - before["steps"]
+    summary = summarize([latency for _, latency in results], wall)
+    summary["mean_rows_per_forward"] = round((after["rows_stepped"] - before["rows_stepped"]) / max(steps, 1), 3)
+    summary["clients"] = clients
+    summary["mean_stage_s"] = {name: round(float(np.mean([t[name] for t in stage_times])), 4) for name in stage_times[0]}
+    return summary | {"by_job": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--model", default=None,
+        help="checkpoint directory or hub id (default: $MODEL, else the tiny model at a 128x128 working area)",
+    )
+    parser.add_argument("--report", type=Path, default=Path("bench-report.json"))
+    parser.add_argument("--quick", action="store_true", help="a quarter of the requests (a smoke run)")
+    parser.add_argument("--max-seconds", type=float, default=300, help="stop issuing requests of a workload after this")
+    args = parser.parse_args()
+    model = args.model or os.environ.get("MODEL") or str(tiny_at_working_size(128))
+    scale = 4 if args.quick else 1
+    image = input_image()
+    report: dict = {"model": model, "cpu_count": os.cpu_count()}
+
+    throughput_jobs = [Job(128, 8, seed) for seed in range(64 // scale)]
+    latency_jobs = [Job(128, 8, seed) for seed in range(16 // scale)]
+    large_jobs = [Job(256, 8, seed) for seed in range(16 // scale)]
+    mixed_jobs = [Job(128, 4 if i % 2 == 0 else 24, i) for i in range(48 // scale)]
+
+    stages = (Encoder(model), Denoiser(model), Decoder(model))
+    run_in_process(stages, image, throughput_jobs[:2])  # warm-up
+    print("baseline: in-process, one request at a time", flush=True)
+    report["baseline_128"] = run_in_process(stages, image, throughput_jobs)
+    report["baseline_256"] = run_in_process(stages, image, large_jobs)
+    del stages
+
+    with served_app(model, continuous=True) as app:
+        run_served(app, image, throughput_jobs[:8], 8, args.max_seconds)  # warm-up
+        print("served: continuous batching", flush=True)
+        report["served_128_c8"] = run_served(app, image, throughput_jobs, 8, args.max_seconds)
+        report["served_128_c1"] = run_served(app, image, latency_jobs, 1, args.max_seconds)
+        report["served_256_c8"] = run_served(app, image, large_jobs, 8, args.max_seconds)
+        report["mixed_continuous"] = run_served(app, image, mixed_jobs, 8, args.max_seconds)
+    with served_app(model, continuous=False) as app:
+        run_served(app, image, throughput_jobs[:8], 8, args.max_seconds)  # warm-up
+        print("served: whole-request batching", flush=True)
+        report["mixed_whole_request"] = run_served(app, image, mixed_jobs, 8, args.max_seconds)
+
+    for name in ("mixed_continuous", "mixed_whole_request"):
+        by_job = report[name].pop("by_job")
+        report[name]["short_p50_s"] = round(float(np.median([t for job, t in by_job if job.steps == 4])), 4)
+        report[name]["long_p50_s"] = round(float(np.median([t for job, t in by_job if job.steps == 24])), 4)
+    for name in ("served_128_c8", "served_128_c1", "served_256_c8"):
+        report[name].pop("by_job")
+
+    ratios = {
+        "throughput_ratio": report["served_128_c8"]["images_per_s"] / report["baseline_128"]["images_per_s"],
+        "throughput_ratio_256": report["served_256_c8"]["images_per_s"] / report["baseline_256"]["images_per_s"],
+        "serving_overhead_c1": report["served_128_c1"]["p50_s"] / report["baseline_128"]["p50_s"],
+        "short_p50_ratio": report["mixed_continuous"]["short_p50_s"] / report["mixed_whole_request"]["short_p50_s"],
+    }
+    report["ratios"] = {name: round(value, 3) for name, value in ratios.items()}
+    args.report.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    for name in ("serving_overhead_c1", "throughput_ratio_256", "short_p50_ratio", "throughput_ratio"):
+        print(f"{name}={report['ratios'][name]}")
+
+
+if __name__ == "__main__":
+    main()
