@@ -5,20 +5,17 @@ for the Denoiser), per-request timings and counters. No stage logic lives here.
 
 import asyncio
 import dataclasses
-import logging
 import time
 
 from ray import serve
 
-from deployments.contracts import Conditioning, EditRequest, Latents
+from deployments.contracts import Conditioning, EditedImage, EditRequest, Latents
 from deployments.decoder import Decoder
 from deployments.denoise_loop import DenoiseLoop
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from deployments.errors import EditError
 from serve.settings import BatchedStage, DenoiserStage
-
-logger = logging.getLogger(__name__)
 
 
 class BatchingReplica:
@@ -117,5 +114,5 @@ class DecoderDeployment(BatchingReplica):
     def process(self, items: list[Latents]) -> list:
         return self.engine.decode_batch(items)
 
-    async def decode(self, latents: Latents):
+    async def decode(self, latents: Latents) -> EditedImage:
         return await self.submit(latents)
