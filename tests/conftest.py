@@ -1,6 +1,7 @@
 """Test-wide settings: no network for model hubs, an empty Hugging Face cache, tiny checkpoints.
 
-Suites: unit/ (no model), engine/ (tiny model, in-process), serve/ (a real local Ray Serve).
+Suites: unit/ (no model), engine/ (tiny model, in-process), serve/ (a real local Ray Serve),
+cluster/ (bulk jobs).
 """
 
 import os
