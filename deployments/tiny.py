@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 PIPELINES = {"edit": QwenImageEditPipeline, "edit-plus": QwenImageEditPlusPipeline}
 
+# Bump when the builder's output changes, so generated default checkpoints are rebuilt on next use.
+TINY_BUILD = 2
+BUILD_MARKER = "tiny_build.txt"
+
 SPECIAL_TOKENS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -168,12 +172,14 @@ def write_checkpoint(out_dir: str | Path, variant: str = "edit-plus", **engine_s
     build_pipeline(variant).save_pretrained(out_dir)
     settings = EngineSettings(**{**TINY_ENGINE_SETTINGS, **engine_settings})  # validates the overrides
     (out_dir / ENGINE_SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
+    (out_dir / BUILD_MARKER).write_text(f"{TINY_BUILD}\n")
     logger.info("wrote tiny %s checkpoint to %s", variant, out_dir)
     return out_dir
 
 
 def ensure_tiny_checkpoint(path: Path) -> bool:
-    """Generates one of the project's tiny default checkpoints at `path` if it is missing.
+    """Generates one of the project's tiny default checkpoints at `path` if it is missing or was
+    written by an older version of this builder (its BUILD_MARKER differs).
 
     Several replicas may start at once: each writes a private copy and renames it into place, so a
     reader never sees a half-written checkpoint. Returns whether `path` is a tiny default.
@@ -182,10 +188,15 @@ def ensure_tiny_checkpoint(path: Path) -> bool:
     variant = TINY_MODEL_DIRS.get(path)
     if variant is None:
         return False
-    if not path.is_dir():
+    marker = path / BUILD_MARKER
+    if not (marker.is_file() and marker.read_text().strip() == str(TINY_BUILD)):
         path.parent.mkdir(parents=True, exist_ok=True)
         scratch = path.parent / f".{path.name}.{os.getpid()}.tmp"
         write_checkpoint(scratch, variant)
+        if path.is_dir():  # stale: move it aside first (rename, so readers never see a mix)
+            stale = path.parent / f".{path.name}.{os.getpid()}.stale"
+            path.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             scratch.rename(path)
         except OSError:  # another process got there first; its copy is identical

@@ -12,7 +12,7 @@ from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from deployments.errors import ModelLoadError
 from deployments.models import resolve_model
-from deployments.tiny import ensure_tiny_checkpoint, write_checkpoint
+from deployments.tiny import TINY_BUILD, ensure_tiny_checkpoint, write_checkpoint
 from tests.helpers import image_bytes, random_image
 
 
@@ -66,3 +66,15 @@ def test_default_tiny_checkpoint_is_generated_on_first_use(tmp_path, monkeypatch
     assert resolve_model(str(target)).pipeline_class == "QwenImageEditPipeline"
     assert [p.name for p in tmp_path.iterdir()] == ["tiny-edit"]  # no scratch copy left behind
     assert not ensure_tiny_checkpoint(tmp_path / "somewhere-else")
+
+
+def test_a_stale_default_tiny_checkpoint_is_rebuilt(tmp_path, monkeypatch):
+    target = tmp_path / "tiny-edit"
+    monkeypatch.setattr("deployments.tiny.TINY_MODEL_DIRS", {target.resolve(): "edit"})
+    ensure_tiny_checkpoint(target)
+    (target / "tiny_build.txt").write_text("0\n")  # as if an older builder had written it
+    (target / "leftover.bin").write_bytes(b"old")
+    assert ensure_tiny_checkpoint(target)
+    assert not (target / "leftover.bin").exists()
+    assert (target / "tiny_build.txt").read_text().strip() == str(TINY_BUILD)
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-edit"]
