@@ -6,6 +6,8 @@ embeds the prompt (and the negative prompt when true CFG is on) and VAE-encodes 
 into normalized, packed latents. Output tensors are on the CPU.
 """
 
+import logging
+
 import torch
 
 from deployments.contracts import Conditioning, EditRequest
@@ -14,13 +16,16 @@ from deployments.families import load_family
 from deployments.images import decode_image
 from deployments.settings import model_from_env
 
+logger = logging.getLogger(__name__)
+
 
 class Encoder:
     def __init__(self, model: str | None = None, device: torch.device | None = None):
         self.family = load_family(model or model_from_env(), "encode", device)
 
     def encode(self, request: EditRequest) -> Conditioning:
-        images = [decode_image(data, "image" if len(request.images) == 1 else f"image[{i}]") for i, data in enumerate(request.images)]
+        single = len(request.images) == 1
+        images = [decode_image(data, "image" if single else f"image[{i}]") for i, data in enumerate(request.images)]
         return self.family.encode(request, images)
 
     def encode_batch(self, requests: list[EditRequest]) -> list[Conditioning | EditError]:
@@ -29,7 +34,11 @@ class Encoder:
 
 
 def _or_error(fn, item):
+    """fn(item), or the error it ended with: a request's failure never fails its batch-mates."""
     try:
         return fn(item)
     except EditError as e:
         return e
+    except Exception as e:  # a bug or an input we failed to anticipate: this request alone gets a 500
+        logger.exception("encoding request %s failed", getattr(item, "request_id", "?"))
+        return EditError(f"internal error while encoding ({type(e).__name__}); the server logged the cause")

@@ -25,6 +25,7 @@ from deployments.models import ModelSpec
 
 PIPELINES = {cls.__name__: cls for cls in (QwenImageEditPipeline, QwenImageEditPlusPipeline)}
 ALL_COMPONENTS = ("scheduler", "vae", "text_encoder", "tokenizer", "processor", "transformer")
+MAX_ASPECT_RATIO = 16  # beyond it an image's short side rounds to nothing at the VL area
 
 
 class QwenImageEdit(ModelFamily):
@@ -90,8 +91,14 @@ class QwenImageEdit(ModelFamily):
         for image in images:
             ratio = image.width / image.height
             vae_width, vae_height = calculate_dimensions(settings.vae_image_area, ratio)
+            condition_width, condition_height = calculate_dimensions(settings.condition_image_area, ratio)
+            too_thin = min(vae_width, vae_height, condition_width, condition_height) < 32
+            if too_thin or max(ratio, 1 / ratio) > MAX_ASPECT_RATIO:
+                raise InvalidInputError(
+                    "image", f"{image.width}x{image.height} is too elongated; the aspect ratio may be at most "
+                    f"{MAX_ASPECT_RATIO}:1"
+                )
             if self.plus:
-                condition_width, condition_height = calculate_dimensions(settings.condition_image_area, ratio)
                 condition_images.append(processor.resize(image, condition_height, condition_width))
             else:  # Edit shows the VL encoder the VAE-sized image and preprocesses that resized copy
                 image = processor.resize(image, vae_height, vae_width)

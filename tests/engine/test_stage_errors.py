@@ -31,6 +31,28 @@ def test_size_not_a_multiple_of_the_latent_grid(stages):
     assert error.param == "size" and "multiples of 8" in error.message
 
 
+@pytest.mark.parametrize("width, height", [(4000, 10), (10, 4000), (300, 1)])
+def test_too_elongated_images(stages, width, height):
+    error = encode_error(stages, "edit-plus", images=(image_bytes(random_image(width, height)),))
+    assert error.param == "image" and "too elongated" in error.message and "16:1" in error.message
+
+
+def test_an_unexpected_failure_fails_only_its_request(stages, monkeypatch):
+    encoder = stages["edit-plus"].encoder
+    real = encoder.family.encode
+
+    def flaky(request, images):
+        if request.prompt == "boom":
+            raise RuntimeError("simulated bug")
+        return real(request, images)
+
+    monkeypatch.setattr(encoder.family, "encode", flaky)
+    requests = [EditRequest(images=(GOOD,), prompt=p, num_inference_steps=1) for p in ("ok", "boom", "fine")]
+    results = encoder.encode_batch(requests)
+    assert [type(r).__name__ for r in results] == ["Conditioning", "EditError", "Conditioning"]
+    assert results[1].status == 500 and "RuntimeError" in results[1].message
+
+
 def test_a_bad_request_fails_alone_in_a_batch(stages):
     good = EditRequest(images=(GOOD,), prompt="ok", num_inference_steps=1)
     bad = EditRequest(images=(b"junk",), prompt="ok", num_inference_steps=1)
