@@ -1,5 +1,6 @@
-"""Offline bulk re-editing with Ray Data over Parquet manifests (the pipeline lands in its own step).
+"""Offline bulk re-editing with Ray Data over Parquet manifests: `python -m cluster.bulk --help`.
 
-manifest.py: what a manifest must hold, checked before any work starts.
-outputs.py: where results go: safe file names for any id, atomic writes, nothing outside OUT.
+__main__.py: the command and the pipeline. stages.py: the Ray Data steps around the engine's stage
+classes. manifest.py: what a manifest must hold. outputs.py: safe file names, atomic writes.
+results.py: the results dataset, kept to one row per id across resumed runs.
 """

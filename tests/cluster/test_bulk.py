@@ -1,0 +1,115 @@
+"""The bulk job end to end, as users run it (`python -m cluster.bulk`, its own local Ray cluster)."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from deployments.contracts import EditRequest
+from deployments.decoder import Decoder
+from deployments.denoiser import Denoiser
+from deployments.encoder import Encoder
+from tests.helpers import image_bytes, random_image
+
+GOOD_ROWS = 55
+BAD_ROWS = {  # id -> (image, instruction, size, expected error fragment)
+    "missing-file": ("imgs/nope.png", "x", None, "could not be read"),
+    "corrupt-file": ("imgs/corrupt.png", "x", None, "corrupt or truncated"),
+    "html-as-png": ("imgs/page.png", "x", None, "not a recognizable image"),
+    "empty-instruction": ("imgs/0.png", "", None, "prompt: must be a non-empty instruction"),
+    "bad-size": ("imgs/1.png", "x", "huge", "size: must be 'auto' or WIDTHxHEIGHT"),
+    "odd-size": ("imgs/2.png", "x", "100x64", "multiples of 8"),
+}
+EVIL_ID = "../../escape/../me"
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bulk")
+    (root / "imgs").mkdir()
+    rows = []
+    for i in range(GOOD_ROWS):
+        (root / "imgs" / f"{i}.png").write_bytes(image_bytes(random_image(64, 48, seed=i)))
+        rows.append({"id": f"row-{i}", "image": f"imgs/{i}.png", "instruction": f"edit number {i}", "seed": i, "size": None})
+    rows.append({"id": EVIL_ID, "image": "imgs/3.png", "instruction": "an id that tries to escape", "seed": 3, "size": None})
+    (root / "imgs" / "corrupt.png").write_bytes(image_bytes(random_image(64, 48))[:100])
+    (root / "imgs" / "page.png").write_bytes(b"<html><body>not an image</body></html>")
+    for row_id, (image, instruction, size, _) in BAD_ROWS.items():
+        rows.append({"id": row_id, "image": image, "instruction": instruction, "seed": 1, "size": size})
+    table = pa.Table.from_pylist(rows, schema=pa.schema(
+        [("id", pa.string()), ("image", pa.string()), ("instruction", pa.string()), ("seed", pa.int64()), ("size", pa.string())]
+    ))
+    pq.write_table(table, root / "manifest.parquet")
+    return root / "manifest.parquet"
+
+
+def bulk_command(manifest: Path, out: Path, model: str) -> list[str]:
+    return [sys.executable, "-m", "cluster.bulk", "--manifest", str(manifest), "--output", str(out), "--model", model,
+            "--steps", "2", "--decoder-batch-size", "4"]
+
+
+def results(out: Path) -> pd.DataFrame:
+    return pd.concat([pq.read_table(f).to_pandas() for f in (out / "results").glob("*.parquet")], ignore_index=True)
+
+
+def check_exactly_once(out: Path, manifest: Path) -> pd.DataFrame:
+    table = results(out)
+    expected = set(pq.read_table(manifest, columns=["id"]).column("id").to_pylist())
+    assert sorted(table["id"]) == sorted(expected)  # every id, once
+    ok = table[table["status"] == "ok"]
+    assert set(ok["id"]) == expected - set(BAD_ROWS)
+    for relative in ok["output"]:
+        Image.open(out / relative).load()  # complete, decodable
+    assert not list(out.rglob("*.partial"))
+    return table
+
+
+def test_bulk_job_edits_good_rows_and_reports_bad_ones(manifest, tiny_checkpoints, tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run(bulk_command(manifest, out, tiny_checkpoints["edit-plus"]), capture_output=True, text=True, timeout=480)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]  # some rows are errors
+    table = check_exactly_once(out, manifest)
+    errors = table.set_index("id").loc[list(BAD_ROWS)]
+    for row_id, (*_, fragment) in BAD_ROWS.items():
+        assert errors.loc[row_id, "status"] == "error" and fragment in errors.loc[row_id, "error"], row_id
+    assert set(p.name for p in tmp_path.iterdir()) == {"out"}  # the escaping id wrote inside OUT only
+    assert "skipped" in done.stdout and "rows/s" in done.stdout  # the summary table
+
+    # A bulk row's image is the engine's (and so the online endpoint's) image for the same inputs.
+    model = tiny_checkpoints["edit-plus"]
+    row = table.set_index("id").loc["row-7"]
+    request = EditRequest(images=((manifest.parent / "imgs" / "7.png").read_bytes(),), prompt="edit number 7",
+                          negative_prompt=" ", seed=7, num_inference_steps=2)
+    expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
+    bulk = np.asarray(Image.open(out / row["output"]), dtype=np.int16)
+    assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
+
+
+def test_killed_job_resumes_to_exactly_once(manifest, tiny_checkpoints, tmp_path):
+    out = tmp_path / "out"
+    command = bulk_command(manifest, out, tiny_checkpoints["edit-plus"])
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list((out / "images").glob("*.png"))) < 8:
+            assert job.poll() is None, "the job ended before it could be killed"
+            assert time.monotonic() < deadline, "no images appeared"
+            time.sleep(0.2)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)
+    time.sleep(3)  # let the killed driver's local Ray cluster go down
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=480)
+    assert rerun.returncode == 1, rerun.stderr[-4000:]
+    check_exactly_once(out, manifest)
