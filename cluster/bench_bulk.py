@@ -1,11 +1,12 @@
 """Bulk job throughput against the online endpoint's saturated throughput, same workload, one run.
 
-    python -m cluster.bench_bulk [--model DIR_OR_HUB_ID] [--rows 64] [--report bench-bulk.json]
+    python -m cluster.bench_bulk [--model DIR_OR_HUB_ID] [--rows 128] [--report bench-bulk.json]
 
 Workload: 128x128 edits, 8 steps, CFG on (as cluster/bench.py). The bulk side is
-`python -m cluster.bulk` over a generated manifest, timed end to end (Ray start-up and model loads
-included) and by its own summary; the online side is 8 concurrent clients against `python -m serve`.
-Final line: bulk_vs_online=<bulk rows/s / online images/s>.
+`python -m cluster.bulk` over a generated manifest, timed by its own summary — once running (from
+the engine's first row to its last, as the online figure is timed: server start-up left out) and
+over the whole run — and end to end; the online side is 8 concurrent clients against
+`python -m serve`. Final line: bulk_vs_online=<bulk running rows/s / online images/s>.
 """
 
 import argparse
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 
 from cluster.bench import Job, input_image, run_served, served_app, tiny_at_working_size
 
-SUMMARY = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s*$", re.MULTILINE)
+SUMMARY = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$", re.MULTILINE)
 
 
 def run_bulk(model: str, jobs: list[Job], image: bytes) -> dict:
@@ -49,10 +50,11 @@ def run_bulk(model: str, jobs: list[Job], image: bytes) -> dict:
     match = SUMMARY.findall(done.stdout)
     if done.returncode != 0 or not match:
         raise SystemExit(f"the bulk job failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    ok, error, _, rows_per_s, job_wall = match[-1]
+    ok, error, _, rows_per_s, running_rows_per_s, job_wall = match[-1]
     return {
         "rows": int(ok) + int(error),
         "ok": int(ok),
+        "running_rows_per_s": float(running_rows_per_s),  # the job's own: engine's first row to its last
         "rows_per_s": float(rows_per_s),  # the job's own figure: from Ray start to the last result
         "end_to_end_s": round(wall, 2),  # the whole command, interpreter start-up included
         "end_to_end_rows_per_s": round(len(jobs) / wall, 4),
@@ -63,7 +65,7 @@ def run_bulk(model: str, jobs: list[Job], image: bytes) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--rows", type=int, default=128)
     parser.add_argument("--report", type=Path, default=Path("bench-bulk.json"))
     args = parser.parse_args()
     model = args.model or os.environ.get("MODEL") or str(tiny_at_working_size(128))
@@ -75,8 +77,9 @@ def main() -> None:
         run_served(app, image, jobs[:8], 8, 300)  # warm-up
         report["online_c8"] = run_served(app, image, jobs, 8, 600)
         report["online_c8"].pop("by_job")
-    ratio = report["bulk"]["rows_per_s"] / report["online_c8"]["images_per_s"]
-    report["bulk_vs_online"] = round(ratio, 3)
+    online = report["online_c8"]["images_per_s"]
+    report["bulk_vs_online"] = round(report["bulk"]["running_rows_per_s"] / online, 3)
+    report["bulk_with_startup_vs_online"] = round(report["bulk"]["rows_per_s"] / online, 3)
     args.report.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     print(f"bulk_vs_online={report['bulk_vs_online']}")

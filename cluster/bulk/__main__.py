@@ -10,9 +10,9 @@ every row is `ok`. With no cluster address (RAY_ADDRESS) it starts a local Ray c
 """
 
 import argparse
+import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.dataset
@@ -20,7 +20,9 @@ import pyarrow.dataset
 from cluster.bulk.manifest import ManifestError, check_ids, check_schema
 from cluster.bulk.outputs import remove_partial_files
 from cluster.bulk.results import compact, to_result_rows, write_part
-from cluster.bulk.stages import DecodeActor, Defaults, DenoiseActor, EncodeActor, ToRequests
+from cluster.bulk.requests import Defaults, ToRequests
+from cluster.bulk.stages import DecodeActor, DenoiseActor, EncodeActor
+from cluster.bulk.tally import Tally
 from deployments.contracts import OUTPUT_FORMATS
 from deployments.models import resolve_model
 from deployments.settings import model_from_env
@@ -77,50 +79,58 @@ def main(argv=None) -> int:
         negative_prompt=args.negative_prompt, seed=args.seed, true_cfg_scale=args.cfg, output_format=args.output_format,
         size=args.size, num_inference_steps=args.steps or spec.settings.default_num_inference_steps,
     )
-    started = time.perf_counter()
-    counts = run(args, model, done, defaults)
-    wall = time.perf_counter() - started
-    processed = counts["ok"] + counts["error"]
-    print(
-        f"\n{'ok':>8} {'error':>8} {'skipped':>8} {'rows/s':>8} {'wall s':>8}\n"
-        f"{counts['ok']:>8} {counts['error']:>8} {len(done):>8} {processed / wall:>8.2f} {wall:>8.1f}"
-    )
-    return 0 if counts["error"] == 0 else 1
+    tally = Tally(skipped=len(done))
+    run(args, model, done, defaults, tally)
+    print("\n" + tally.summary())
+    return 0 if tally.error == 0 else 1
 
 
-def run(args, model: str, done: set[str], defaults: Defaults) -> dict[str, int]:
+STAGES = ("encoder", "denoiser", "decoder")
+REQUESTS_CPUS = 0.25  # reading files and building requests is light work
+
+
+def run(args, model: str, done: set[str], defaults: Defaults, tally: Tally) -> None:
     import ray
 
     if not ray.is_initialized():
-        # A local cluster needs logical CPUs for every pool at once (too few and Ray Data waits forever).
-        local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": max(4, os.cpu_count() or 1)}
+        local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": local_cpus(args)}
         ray.init(include_dashboard=False, **local)
     manifest_dir = None if "://" in args.manifest else str(Path(args.manifest).resolve().parent)
 
     ds = ray.data.read_parquet(args.manifest)
     if done:
         ds = ds.filter(lambda row: row["id"] not in done)
+    # Small blocks let the stages overlap: a Parquet file is one block, and a map step works through
+    # a whole block before handing anything on, so without this each stage would wait for the last.
+    ds = ds.repartition(target_num_rows_per_block=args.encoder_batch_size)
+    pool = ray.data.ActorPoolStrategy
     ds = ds.map_batches(
-        ToRequests, fn_constructor_args=(defaults, manifest_dir), batch_format="pandas", concurrency=1, num_cpus=0.25
+        ToRequests, fn_constructor_args=(defaults, manifest_dir), batch_format="pandas",
+        compute=pool(size=1), num_cpus=REQUESTS_CPUS,
     )
-    stages = ((EncodeActor, "encoder", ()), (DenoiseActor, "denoiser", ()), (DecodeActor, "decoder", (str(args.output),)))
-    for actor, stage, extra in stages:
+    actors = {"encoder": (EncodeActor, ()), "denoiser": (DenoiseActor, ()), "decoder": (DecodeActor, (str(args.output),))}
+    for stage in STAGES:
+        actor, extra = actors[stage]
         ds = ds.map_batches(
             actor,
             fn_constructor_args=(model, *extra),
             batch_format="pandas",
             batch_size=getattr(args, f"{stage}_batch_size"),
-            concurrency=getattr(args, f"{stage}_actors"),
+            compute=pool(size=getattr(args, f"{stage}_actors")),
             num_cpus=getattr(args, f"{stage}_cpus"),
             num_gpus=getattr(args, f"{stage}_gpus"),
         )
-    counts = {"ok": 0, "error": 0}
     for batch in ds.iter_batches(batch_format="pandas", batch_size=args.decoder_batch_size):  # results as they come
         rows = to_result_rows(batch, model)
         write_part(args.output, rows)
-        counts["ok"] += int((rows["status"] == "ok").sum())
-        counts["error"] += int((rows["status"] == "error").sum())
-    return counts
+        tally.add(rows)
+
+
+def local_cpus(args) -> int:
+    """Logical CPUs for a local cluster: every actor pool at once, plus a core for Ray Data's read
+    tasks — with fewer, the pools take them all and the job waits forever for a read to start."""
+    pools = sum(getattr(args, f"{stage}_actors") * getattr(args, f"{stage}_cpus") for stage in STAGES)
+    return max(os.cpu_count() or 1, math.ceil(pools + REQUESTS_CPUS) + 1)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ from cluster.bulk.outputs import write_atomic
 RESULT_COLUMNS = [
     "id", "status", "output", "error", "model", "instruction", "negative_prompt", "seed",
     "num_inference_steps", "true_cfg_scale", "output_format", "size", "encode_s", "denoise_s", "decode_s",
+    "started_at", "finished_at",
 ]
+STAGE_SECONDS = ("encode_s", "denoise_s", "decode_s")
+TIMES = ("started_at", "finished_at")
 
 
 def results_dir(output: Path) -> Path:
@@ -59,7 +62,9 @@ def to_result_rows(batch: pd.DataFrame, model: str) -> pd.DataFrame:
         output=batch["item"].where(ok, None),
         model=model,
     )
-    for column in ("encode_s", "denoise_s", "decode_s"):
-        if column not in rows:
+    for column in STAGE_SECONDS + TIMES:
+        if column not in rows:  # every row of the batch failed before reaching that stage
             rows[column] = None
+    for column in TIMES:
+        rows[column] = pd.to_datetime(rows[column], unit="s", utc=True)
     return rows[RESULT_COLUMNS]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -95,16 +96,20 @@ def test_bulk_job_edits_good_rows_and_reports_bad_ones(manifest, tiny_checkpoint
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
 
 
+def wait_for_images(job: subprocess.Popen, out: Path, count: int) -> None:
+    deadline = time.monotonic() + 300
+    while len(list((out / "images").glob("*.png"))) < count:
+        assert job.poll() is None, "the job ended before the fault could be injected"
+        assert time.monotonic() < deadline, "no images appeared"
+        time.sleep(0.2)
+
+
 def test_killed_job_resumes_to_exactly_once(manifest, tiny_checkpoints, tmp_path):
     out = tmp_path / "out"
     command = bulk_command(manifest, out, tiny_checkpoints["edit-plus"])
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while len(list((out / "images").glob("*.png"))) < 8:
-            assert job.poll() is None, "the job ended before it could be killed"
-            assert time.monotonic() < deadline, "no images appeared"
-            time.sleep(0.2)
+        wait_for_images(job, out, 8)
     finally:
         os.killpg(job.pid, signal.SIGKILL)
         job.wait(timeout=60)
@@ -112,4 +117,25 @@ def test_killed_job_resumes_to_exactly_once(manifest, tiny_checkpoints, tmp_path
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=480)
     assert rerun.returncode == 1, rerun.stderr[-4000:]
+    check_exactly_once(out, manifest)
+
+
+def test_stage_actors_killed_mid_job_still_exactly_once(manifest, tiny_checkpoints, tmp_path):
+    """Ray Data restarts a dead actor and retries its batch: a retried decode rewrites the same file
+    atomically, and only the driver writes results, so no row is lost or written twice."""
+    out = tmp_path / "out"
+    command = bulk_command(manifest, out, tiny_checkpoints["edit-plus"])
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for_images(job, out, 4)
+        workers = [p for p in psutil.Process(job.pid).children(recursive=True)
+                   if any(f"MapBatches({actor})" in " ".join(p.cmdline()) for actor in ("DenoiseActor", "DecodeActor"))]
+        assert len(workers) == 2, [p.cmdline() for p in workers]
+        for worker in workers:
+            worker.kill()
+        output, _ = job.communicate(timeout=480)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 1, output[-4000:]  # the bad rows; everything else was edited
     check_exactly_once(out, manifest)

@@ -1,10 +1,12 @@
-"""The bulk job's manifest contract and output rules (no Ray, no model)."""
+"""The bulk job's manifest contract, output rules and tally (no Ray, no model)."""
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 
 from cluster.bulk.manifest import ManifestError, check_ids, check_schema
 from cluster.bulk.outputs import TEMP_SUFFIX, inside, remove_partial_files, safe_name, write_atomic
+from cluster.bulk.tally import Tally
 
 
 def schema(**columns) -> pa.Schema:
@@ -75,3 +77,19 @@ def test_partial_files_are_cleaned(tmp_path):
     write_atomic(tmp_path, "images/y.png", b"whole")
     assert remove_partial_files(tmp_path) == 1
     assert [p.name for p in (tmp_path / "images").iterdir()] == ["y.png"]
+
+
+def test_running_rate_counts_from_the_engines_first_row_to_its_last():
+    def rows(statuses, started, finished):
+        return pd.DataFrame({
+            "status": statuses,
+            "started_at": pd.to_datetime(started, unit="s", utc=True),
+            "finished_at": pd.to_datetime(finished, unit="s", utc=True),
+        })
+
+    tally = Tally(skipped=3)
+    tally.add(rows(["ok", "error"], [100.0, None], [101.0, None]))  # the error never reached the engine
+    tally.add(rows(["ok", "ok"], [101.0, 102.0], [103.0, 104.0]))
+    assert (tally.ok, tally.error, tally.skipped) == (3, 1, 3)
+    assert tally.running_rows_per_s() == pytest.approx(4 / 4.0)
+    assert "running" in tally.summary().splitlines()[0]
