@@ -97,6 +97,9 @@ def run(args, model: str, done: set[str], defaults: Defaults, tally: Tally) -> N
         ray.init(include_dashboard=False, **local)
     manifest_dir = None if "://" in args.manifest else str(Path(args.manifest).resolve().parent)
 
+    # The `item` column carries the stage contracts as pickled Python objects; saying so explicitly
+    # stops every worker from warning that it fell back to that.
+    ray.data.DataContext.get_current().enable_fallback_to_arrow_object_ext_type = True
     ds = ray.data.read_parquet(args.manifest)
     if done:
         ds = ds.filter(lambda row: row["id"] not in done)
