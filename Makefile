@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve test stop clean
+.PHONY: install system-packages serve test stop clean
 
 install: $(STAMP)
 
@@ -19,8 +19,16 @@ $(STAMP): pyproject.toml
 serve: install
 	$(PY) -m serve
 
-test: install
+test: install system-packages
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# Debian packages the tests run for real: a Prometheus server scraping the test cluster.
+SYSTEM_PACKAGES := prometheus
+system-packages:
+	@command -v prometheus >/dev/null || { \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES); }; }
 
 # Ends whatever a killed `make serve` left behind (it stops everything Ray on this machine).
 stop:

@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from deployments.admission import AdmissionPolicy
+from deployments import metrics
 from deployments.contracts import Conditioning
 from deployments.denoiser import Denoiser
 from deployments.errors import OverloadedError
@@ -80,8 +81,9 @@ class LoopStats:
 
 
 class DenoiseLoop:
-    def __init__(self, denoiser: Denoiser, policy: AdmissionPolicy, max_waiting: int):
+    def __init__(self, denoiser: Denoiser, policy: AdmissionPolicy, max_waiting: int, model_name: str = ""):
         self.denoiser = denoiser
+        self.model_name = model_name  # the metrics' `model` label
         self.policy = policy
         self.max_waiting = max_waiting
         self.stats = LoopStats()
@@ -101,7 +103,7 @@ class DenoiseLoop:
                 raise OverloadedError(f"the denoiser already has {self.max_waiting} requests waiting")
             ticket = Ticket(job=self.denoiser.start(conditioning), on_step=on_step)
             self._waiting.append(ticket)
-            self.stats.waiting_requests = len(self._waiting)
+            self._set_waiting()
             self._wakeup.notify()
         return ticket
 
@@ -127,6 +129,7 @@ class DenoiseLoop:
                 self._admit()
             if self._active:
                 self._step()
+            metrics.DENOISE_ACTIVE.set(len(self._active), model=self.model_name)
             self.last_beat = time.monotonic()
 
     def _drop_cancelled(self) -> None:
@@ -142,7 +145,11 @@ class DenoiseLoop:
             self._active.append(ticket)
         for ticket in self._waiting:
             ticket.waited_steps += 1
+        self._set_waiting()
+
+    def _set_waiting(self) -> None:
         self.stats.waiting_requests = len(self._waiting)
+        metrics.DENOISE_WAITING.set(len(self._waiting), model=self.model_name)
 
     def _step(self) -> None:
         """One batched forward for every active request, each at its own timestep; then resolve."""
@@ -179,3 +186,9 @@ class DenoiseLoop:
         # step_index was advanced by the step: differing indices = different timesteps in one forward
         if len({t.job.step_index for t in batch}) > 1:
             s.mixed_timestep_steps += 1
+        model = self.model_name
+        metrics.DENOISE_STEP_SECONDS.observe(seconds, model=model)
+        metrics.DENOISE_ROWS.observe(s.active_rows, model=model)
+        metrics.DENOISE_TOKENS.observe(s.last_forward_tokens, model=model)
+        metrics.DENOISE_STEPS.inc(model=model)
+        metrics.record_memory("denoise")

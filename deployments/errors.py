@@ -10,6 +10,7 @@ class EditError(Exception):
 
     status = 500
     type = "server_error"
+    kind = "internal"  # the `kind` label of the errors metric
 
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
@@ -26,6 +27,7 @@ class InvalidInputError(EditError):
 
     status = 400
     type = "invalid_request_error"
+    kind = "bad_input"
 
     def __init__(self, param: str, message: str):
         super().__init__(f"{param}: {message}", param)
@@ -42,6 +44,7 @@ class OverloadedError(EditError):
 
     status = 503
     type = "overloaded"
+    kind = "overload"
     retry_after_s = 2
 
 
@@ -50,6 +53,7 @@ class DeadlineExceededError(EditError):
 
     status = 504
     type = "timeout"
+    kind = "timeout"
 
 
 class ModelLoadError(EditError):

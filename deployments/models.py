@@ -93,3 +93,9 @@ def _load_component(spec: ModelSpec, name: str, device: torch.device, dtype: tor
     if issubclass(cls, torch.nn.Module):
         return cls.from_pretrained(folder, torch_dtype=dtype).to(device).eval()
     return cls.from_pretrained(folder)
+
+
+def model_name(model: str) -> str:
+    """What the API and metrics call a model: a hub id as is, a checkpoint directory by its name."""
+    path = Path(model)
+    return path.name if path.is_dir() or path.is_absolute() else model

@@ -62,12 +62,19 @@ def main() -> None:
 
     # Logical CPUs: enough for every stage of the config on one machine, whatever its core count
     # (the stages' torch threads then share the cores).
-    ray.init(num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False)
+    # The dashboard (on loopback) keeps the metrics service-discovery file that Prometheus reads
+    # (cluster/monitoring/prometheus.yml) and takes `ray job submit` for bulk jobs.
+    context = ray.init(num_cpus=max(8, os.cpu_count() or 1), include_dashboard=True, dashboard_host="127.0.0.1")
     serve.start(http_options={"host": http.host, "port": http.port}, proxy_location=schema.proxy_location)
     serve.run(build_app(settings), name=app.name, route_prefix=app.route_prefix, blocking=False)
     base = f"http://{http.host}:{http.port}"
     wait_healthy(f"{base}/healthz", timeout_s=300)
-    print(f"\nReady: editing at {base}/v1/images/edits (OpenAPI: {base}/openapi.json). Ctrl-C stops.\n", flush=True)
+    print(
+        f"\nReady: editing at {base}/v1/images/edits (OpenAPI: {base}/openapi.json). Ctrl-C stops.\n"
+        f"Ray dashboard and jobs: http://{context.dashboard_url}; metrics: "
+        "prometheus --config.file=cluster/monitoring/prometheus.yml\n",
+        flush=True,
+    )
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

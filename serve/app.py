@@ -4,11 +4,9 @@ Ray Serve validates the config's `args` into `AppSettings` first, so a bad value
 at start-up with a message naming it.
 """
 
-from pathlib import Path
-
 from ray.serve import Application
 
-from deployments.models import resolve_model
+from deployments.models import model_name, resolve_model
 from deployments.settings import model_from_env
 from serve.ingress import Ingress
 from serve.settings import AppSettings
@@ -20,16 +18,12 @@ def build_app(settings: AppSettings) -> Application:
     # Fail here, once and clearly, on a model that can't be found, rather than in every replica;
     # this also writes the tiny default checkpoint once instead of in each stage at the same time.
     resolve_model(model)
+    name = settings.served_model_name or model_name(model)
     stage = {}
-    for name, deployment in (("encoder", EncoderDeployment), ("denoiser", DenoiserDeployment), ("decoder", DecoderDeployment)):
-        stage_settings = getattr(settings, name)
-        stage[name] = deployment.options(**stage_settings.deployment.options()).bind(model, stage_settings)
+    for key, deployment in (("encoder", EncoderDeployment), ("denoiser", DenoiserDeployment), ("decoder", DecoderDeployment)):
+        stage_settings = getattr(settings, key)
+        stage[key] = deployment.options(**stage_settings.deployment.options()).bind(model, stage_settings, name)
     return Ingress.options(**settings.ingress.deployment.options()).bind(
-        stage["encoder"], stage["denoiser"], stage["decoder"], settings, settings.served_model_name or served_name(model)
+        stage["encoder"], stage["denoiser"], stage["decoder"], settings, name
     )
 
-
-def served_name(model: str) -> str:
-    """What /v1/models calls the model: a hub id as is, a checkpoint directory by its name."""
-    path = Path(model)
-    return path.name if path.is_dir() or path.is_absolute() else model

@@ -11,7 +11,9 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
+import ray.util.metrics
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.applications import Starlette
@@ -19,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from deployments import metrics
 from deployments.contracts import EditedImage, EditRequest
 from deployments.errors import OverloadedError, PayloadTooLargeError
 from serve.errors import as_edit_error, error_response
@@ -44,25 +47,26 @@ class Ingress:
         settings: AppSettings,
         served_model: str,
     ):
+        metrics.bind(ray.util.metrics)
         self.encoder, self.denoiser, self.decoder = encoder, denoiser, decoder
         self.settings = settings
         self.served_model = served_model
         self.created = int(time.time())
 
     def __serve_build_asgi_app__(self) -> Starlette:
-        return Starlette(
-            routes=[
-                Route("/v1/images/edits", self.edit, methods=["POST"]),
-                Route("/v1/models", self.models, methods=["GET"]),
-                Route("/healthz", self.healthz, methods=["GET"]),
-                Route("/openapi.json", self.openapi, methods=["GET"]),
-            ]
-        )
+        routes = [
+            ("/v1/images/edits", self.edit, "POST"),
+            ("/v1/models", self.models, "GET"),
+            ("/healthz", self.healthz, "GET"),
+            ("/openapi.json", self.openapi, "GET"),
+        ]
+        return Starlette(routes=[Route(path, _counted(path, handler), methods=[method]) for path, handler, method in routes])
 
     async def edit(self, http: Request) -> Response:
         request_id = uuid.uuid4().hex
         headers = {"X-Request-Id": request_id}
         started = time.time()
+        images_asked = 0
         try:
             form = await self._read_form(http)
             try:
@@ -71,10 +75,18 @@ class Ingress:
             finally:
                 await form.close()
             request = dataclasses.replace(parsed.request, request_id=request_id, timings={"sent_at": time.time()})
+            images_asked = len(parsed.seeds)
             images = await asyncio.wait_for(self._run(request, parsed.seeds), self.settings.request_timeout_s)
         except Exception as e:  # every failure becomes an OpenAI-shaped error, never a stack trace
-            return error_response(as_edit_error(e), headers)
-        return self._edit_response(images, time.time() - started, headers)
+            error = as_edit_error(e)
+            metrics.ERRORS.inc(kind=error.kind)
+            if images_asked:
+                metrics.IMAGES.inc(images_asked, model=self.served_model, status="error")
+            return error_response(error, headers)
+        total_s = time.time() - started
+        metrics.IMAGES.inc(len(images), model=self.served_model, status="ok")
+        metrics.REQUEST_SECONDS.observe(total_s, model=self.served_model)
+        return self._edit_response(images, total_s, headers)
 
     async def _read_form(self, http: Request):
         limit = self.settings.limits.max_request_bytes
@@ -123,3 +135,14 @@ class Ingress:
 
     async def openapi(self, http: Request) -> Response:
         return JSONResponse(OPENAPI)
+
+
+def _counted(route: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """`handler`, counting its responses by route and status code."""
+
+    async def endpoint(http: Request) -> Response:
+        response = await handler(http)
+        metrics.HTTP_REQUESTS.inc(route=route, code=response.status_code)
+        return response
+
+    return endpoint

@@ -1,13 +1,16 @@
 """The three stage deployments: each wraps the engine's stage class (the same one the bulk jobs use)
 with batching (Ray Serve request batching for the Encoder and Decoder, the engine's step-level loop
-for the Denoiser), per-request timings and counters. No stage logic lives here.
+for the Denoiser), per-request timings, counters and metrics. No stage logic lives here.
 """
 
 import asyncio
 import dataclasses
 import time
 
+import ray.util.metrics
 from ray import serve
+
+from deployments import metrics
 
 from deployments.contracts import Conditioning, EditedImage, EditRequest, Latents
 from deployments.decoder import Decoder
@@ -25,8 +28,10 @@ class BatchingReplica:
     stage: str  # "encode" | "denoise" | "decode": names this stage's timings
     engine_class: type  # the engine's stage class this deployment wraps
 
-    def __init__(self, model: str, batching: BatchedStage):
+    def __init__(self, model: str, batching: BatchedStage, model_name: str):
+        metrics.bind(ray.util.metrics)
         self.engine = self.engine_class(model)
+        self.model_name = model_name
         self.batches = 0
         self.items = 0
         self._batch.set_max_batch_size(batching.max_batch_size)
@@ -49,8 +54,10 @@ class BatchingReplica:
         finished = time.time()
         self.batches += 1
         self.items += len(items)
+        metrics.BATCH_SIZE.observe(len(items), model=self.model_name, stage=self.stage)
+        metrics.record_memory(self.stage)
         return [
-            result if isinstance(result, EditError) else _stamp(result, item, self.stage, started, finished)
+            result if isinstance(result, EditError) else _stamp(result, item, self.stage, started, finished, self.model_name)
             for item, result in zip(items, results)
         ]
 
@@ -59,12 +66,15 @@ class BatchingReplica:
         return {"batches": self.batches, "items": self.items}
 
 
-def _stamp(result, item, stage: str, started: float, finished: float):
-    """Copies the item's timings onto the result, adding this stage's queue wait and run time."""
+def _stamp(result, item, stage: str, started: float, finished: float, model_name: str):
+    """Copies the item's timings onto the result, adding this stage's queue wait and run time (also
+    recorded as metrics)."""
     timings = dict(item.timings)
     timings[f"{stage}_queue"] = max(0.0, started - timings.pop("sent_at", started))
     timings[stage] = finished - started
     timings["sent_at"] = finished
+    metrics.QUEUE_SECONDS.observe(timings[f"{stage}_queue"], model=model_name, stage=stage)
+    metrics.STAGE_SECONDS.observe(timings[stage], model=model_name, stage=stage)
     return dataclasses.replace(result, timings=timings)
 
 
@@ -86,14 +96,16 @@ class DenoiserDeployment:
     while the replica's event loop stays free. A call that is cancelled (client gone, deadline hit)
     takes its request out of the batch at the next step boundary."""
 
-    def __init__(self, model: str, settings: DenoiserStage):
-        self.loop = DenoiseLoop(Denoiser(model), settings.policy(), settings.max_waiting)
+    def __init__(self, model: str, settings: DenoiserStage, model_name: str):
+        metrics.bind(ray.util.metrics)
+        self.model_name = model_name
+        self.loop = DenoiseLoop(Denoiser(model), settings.policy(), settings.max_waiting, model_name)
 
     async def denoise(self, conditioning: Conditioning, seed: int) -> Latents:
         """Denoises `conditioning` with `seed` (one encoding serves all `n` images of a request)."""
         ticket = self.loop.submit(dataclasses.replace(conditioning, seed=seed))
         latents = await asyncio.wrap_future(ticket.future)  # cancelling this cancels the ticket
-        return _stamp(latents, conditioning, "denoise", ticket.admitted_at, time.time())
+        return _stamp(latents, conditioning, "denoise", ticket.admitted_at, time.time(), self.model_name)
 
     def stats(self) -> dict:
         return dataclasses.asdict(self.loop.stats)

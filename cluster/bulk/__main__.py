@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pyarrow.dataset
+import ray
+import ray.util.metrics
 
 from cluster.bulk.manifest import ManifestError, check_ids, check_schema
 from cluster.bulk.outputs import remove_partial_files
@@ -23,8 +25,9 @@ from cluster.bulk.results import compact, to_result_rows, write_part
 from cluster.bulk.requests import Defaults, ToRequests
 from cluster.bulk.stages import DecodeActor, DenoiseActor, EncodeActor
 from cluster.bulk.tally import Tally
+from deployments import metrics
 from deployments.contracts import OUTPUT_FORMATS
-from deployments.models import resolve_model
+from deployments.models import model_name, resolve_model
 from deployments.settings import model_from_env
 
 
@@ -79,7 +82,8 @@ def main(argv=None) -> int:
         negative_prompt=args.negative_prompt, seed=args.seed, true_cfg_scale=args.cfg, output_format=args.output_format,
         size=args.size, num_inference_steps=args.steps or spec.settings.default_num_inference_steps,
     )
-    tally = Tally(skipped=len(done))
+    connect(args)
+    tally = Tally(model=model_name(model), skipped=len(done))
     run(args, model, done, defaults, tally)
     print("\n" + tally.summary())
     return 0 if tally.error == 0 else 1
@@ -89,12 +93,16 @@ STAGES = ("encoder", "denoiser", "decoder")
 REQUESTS_CPUS = 0.25  # reading files and building requests is light work
 
 
-def run(args, model: str, done: set[str], defaults: Defaults, tally: Tally) -> None:
-    import ray
-
+def connect(args) -> None:
+    """Joins the cluster at RAY_ADDRESS (as under `ray job submit`), or starts a local one; from then
+    on the job's metrics go to the cluster's metrics export."""
     if not ray.is_initialized():
         local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": local_cpus(args)}
         ray.init(include_dashboard=False, **local)
+    metrics.bind(ray.util.metrics)
+
+
+def run(args, model: str, done: set[str], defaults: Defaults, tally: Tally) -> None:
     manifest_dir = None if "://" in args.manifest else str(Path(args.manifest).resolve().parent)
 
     # The `item` column carries the stage contracts as pickled Python objects; saying so explicitly

@@ -11,18 +11,25 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import ray.util.metrics
 
 from cluster.bulk.outputs import safe_name, write_atomic
+from deployments import metrics
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from deployments.errors import EditError
+from deployments.models import model_name
 
 
 class StageActor:
     """Runs one engine stage over a batch's healthy rows; timing each row with its batch."""
 
     stage: str
+
+    def __init__(self, model: str):
+        metrics.bind(ray.util.metrics)
+        self.model_name = model_name(model)
 
     def run(self, items: list) -> list:
         raise NotImplementedError
@@ -32,6 +39,8 @@ class StageActor:
         started, started_at = time.perf_counter(), time.time()
         results = self.run(list(batch.loc[healthy, "item"])) if len(healthy) else []
         seconds = time.perf_counter() - started
+        if len(healthy):
+            metrics.record_batch(self.model_name, self.stage, len(healthy), seconds)
         items, errors = batch["item"].tolist(), batch["error"].tolist()
         positions = {label: i for i, label in enumerate(batch.index)}
         for label, result in zip(healthy, results):
@@ -52,6 +61,7 @@ class EncodeActor(StageActor):
     stage = "encode"
 
     def __init__(self, model: str):
+        super().__init__(model)
         self.encoder = Encoder(model)
 
     def run(self, items):
@@ -62,6 +72,7 @@ class DenoiseActor(StageActor):
     stage = "denoise"
 
     def __init__(self, model: str):
+        super().__init__(model)
         self.denoiser = Denoiser(model)
 
     def run(self, items):
@@ -74,6 +85,7 @@ class DecodeActor(StageActor):
     stage = "decode"
 
     def __init__(self, model: str, output_dir: str):
+        super().__init__(model)
         self.decoder = Decoder(model)
         self.output_dir = Path(output_dir)
 

@@ -1,13 +1,16 @@
-"""Counts the bulk job's results as they arrive and prints the summary table at the end."""
+"""Counts the bulk job's results as they arrive (also as metrics) and prints the summary table at the end."""
 
 import time
 from dataclasses import dataclass, field
 
 import pandas as pd
 
+from deployments import metrics
+
 
 @dataclass
 class Tally:
+    model: str  # the metrics' `model` label
     skipped: int = 0  # ids already `ok` from an earlier run
     ok: int = 0
     error: int = 0
@@ -15,14 +18,20 @@ class Tally:
     first_started_at: pd.Timestamp | None = None  # when the engine took its first row
     last_finished_at: pd.Timestamp | None = None  # when it was done with its last
 
+    def __post_init__(self):
+        metrics.BULK_ROWS.inc(self.skipped, model=self.model, status="skipped")
+
     def add(self, rows: pd.DataFrame) -> None:
-        self.ok += int((rows["status"] == "ok").sum())
-        self.error += int((rows["status"] == "error").sum())
+        ok, error = int((rows["status"] == "ok").sum()), int((rows["status"] == "error").sum())
+        self.ok, self.error = self.ok + ok, self.error + error
+        for status, count in (("ok", ok), ("error", error)):
+            metrics.BULK_ROWS.inc(count, model=self.model, status=status)
         first, last = rows["started_at"].min(), rows["finished_at"].max()
         if not pd.isna(first):
             self.first_started_at = first if self.first_started_at is None else min(first, self.first_started_at)
         if not pd.isna(last):
             self.last_finished_at = last if self.last_finished_at is None else max(last, self.last_finished_at)
+        metrics.BULK_ROWS_PER_SECOND.set(self.running_rows_per_s(), model=self.model)
 
     def rows_per_s(self) -> float:
         """Over the whole run, start-up (Ray, workers, model loads) included."""

@@ -87,7 +87,7 @@ def test_running_rate_counts_from_the_engines_first_row_to_its_last():
             "finished_at": pd.to_datetime(finished, unit="s", utc=True),
         })
 
-    tally = Tally(skipped=3)
+    tally = Tally(model="tiny", skipped=3)
     tally.add(rows(["ok", "error"], [100.0, None], [101.0, None]))  # the error never reached the engine
     tally.add(rows(["ok", "ok"], [101.0, 102.0], [103.0, 104.0]))
     assert (tally.ok, tally.error, tally.skipped) == (3, 1, 3)

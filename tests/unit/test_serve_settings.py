@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from serve.__main__ import CONFIG, load_config
-from serve.app import served_name
+from deployments.models import model_name
 from serve.settings import AppSettings
 
 
@@ -40,6 +40,6 @@ def test_fractional_gpus_are_allowed():
     assert settings.encoder.deployment.options()["ray_actor_options"]["num_gpus"] == 0.25
 
 
-def test_served_name(tmp_path: Path):
-    assert served_name("Qwen/Qwen-Image-Edit-2509") == "Qwen/Qwen-Image-Edit-2509"
-    assert served_name(str(tmp_path / "tiny-edit-plus")) == "tiny-edit-plus"
+def test_model_name(tmp_path: Path):
+    assert model_name("Qwen/Qwen-Image-Edit-2509") == "Qwen/Qwen-Image-Edit-2509"
+    assert model_name(str(tmp_path / "tiny-edit-plus")) == "tiny-edit-plus"

@@ -1,0 +1,128 @@
+"""Every metric the system records, declared once: one name prefix, fixed label keys, and buckets
+that fit seconds-to-minutes diffusion work.
+
+deployments/ imports no Ray, so metrics record through the backend their process binds with
+`bind(ray.util.metrics)`: the Serve replicas, the bulk job's Ray Data actors and its driver do, and
+Ray exports what they record from every node's metrics port (Prometheus finds those ports in the
+service-discovery file Ray writes). In an unbound process (the one-shot CLI, engine tests) recording
+does nothing. In Prometheus each name gains Ray's `ray_` prefix, and counters a `_total` suffix.
+
+Labels stay small and fixed — never per request: `model` (served model name), `stage` (encode,
+denoise, decode), `status`, `kind`, and for HTTP `route` and `code`.
+"""
+
+import threading
+import time
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+PREFIX = "image_edit_"
+SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKENS = (256, 1024, 4096, 16384, 65536, 262144, 1048576)
+
+
+@dataclass(frozen=True)
+class Metric:
+    kind: str  # "counter" | "gauge" | "histogram"
+    name: str  # without PREFIX
+    description: str
+    tag_keys: tuple[str, ...]
+    boundaries: tuple[float, ...] = ()
+
+    def inc(self, value: float = 1.0, **tags) -> None:
+        if value:  # Ray refuses increments of 0; there is nothing to add anyway
+            _record(self, "inc", value, tags)
+
+    def set(self, value: float, **tags) -> None:
+        _record(self, "set", value, tags)
+
+    def observe(self, value: float, **tags) -> None:
+        _record(self, "observe", value, tags)
+
+
+HTTP_REQUESTS = Metric("counter", "http_requests", "HTTP requests answered, by route and status code.", ("route", "code"))
+IMAGES = Metric("counter", "images", "Images edited online (status ok) or lost to a failed edit (error).", ("model", "status"))
+ERRORS = Metric("counter", "errors", "Failed edit requests by kind: bad_input, overload, timeout, internal.", ("kind",))
+REQUEST_SECONDS = Metric("histogram", "request_seconds", "End-to-end time of successful edits.", ("model",), SECONDS)
+QUEUE_SECONDS = Metric("histogram", "queue_seconds", "Time a request waited before a stage started it.", ("model", "stage"), SECONDS)
+STAGE_SECONDS = Metric("histogram", "stage_seconds", "Time a request spent in a stage.", ("model", "stage"), SECONDS)
+BATCH_SIZE = Metric("histogram", "batch_size", "Items per batch a stage ran.", ("model", "stage"), SIZES)
+DENOISE_STEP_SECONDS = Metric("histogram", "denoise_step_seconds", "Time of one batched denoising step.", ("model",), SECONDS)
+DENOISE_ROWS = Metric("histogram", "denoise_rows", "Rows (requests x CFG branches) per denoising forward.", ("model",), SIZES)
+DENOISE_TOKENS = Metric("histogram", "denoise_tokens", "Image + text tokens per denoising forward.", ("model",), TOKENS)
+DENOISE_STEPS = Metric("counter", "denoise_steps", "Denoising steps run (one batched forward each).", ("model",))
+DENOISE_ACTIVE = Metric("gauge", "denoise_active_requests", "Requests in the denoiser's running batch.", ("model",))
+DENOISE_WAITING = Metric("gauge", "denoise_waiting_requests", "Requests waiting to join the denoiser's batch.", ("model",))
+MEMORY_BYTES = Metric(
+    "gauge", "memory_bytes", "Memory of a stage's process: gpu_allocated, gpu_reserved (CUDA), rss.", ("stage", "kind")
+)
+BULK_ROWS = Metric("counter", "bulk_rows", "Bulk job rows finished, by status: ok, error, skipped.", ("model", "status"))
+BULK_ROWS_PER_SECOND = Metric("gauge", "bulk_rows_per_second", "A running bulk job's rows per second.", ("model",))
+
+ALL = (
+    HTTP_REQUESTS, IMAGES, ERRORS, REQUEST_SECONDS, QUEUE_SECONDS, STAGE_SECONDS, BATCH_SIZE, DENOISE_STEP_SECONDS,
+    DENOISE_ROWS, DENOISE_TOKENS, DENOISE_STEPS, DENOISE_ACTIVE, DENOISE_WAITING, MEMORY_BYTES, BULK_ROWS,
+    BULK_ROWS_PER_SECOND,
+)
+
+_backend = None
+_instruments: dict[str, object] = {}
+_lock = threading.Lock()
+
+
+def bind(backend) -> None:
+    """Records from now on through `backend` (a module with Ray's Counter, Gauge and Histogram)."""
+    global _backend
+    with _lock:
+        if backend is not _backend:
+            _backend = backend
+            _instruments.clear()
+
+
+def _record(metric: Metric, method: str, value: float, tags: dict) -> None:
+    if set(tags) != set(metric.tag_keys):  # a programming error, whatever the backend
+        raise ValueError(f"{metric.name} takes labels {metric.tag_keys}, got {tuple(tags)}")
+    if _backend is None:
+        return
+    with _lock:
+        instrument = _instruments.get(metric.name)
+        if instrument is None:
+            instrument = _instruments[metric.name] = _create(metric)
+    getattr(instrument, method)(value, tags={key: str(v) for key, v in tags.items()})
+
+
+def _create(metric: Metric):
+    name, keys = PREFIX + metric.name, metric.tag_keys
+    if metric.kind == "histogram":
+        return _backend.Histogram(name, description=metric.description, boundaries=list(metric.boundaries), tag_keys=keys)
+    cls = {"counter": _backend.Counter, "gauge": _backend.Gauge}[metric.kind]
+    return cls(name, description=metric.description, tag_keys=keys)
+
+
+def record_batch(model: str, stage: str, size: int, seconds: float) -> None:
+    """One batch a stage ran: its size, and its time as the stage time of each of its items."""
+    BATCH_SIZE.observe(size, model=model, stage=stage)
+    for _ in range(size):
+        STAGE_SECONDS.observe(seconds, model=model, stage=stage)
+    record_memory(stage)
+
+
+_last_memory_report: dict[str, float] = {}
+MEMORY_REPORT_INTERVAL_S = 5.0
+
+
+def record_memory(stage: str) -> None:
+    """The process's memory (resident set; CUDA allocated and reserved when on a GPU), at most once
+    per interval: reading it is cheap, but it runs after every batch."""
+    now = time.monotonic()
+    if _backend is None or now - _last_memory_report.get(stage, -MEMORY_REPORT_INTERVAL_S) < MEMORY_REPORT_INTERVAL_S:
+        return
+    _last_memory_report[stage] = now
+    MEMORY_BYTES.set(psutil.Process().memory_info().rss, stage=stage, kind="rss")
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        MEMORY_BYTES.set(torch.cuda.memory_allocated(), stage=stage, kind="gpu_allocated")
+        MEMORY_BYTES.set(torch.cuda.memory_reserved(), stage=stage, kind="gpu_reserved")
+
