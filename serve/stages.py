@@ -18,6 +18,7 @@ from deployments.denoise_loop import DenoiseLoop
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from deployments.errors import EditError
+from deployments.models import model_name
 from serve.settings import BatchedStage, DenoiserStage
 
 
@@ -28,10 +29,10 @@ class BatchingReplica:
     stage: str  # "encode" | "denoise" | "decode": names this stage's timings
     engine_class: type  # the engine's stage class this deployment wraps
 
-    def __init__(self, model: str, batching: BatchedStage, model_name: str):
+    def __init__(self, model: str, batching: BatchedStage, served_name: str | None = None):
         metrics.bind(ray.util.metrics)
         self.engine = self.engine_class(model)
-        self.model_name = model_name
+        self.model_name = served_name or model_name(model)  # the metrics' `model` label
         self.batches = 0
         self.items = 0
         self._batch.set_max_batch_size(batching.max_batch_size)
@@ -66,15 +67,15 @@ class BatchingReplica:
         return {"batches": self.batches, "items": self.items}
 
 
-def _stamp(result, item, stage: str, started: float, finished: float, model_name: str):
+def _stamp(result, item, stage: str, started: float, finished: float, served_name: str):
     """Copies the item's timings onto the result, adding this stage's queue wait and run time (also
     recorded as metrics)."""
     timings = dict(item.timings)
     timings[f"{stage}_queue"] = max(0.0, started - timings.pop("sent_at", started))
     timings[stage] = finished - started
     timings["sent_at"] = finished
-    metrics.QUEUE_SECONDS.observe(timings[f"{stage}_queue"], model=model_name, stage=stage)
-    metrics.STAGE_SECONDS.observe(timings[stage], model=model_name, stage=stage)
+    metrics.QUEUE_SECONDS.observe(timings[f"{stage}_queue"], model=served_name, stage=stage)
+    metrics.STAGE_SECONDS.observe(timings[stage], model=served_name, stage=stage)
     return dataclasses.replace(result, timings=timings)
 
 
@@ -96,10 +97,10 @@ class DenoiserDeployment:
     while the replica's event loop stays free. A call that is cancelled (client gone, deadline hit)
     takes its request out of the batch at the next step boundary."""
 
-    def __init__(self, model: str, settings: DenoiserStage, model_name: str):
+    def __init__(self, model: str, settings: DenoiserStage, served_name: str | None = None):
         metrics.bind(ray.util.metrics)
-        self.model_name = model_name
-        self.loop = DenoiseLoop(Denoiser(model), settings.policy(), settings.max_waiting, model_name)
+        self.model_name = served_name or model_name(model)
+        self.loop = DenoiseLoop(Denoiser(model), settings.policy(), settings.max_waiting, self.model_name)
 
     async def denoise(self, conditioning: Conditioning, seed: int) -> Latents:
         """Denoises `conditioning` with `seed` (one encoding serves all `n` images of a request)."""
