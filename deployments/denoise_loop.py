@@ -88,6 +88,7 @@ class DenoiseLoop:
         self.max_waiting = max_waiting
         self.stats = LoopStats()
         self.last_beat = time.monotonic()  # last time the loop was alive and not stuck in a step
+        self._step_started: float | None = None  # monotonic start of the step running now
         self._waiting: collections.deque[Ticket] = collections.deque()
         self._active: list[Ticket] = []
         self._wakeup = threading.Condition()
@@ -117,6 +118,12 @@ class DenoiseLoop:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def step_running_for(self) -> float:
+        """Seconds the current step has been running (0 between steps): a health check's measure of a
+        wedged model or device."""
+        started = self._step_started
+        return 0.0 if started is None else time.monotonic() - started
+
     def _run(self) -> None:
         while True:
             with self._wakeup:
@@ -129,6 +136,7 @@ class DenoiseLoop:
                 self._admit()
             if self._active:
                 self._step()
+            self.stats.active_requests = len(self._active)  # after finished and cancelled ones left
             metrics.DENOISE_ACTIVE.set(len(self._active), model=self.model_name)
             self.last_beat = time.monotonic()
 
@@ -155,6 +163,7 @@ class DenoiseLoop:
         """One batched forward for every active request, each at its own timestep; then resolve."""
         batch = list(self._active)
         started = time.perf_counter()
+        self._step_started = time.monotonic()
         try:
             self.denoiser.step([t.job for t in batch])
         except Exception as error:  # a failed step fails its requests with the cause, not the loop
@@ -164,6 +173,8 @@ class DenoiseLoop:
                 if not ticket.cancelled:
                     ticket.future.set_exception(error)
             return
+        finally:
+            self._step_started = None
         self._record(batch, time.perf_counter() - started)
         for ticket in batch:
             if ticket.on_step is not None:

@@ -2,6 +2,7 @@
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -10,34 +11,78 @@ from deployments.contracts import OutputSpec
 from deployments.errors import InvalidInputError
 
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+ACCEPTED = "PNG, JPEG or WebP"
+# Absolute ceiling on input pixels wherever an image is decoded (the online app sets a lower one):
+# decoding allocates about 4 bytes per pixel before anything else can refuse the image.
+MAX_INPUT_PIXELS = 64_000_000
 
 
-def decode_image(data: bytes, param: str = "image") -> Image.Image:
-    """Decodes uploaded bytes into an RGB image, upright (EXIF orientation applied).
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str  # "png" | "jpeg" | "webp"
+    width: int
+    height: int
 
-    Transparent pixels are composited over white (their hidden colour is arbitrary); 16-bit images are
-    scaled to 8 bits rather than clipped.
-    """
+
+def inspect_image(data: bytes, param: str = "image", max_pixels: int = MAX_INPUT_PIXELS) -> ImageHeader:
+    """Checks an upload from its bytes and header alone, before any pixel is decoded: one of the
+    accepted formats by its signature (never by file name or declared type), a non-zero size within
+    `max_pixels`."""
     if not isinstance(data, (bytes, bytearray)) or not data:
-        raise InvalidInputError(param, "is empty; upload a PNG, JPEG or WebP image")
-    width, height = _png_header_size(data) or (1, 1)
+        raise InvalidInputError(param, f"is empty; upload a {ACCEPTED} image")
+    fmt = _sniff(data)
+    if fmt is None:
+        raise InvalidInputError(param, f"is not a recognizable {ACCEPTED} image (judged by its bytes, not its name or type)")
+    size = _png_header_size(data) if fmt == "png" else None
+    if size is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data), formats=[PIL_FORMATS[fmt]]) as image:  # header only
+                    size = image.size
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise InvalidInputError(param, f"is a corrupt {fmt.upper()} file; its header could not be read") from e
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            size = (max_pixels + 1, 1)  # Pillow's own limit is looser than ours; fall through to ours
+    width, height = size
     if width == 0 or height == 0:  # Pillow would only say it cannot identify the file
         raise InvalidInputError(param, f"has zero size ({width}x{height})")
+    if width * height > max_pixels:
+        raise InvalidInputError(param, f"is {width}x{height} pixels; at most {max_pixels} pixels are accepted")
+    return ImageHeader(fmt, width, height)
+
+
+def decode_image(data: bytes, param: str = "image", max_pixels: int = MAX_INPUT_PIXELS) -> Image.Image:
+    """Decodes uploaded bytes into an RGB image, upright (EXIF orientation applied), after
+    `inspect_image` has accepted them.
+
+    Transparent pixels are composited over white (their hidden colour is arbitrary); 16-bit images are
+    scaled to 8 bits rather than clipped; CMYK, grey and palette images become RGB.
+    """
+    header = inspect_image(data, param, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=[PIL_FORMATS[header.format]])
             image.load()
-    except UnidentifiedImageError as e:
-        raise InvalidInputError(param, "is not a recognizable image; upload a PNG, JPEG or WebP file") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
         raise InvalidInputError(param, f"is corrupt or truncated and could not be decoded ({e})") from e
     return to_rgb(ImageOps.exif_transpose(image))
 
 
+def _sniff(data: bytes) -> str | None:
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
 def _png_header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG's IHDR chunk, or None if `data` is not a PNG."""
-    if len(data) < 24 or not data.startswith(b"\x89PNG\r\n\x1a\n") or data[12:16] != b"IHDR":
+    """(width, height) from a PNG's IHDR chunk, or None if it has none where the format puts it."""
+    if len(data) < 24 or data[12:16] != b"IHDR":
         return None
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 

@@ -32,10 +32,14 @@ class EngineSettings:
     default_num_inference_steps: int = 50
     """Denoising steps of a request that names none."""
 
+    max_prompt_tokens: int = 512
+    """Longest prompt (and negative prompt) in tokens; diffusers would cut longer ones silently."""
+
     def __post_init__(self):
         for name in ("vae_image_area", "condition_image_area"):
             _check_int(name, getattr(self, name), 32 * 32, 4096 * 4096)
         _check_int("default_num_inference_steps", self.default_num_inference_steps, 1, 1000)
+        _check_int("max_prompt_tokens", self.max_prompt_tokens, 1, 1024)
 
     @classmethod
     def for_model(cls, model_dir: str | Path) -> "EngineSettings":

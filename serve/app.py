@@ -17,13 +17,13 @@ def build_app(settings: AppSettings) -> Application:
     model = model_from_env(settings.model)
     # Fail here, once and clearly, on a model that can't be found, rather than in every replica;
     # this also writes the tiny default checkpoint once instead of in each stage at the same time.
-    resolve_model(model)
+    engine = resolve_model(model).settings
     name = settings.served_model_name or model_name(model)
     stage = {}
     for key, deployment in (("encoder", EncoderDeployment), ("denoiser", DenoiserDeployment), ("decoder", DecoderDeployment)):
         stage_settings = getattr(settings, key)
         stage[key] = deployment.options(**stage_settings.deployment.options()).bind(model, stage_settings, name)
     return Ingress.options(**settings.ingress.deployment.options()).bind(
-        stage["encoder"], stage["denoiser"], stage["decoder"], settings, name
+        stage["encoder"], stage["denoiser"], stage["decoder"], settings, name, engine
     )
 

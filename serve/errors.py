@@ -5,9 +5,10 @@ import logging
 
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
-from deployments.errors import DeadlineExceededError, EditError, OverloadedError
+from deployments.errors import DeadlineExceededError, EditError, InvalidInputError, OverloadedError
 
 logger = logging.getLogger(__name__)
 
@@ -19,14 +20,22 @@ def as_edit_error(error: BaseException) -> EditError:
     """The EditError a failure means to the client; unexpected ones are logged with their traceback."""
     if isinstance(error, EditError):  # also Ray's RayTaskError wrappers of an EditError
         return error
+    if isinstance(error, HTTPException) and 400 <= error.status_code < 500:  # Starlette's form parser
+        return InvalidInputError("body", f"is not valid multipart/form-data: {error.detail}")
     if isinstance(error, BackPressureError):
         return OverloadedError("the server is at capacity; retry shortly")
-    if isinstance(error, UNAVAILABLE):
+    if any(isinstance(cause, UNAVAILABLE) for cause in _causes(error)):  # Serve wraps a dead upstream's error
         return OverloadedError("a model replica was unavailable (restarting or scaling); retry shortly")
     if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
         return DeadlineExceededError("the edit did not finish within the request timeout")
     logger.exception("edit failed unexpectedly", exc_info=error)
     return EditError("internal error while editing; the server logged the cause")
+
+
+def _causes(error: BaseException | None):
+    while error is not None:
+        yield error
+        error = error.__cause__
 
 
 def error_response(error: EditError, headers: dict[str, str] | None = None) -> JSONResponse:

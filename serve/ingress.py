@@ -7,6 +7,7 @@ through Ray's object store and never through here.
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import logging
 import time
@@ -23,7 +24,8 @@ from starlette.routing import Route
 
 from deployments import metrics
 from deployments.contracts import EditedImage, EditRequest
-from deployments.errors import OverloadedError, PayloadTooLargeError
+from deployments.errors import InvalidInputError, OverloadedError, PayloadTooLargeError
+from deployments.settings import EngineSettings
 from serve.errors import as_edit_error, error_response
 from serve.openapi import OPENAPI
 from serve.schema import parse_edit_form, read_uploads
@@ -46,11 +48,13 @@ class Ingress:
         decoder: DeploymentHandle,
         settings: AppSettings,
         served_model: str,
+        engine: EngineSettings,
     ):
         metrics.bind(ray.util.metrics)
         self.encoder, self.denoiser, self.decoder = encoder, denoiser, decoder
         self.settings = settings
         self.served_model = served_model
+        self.engine = engine  # the model's defaults, for the per-request work bound
         self.created = int(time.time())
 
     def __serve_build_asgi_app__(self) -> Starlette:
@@ -71,12 +75,15 @@ class Ingress:
             form = await self._read_form(http)
             try:
                 uploads = await read_uploads(form, self.settings.limits)
-                parsed = parse_edit_form(form, uploads, self.settings.limits, self.served_model)
+                parsed = parse_edit_form(
+                    form, uploads, self.settings.limits, self.served_model, self.settings.request_timeout_s, self.engine
+                )
             finally:
                 await form.close()
             request = dataclasses.replace(parsed.request, request_id=request_id, timings={"sent_at": time.time()})
             images_asked = len(parsed.seeds)
-            images = await asyncio.wait_for(self._run(request, parsed.seeds), self.settings.request_timeout_s)
+            timeout = parsed.timeout_s or self.settings.request_timeout_s
+            images = await asyncio.wait_for(self._run(request, parsed.seeds), timeout)
         except Exception as e:  # every failure becomes an OpenAI-shaped error, never a stack trace
             error = as_edit_error(e)
             metrics.ERRORS.inc(kind=error.kind)
@@ -89,22 +96,24 @@ class Ingress:
         return self._edit_response(images, total_s, headers)
 
     async def _read_form(self, http: Request):
+        if not http.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise InvalidInputError("body", "must be multipart/form-data with the image file(s) and the fields")
         limit = self.settings.limits.max_request_bytes
         declared = http.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLargeError("image", f"the request may be at most {limit} bytes, got {declared}")
-        return await http.form(max_files=8, max_fields=64)
+            raise PayloadTooLargeError("body", f"the request may be at most {limit} bytes, got {declared}")
+        return await _capped(http, limit).form(max_files=8, max_fields=64)
 
     async def _run(self, request: EditRequest, seeds: tuple[int, ...]) -> list[EditedImage]:
         conditioning = self.encoder.encode.remote(request)
-        responses: list[DeploymentResponse] = [
-            self.decoder.decode.remote(self.denoiser.denoise.remote(conditioning, seed)) for seed in seeds
-        ]
+        latents: list[DeploymentResponse] = [self.denoiser.denoise.remote(conditioning, seed) for seed in seeds]
+        images: list[DeploymentResponse] = [self.decoder.decode.remote(response) for response in latents]
         try:
-            return list(await asyncio.gather(*responses))
+            return list(await asyncio.gather(*images))
         finally:  # on error, timeout or client disconnect, stop the work still queued or running
-            for response in (conditioning, *responses):
-                response.cancel()
+            for response in (conditioning, *latents, *images):  # cancelling one doesn't cancel its inputs
+                with contextlib.suppress(Exception):  # one that already failed re-raises its error here
+                    response.cancel()
 
     def _edit_response(self, images: list[EditedImage], total_s: float, headers: dict) -> Response:
         timings = {name: round(value, 4) for name, value in images[0].timings.items() if name != "sent_at"}
@@ -135,6 +144,22 @@ class Ingress:
 
     async def openapi(self, http: Request) -> Response:
         return JSONResponse(OPENAPI)
+
+
+def _capped(http: Request, limit: int) -> Request:
+    """`http` with a body stream that fails with 413 as soon as more than `limit` bytes have arrived:
+    an oversized body (also one without a Content-Length) is refused while it streams in."""
+    received = 0
+
+    async def receive():
+        nonlocal received
+        message = await http.receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise PayloadTooLargeError("body", f"the request may be at most {limit} bytes")
+        return message
+
+    return Request(http.scope, receive)
 
 
 def _counted(route: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:

@@ -11,10 +11,17 @@ from starlette.datastructures import FormData, UploadFile
 
 from deployments.contracts import MAX_INPUT_IMAGES, EditRequest, OutputSpec
 from deployments.errors import InvalidInputError, PayloadTooLargeError
+from deployments.images import inspect_image
+from deployments.settings import EngineSettings
 from serve.settings import Limits
 
 # Fields OpenAI's SDK may send that don't change what this server computes; accepted and ignored.
 IGNORED_FIELDS = ("background", "quality", "user", "input_fidelity", "moderation")
+FIELDS = (
+    "image", "image[]", "prompt", "negative_prompt", "n", "seed", "size", "num_inference_steps", "true_cfg_scale",
+    "output_format", "output_compression", "response_format", "model", "timeout", "mask", "stream", *IGNORED_FIELDS,
+)
+MAX_CFG_SCALE = 20.0
 DEFAULT_NEGATIVE_PROMPT = " "  # Qwen's model cards pair true_cfg_scale=4 with negative_prompt=" "
 SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
@@ -26,6 +33,7 @@ class EditForm:
     request: EditRequest
     n: int
     seeds: tuple[int, ...]  # one per image: seed, seed + 1, ...
+    timeout_s: float | None  # the request's own deadline, if it set a shorter one than the server's
 
 
 async def read_uploads(form: FormData, limits: Limits) -> tuple[bytes, ...]:
@@ -35,17 +43,27 @@ async def read_uploads(form: FormData, limits: Limits) -> tuple[bytes, ...]:
     if len(files) > MAX_INPUT_IMAGES:
         raise InvalidInputError("image", f"give 1 to {MAX_INPUT_IMAGES} images, got {len(files)}")
     uploads = []
-    for file in files:
+    for i, file in enumerate(files):
+        param = "image" if len(files) == 1 else f"image[{i}]"
         if not isinstance(file, UploadFile):
-            raise InvalidInputError("image", "must be an uploaded file (multipart/form-data), not a text field")
+            raise InvalidInputError(param, "must be an uploaded file (multipart/form-data), not a text field")
+        if file.size is not None and file.size > limits.max_image_bytes:  # known before reading it in
+            raise PayloadTooLargeError(param, f"each image may be at most {limits.max_image_bytes} bytes, got {file.size}")
         data = await file.read()
-        if len(data) > limits.max_image_bytes:
-            raise PayloadTooLargeError("image", f"each image may be at most {limits.max_image_bytes} bytes, got {len(data)}")
+        inspect_image(data, param, limits.max_image_pixels)  # format and size from the header: refuse early
         uploads.append(data)
     return tuple(uploads)
 
 
-def parse_edit_form(form: FormData, uploads: tuple[bytes, ...], limits: Limits, served_model: str) -> EditForm:
+def parse_edit_form(
+    form: FormData, uploads: tuple[bytes, ...], limits: Limits, served_model: str, timeout_s: float,
+    engine: EngineSettings,
+) -> EditForm:
+    """The form as an EditRequest; `timeout_s` is the server's deadline, `engine` the model's defaults
+    (output area of `size=auto`, default steps) for the per-request work bound."""
+    unknown = sorted(set(form.keys()) - set(FIELDS))
+    if unknown:
+        raise InvalidInputError(unknown[0], f"is not a field of this API; the fields are {', '.join(FIELDS)}")
     if form.get("mask") is not None:
         raise InvalidInputError("mask", "masks are not supported; describe the region in the prompt instead")
     if _text(form, "stream") not in (None, "false", "False", "0"):
@@ -60,22 +78,40 @@ def parse_edit_form(form: FormData, uploads: tuple[bytes, ...], limits: Limits, 
     n = _int(form, "n", 1, limits.max_n) or 1
     seed = _int(form, "seed", 0, 2**63 - n)
     seed = random.randrange(2**31) if seed is None else seed
-    width, height = _size(_text(form, "size"))
+    width, height = _size(_text(form, "size"), limits)
+    steps = _int(form, "num_inference_steps", 1, limits.max_steps)
+    work = n * (steps or engine.default_num_inference_steps) * (width * height if width else engine.vae_image_area)
+    if work > limits.max_work:
+        raise InvalidInputError(
+            "n", f"n x num_inference_steps x output pixels may be at most {limits.max_work}, got {work}; ask for "
+            "fewer images, fewer steps or a smaller size",
+        )
     output_format = _text(form, "output_format") or "png"
     compression = _int(form, "output_compression", 0, 100)
-    negative = _text(form, "negative_prompt", strip=False)
     request = EditRequest(
         images=uploads,
-        prompt=_text(form, "prompt", strip=False) or "",
-        negative_prompt=DEFAULT_NEGATIVE_PROMPT if negative is None else negative,
+        prompt=_prompt(form, "prompt", limits) or "",
+        negative_prompt=_prompt(form, "negative_prompt", limits, DEFAULT_NEGATIVE_PROMPT),
         seed=seed,
-        num_inference_steps=_int(form, "num_inference_steps", 1, 1000),
-        true_cfg_scale=_float(form, "true_cfg_scale", 4.0),
+        num_inference_steps=steps,
+        true_cfg_scale=_float(form, "true_cfg_scale", 4.0, 0.0, MAX_CFG_SCALE),
         width=width,
         height=height,
         output=OutputSpec(format=output_format, compression=100 if compression is None else compression),
     )
-    return EditForm(request=request, n=n, seeds=tuple(seed + i for i in range(n)))
+    own_timeout = _float(form, "timeout", None, 1.0, timeout_s)
+    return EditForm(request=request, n=n, seeds=tuple(seed + i for i in range(n)), timeout_s=own_timeout)
+
+
+def _prompt(form: FormData, name: str, limits: Limits, default: str | None = None) -> str | None:
+    text = _text(form, name, strip=False)
+    if text is None:
+        return default
+    if len(text) > limits.max_prompt_chars:
+        raise InvalidInputError(name, f"may be at most {limits.max_prompt_chars} characters, got {len(text)}")
+    if "\x00" in text:
+        raise InvalidInputError(name, "must not contain NUL characters")
+    return text
 
 
 def _text(form: FormData, name: str, strip: bool = True) -> str | None:
@@ -100,23 +136,28 @@ def _int(form: FormData, name: str, low: int, high: int) -> int | None:
     return value
 
 
-def _float(form: FormData, name: str, default: float) -> float:
+def _float(form: FormData, name: str, default: float | None, low: float, high: float) -> float | None:
     text = _text(form, name)
     if text is None or text == "":
         return default
     try:
         value = float(text)
     except ValueError:
-        raise InvalidInputError(name, f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise InvalidInputError(name, f"must be a finite number, got {text!r}")
+        raise InvalidInputError(name, f"must be a number in [{low}, {high}], got {text!r}") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidInputError(name, f"must be a finite number in [{low}, {high}], got {text!r}")
     return value
 
 
-def _size(text: str | None) -> tuple[int | None, int | None]:
+def _size(text: str | None, limits: Limits) -> tuple[int | None, int | None]:
     if text is None or text in ("", "auto"):
         return None, None
     match = SIZE.match(text)
     if not match:
         raise InvalidInputError("size", f"must be 'auto' or WIDTHxHEIGHT (e.g. 1024x768), got {text!r}")
-    return int(match.group(1)), int(match.group(2))
+    width, height = int(match.group(1)), int(match.group(2))
+    if width == 0 or height == 0 or width * height > limits.max_output_pixels:
+        raise InvalidInputError(
+            "size", f"must be at least 1x1 and at most {limits.max_output_pixels} pixels in all, got {width}x{height}"
+        )
+    return width, height

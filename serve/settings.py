@@ -64,6 +64,9 @@ class BatchedStage(_Settings):
     batch_wait_timeout_s: float = Field(
         0.01, ge=0, le=10, description="How long a batch waits to fill up after its first request."
     )
+    wedged_after_s: float = Field(
+        300, gt=0, description="A batch running longer than this marks the replica unhealthy (Serve replaces it)."
+    )
     deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
 
 
@@ -83,6 +86,9 @@ class DenoiserStage(_Settings):
     max_wait_steps: int = Field(
         32, ge=1, description="Aging: after waiting this many steps, a request's latent shape runs next."
     )
+    wedged_after_s: float = Field(
+        120, gt=0, description="A denoising step running longer than this marks the replica unhealthy."
+    )
     deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
 
     def policy(self) -> AdmissionPolicy:
@@ -99,6 +105,19 @@ class Limits(_Settings):
     )
     max_image_bytes: int = Field(20 * 2**20, ge=1024, description="Largest single uploaded image; larger get 413.")
     max_n: int = Field(4, ge=1, le=16, description="Most images one request may ask for (`n`).")
+    max_image_pixels: int = Field(
+        25_000_000, ge=64 * 64, le=64_000_000,
+        description="Largest input image in pixels, read from its header before decoding; larger get 400.",
+    )
+    max_prompt_chars: int = Field(4000, ge=1, description="Longest prompt or negative prompt, in characters.")
+    max_steps: int = Field(200, ge=1, le=1000, description="Most denoising steps a request may ask for.")
+    max_output_pixels: int = Field(
+        2048 * 2048, ge=64 * 64, description="Largest output image (width x height) a request may ask for."
+    )
+    max_work: int = Field(
+        4 * 50 * 1024 * 1024, ge=1,
+        description="Most n x steps x output pixels one request may ask for: bounds what one request can cost.",
+    )
 
 
 class AppSettings(_Settings):
@@ -111,7 +130,7 @@ class AppSettings(_Settings):
         None, description="Name in /v1/models and the `model` field (default: the checkpoint's name)."
     )
     request_timeout_s: Annotated[float, Field(gt=0)] = Field(
-        300, description="A request still unfinished after this long gets 504."
+        300, description="A request still unfinished after this long gets 504 (a request's `timeout` field may shorten it)."
     )
     limits: Limits = Field(default_factory=Limits)
     ingress: IngressSettings = Field(default_factory=IngressSettings)

@@ -33,6 +33,8 @@ class BatchingReplica:
         metrics.bind(ray.util.metrics)
         self.engine = self.engine_class(model)
         self.model_name = served_name or model_name(model)  # the metrics' `model` label
+        self.wedged_after_s = batching.wedged_after_s
+        self.busy_since: float | None = None  # when the running batch started
         self.batches = 0
         self.items = 0
         self._batch.set_max_batch_size(batching.max_batch_size)
@@ -50,8 +52,11 @@ class BatchingReplica:
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01)  # real values set per replica in __init__
     async def _batch(self, items: list) -> list:
-        started = time.time()
-        results = await asyncio.to_thread(self.process, items)
+        started = self.busy_since = time.time()
+        try:
+            results = await asyncio.to_thread(self.process, items)
+        finally:
+            self.busy_since = None
         finished = time.time()
         self.batches += 1
         self.items += len(items)
@@ -65,6 +70,13 @@ class BatchingReplica:
     def stats(self) -> dict[str, int]:
         """How many batches and items this replica has run."""
         return {"batches": self.batches, "items": self.items}
+
+    def check_health(self) -> None:
+        """Serve calls this periodically; raising marks the replica unhealthy and replaces it. A batch
+        stuck far beyond any real one means the model (or its device) is wedged."""
+        busy_since = self.busy_since
+        if busy_since is not None and time.time() - busy_since > self.wedged_after_s:
+            raise RuntimeError(f"a {self.stage} batch has been running for over {self.wedged_after_s:.0f}s")
 
 
 def _stamp(result, item, stage: str, started: float, finished: float, served_name: str):
@@ -101,6 +113,7 @@ class DenoiserDeployment:
         metrics.bind(ray.util.metrics)
         self.model_name = served_name or model_name(model)
         self.loop = DenoiseLoop(Denoiser(model), settings.policy(), settings.max_waiting, self.model_name)
+        self.wedged_after_s = settings.wedged_after_s
 
     async def denoise(self, conditioning: Conditioning, seed: int) -> Latents:
         """Denoises `conditioning` with `seed` (one encoding serves all `n` images of a request)."""
@@ -114,6 +127,8 @@ class DenoiserDeployment:
     def check_health(self) -> None:
         if not self.loop.alive:
             raise RuntimeError("the denoising engine loop has stopped")
+        if self.loop.step_running_for() > self.wedged_after_s:
+            raise RuntimeError(f"a denoising step has been running for over {self.wedged_after_s:.0f}s")
 
     def __del__(self):
         self.loop.close()

@@ -60,6 +60,9 @@ class QwenImageEdit(ModelFamily):
             raise InvalidInputError(
                 "image", f"{self.spec.pipeline_class} takes at most {self.max_input_images} image(s), got {len(images)}"
             )
+        self._check_prompt_length("prompt", request.prompt)
+        if request.do_true_cfg:
+            self._check_prompt_length("negative_prompt", request.negative_prompt)
         condition_images, vae_images, vae_sizes = self._prepare_images(images)
         width, height = self._output_size(request, images)
         prompt_embeds, prompt_mask = self._encode_prompt(request.prompt, condition_images)
@@ -83,6 +86,13 @@ class QwenImageEdit(ModelFamily):
             output=request.output,
             timings=request.timings,
         )
+
+    def _check_prompt_length(self, param: str, text: str) -> None:
+        """Refuses a prompt longer than the engine's token limit (diffusers would silently cut it)."""
+        tokens = len(self.pipe.processor.tokenizer(text).input_ids)
+        limit = self.spec.settings.max_prompt_tokens
+        if tokens > limit:
+            raise InvalidInputError(param, f"may be at most {limit} tokens, got {tokens}")
 
     def _prepare_images(self, images: list[Image.Image]):
         """Condition image(s) for the VL encoder (PIL) and VAE image(s) (B, C, 1, H, W) with their sizes."""

@@ -26,7 +26,7 @@ GOOD_ROWS = 55
 BAD_ROWS = {  # id -> (image, instruction, size, expected error fragment)
     "missing-file": ("imgs/nope.png", "x", None, "could not be read"),
     "corrupt-file": ("imgs/corrupt.png", "x", None, "corrupt or truncated"),
-    "html-as-png": ("imgs/page.png", "x", None, "not a recognizable image"),
+    "html-as-png": ("imgs/page.png", "x", None, "not a recognizable PNG, JPEG or WebP image"),
     "empty-instruction": ("imgs/0.png", "", None, "prompt: must be a non-empty instruction"),
     "bad-size": ("imgs/1.png", "x", "huge", "size: must be 'auto' or WIDTHxHEIGHT"),
     "odd-size": ("imgs/2.png", "x", "100x64", "multiples of 8"),

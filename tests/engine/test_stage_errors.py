@@ -18,7 +18,7 @@ def encode_error(stages, variant, **kwargs) -> InvalidInputError:
 
 def test_undecodable_bytes(stages):
     error = encode_error(stages, "edit-plus", images=(GOOD, b"GIF89a-not-really"))
-    assert error.param == "image[1]" and "not a recognizable image" in error.message
+    assert error.param == "image[1]" and "not a recognizable PNG, JPEG or WebP image" in error.message
 
 
 def test_too_many_images_for_edit_model(stages):

@@ -1,0 +1,143 @@
+"""Overload, deadlines, disconnects and dead replicas: bounded queues answer 503 with Retry-After
+quickly, deadlines answer 504 and free their work, a vanished client's work is cancelled, a killed
+replica fails its requests fast with a retryable 503 and is replaced; a wedged engine loop fails its
+health check."""
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+import requests
+from ray import serve
+
+from deployments.contracts import EditRequest
+from deployments.encoder import Encoder
+from serve.app import build_app
+from serve.settings import DenoiserStage
+from serve.stages import DenoiserDeployment
+from tests.helpers import image_bytes, random_image
+from tests.serve.support import APP, Client, app_settings
+
+PHOTO = image_bytes(random_image(64, 64, seed=5))
+FILES = [("image", ("p.png", PHOTO, "image/png"))]
+LONG = {"prompt": "take your time", "num_inference_steps": "150", "size": "256x256"}  # several seconds here
+
+
+def denoiser_stats(app: str) -> dict:
+    return serve.get_deployment_handle("Denoiser", app).stats.remote().result(timeout_s=60)
+
+
+def wait_until(condition, timeout_s: float, message: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def extra_app(ray_cluster, tiny_checkpoints, name: str, **overrides):
+    """A second copy of the app under its own name and route, so its faults touch no other test."""
+    settings = app_settings(tiny_checkpoints["edit-plus"]).model_copy(update=overrides)
+    serve.run(build_app(settings), name=name, route_prefix=f"/{name}")
+    try:
+        yield Client(f"{ray_cluster}/{name}")
+    finally:
+        serve.delete(name)
+
+
+def test_saturation_answers_503_quickly_and_admitted_requests_finish(ray_cluster, tiny_checkpoints):
+    denoiser = DenoiserStage.model_validate({
+        "max_batch_rows": 2, "max_waiting": 1,  # one request running, one waiting: the rest are turned away
+        "deployment": {"ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 8, "max_queued_requests": 2},
+    })
+    with extra_app(ray_cluster, tiny_checkpoints, "tight", denoiser=denoiser) as client:
+        def one(i):
+            started = time.perf_counter()
+            response = client.post("/v1/images/edits", files=FILES, data={**LONG, "num_inference_steps": "40", "seed": str(i)})
+            return response, time.perf_counter() - started
+
+        with ThreadPoolExecutor(10) as pool:
+            results = list(pool.map(one, range(10)))
+    codes = [r.status_code for r, _ in results]
+    assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 5, codes
+    for response, seconds in results:
+        if response.status_code == 503:
+            assert response.headers["Retry-After"] == "2" and response.json()["error"]["type"] == "overloaded"
+            assert seconds < 5, f"a refusal took {seconds:.1f}s"
+
+
+def test_deadline_answers_504_and_frees_the_work(client):
+    before = denoiser_stats(APP)
+    started = time.perf_counter()
+    response = client.post("/v1/images/edits", files=FILES, data={**LONG, "timeout": "1"})
+    assert response.status_code == 504 and response.json()["error"]["type"] == "timeout"
+    assert time.perf_counter() - started < 3
+    wait_until(lambda: denoiser_stats(APP)["cancelled"] > before["cancelled"], 20, "the timed-out request kept running")
+    assert denoiser_stats(APP)["finished"] == before["finished"]
+
+
+def test_a_client_that_goes_away_cancels_its_work(client):
+    before = denoiser_stats(APP)
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(f"{client.base_url}/v1/images/edits", files=FILES, data=LONG, timeout=(5, 1.5))
+    wait_until(lambda: denoiser_stats(APP)["cancelled"] > before["cancelled"], 20, "the abandoned request kept running")
+    assert denoiser_stats(APP)["active_requests"] == 0
+
+
+def replica_processes(app: str, deployment: str) -> list[psutil.Process]:
+    title = f"ServeReplica:{app}:{deployment}"
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(title in part for part in process.info["cmdline"] or ()):
+                found.append(process)
+    return found
+
+
+def test_a_killed_replica_fails_fast_with_503_and_is_replaced(ray_cluster, tiny_checkpoints):
+    with extra_app(ray_cluster, tiny_checkpoints, "faulty") as client:
+        (victim,) = replica_processes("faulty", "Denoiser")
+        result = {}
+
+        def long_request():
+            started = time.perf_counter()
+            result["response"] = client.post("/v1/images/edits", files=FILES, data=LONG)
+            result["seconds"] = time.perf_counter() - started
+
+        thread = threading.Thread(target=long_request)
+        thread.start()
+        wait_until(lambda: denoiser_stats("faulty")["active_requests"] == 1, 30, "the request never reached the Denoiser")
+        os.kill(victim.pid, signal.SIGKILL)
+        thread.join(timeout=60)
+        response = result["response"]
+        assert response.status_code == 503, response.text[:500]
+        assert response.headers["Retry-After"] and response.json()["error"]["type"] == "overloaded"
+        assert result["seconds"] < 30
+
+        def edits_again() -> bool:  # Serve starts a new replica; until then, 503s
+            return client.post("/v1/images/edits", files=FILES, data={"prompt": "again", "num_inference_steps": "2"}).status_code == 200
+
+        wait_until(edits_again, 120, "the killed Denoiser was not replaced")
+        assert [p.pid for p in replica_processes("faulty", "Denoiser")] != [victim.pid]
+
+
+def test_a_wedged_denoising_step_fails_the_health_check(ray_cluster, tiny_checkpoints):
+    settings = DenoiserStage.model_validate({"wedged_after_s": 0.5})
+    replica = DenoiserDeployment.func_or_class(tiny_checkpoints["edit-plus"], settings)
+    try:
+        replica.check_health()  # idle: healthy
+        release = threading.Event()
+        replica.loop.denoiser.step = lambda jobs: release.wait(30)  # the model hangs
+        conditioning = Encoder(tiny_checkpoints["edit-plus"]).encode(EditRequest(images=(PHOTO,), prompt="hang", seed=0))
+        replica.loop.submit(conditioning)
+        time.sleep(1.0)
+        with pytest.raises(RuntimeError, match="denoising step has been running"):
+            replica.check_health()
+        release.set()
+    finally:
+        replica.loop.close()
