@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from deployments.admission import AdmissionPolicy
 from deployments import metrics
-from deployments.contracts import Conditioning
+from deployments.contracts import Conditioning, Latents
 from deployments.denoiser import Denoiser
 from deployments.errors import OverloadedError
 from deployments.families import DenoiseJob
@@ -31,7 +31,7 @@ class Ticket:
     """One request in the loop: its job, its result, where it stands."""
 
     job: DenoiseJob
-    on_step: Callable[[int, int], None] | None  # called (steps done, total) from the loop thread
+    on_step: Callable[[int, int, Latents | None], None] | None  # (steps done, total, preview or None), loop thread
     future: Future = field(default_factory=Future)
     submitted_at: float = field(default_factory=time.time)
     admitted_at: float | None = None
@@ -96,13 +96,21 @@ class DenoiseLoop:
         self._thread = threading.Thread(target=self._run, name="denoise-loop", daemon=True)
         self._thread.start()
 
-    def submit(self, conditioning: Conditioning, on_step: Callable[[int, int], None] | None = None) -> Ticket:
-        """Queues a request; its ticket's future resolves to its Latents. Raises OverloadedError when
-        `max_waiting` requests are already waiting."""
+    def submit(
+        self,
+        conditioning: Conditioning,
+        on_step: Callable[[int, int, Latents | None], None] | None = None,
+        preview_after: frozenset[int] = frozenset(),
+    ) -> Ticket:
+        """Queues a request; its ticket's future resolves to its Latents. `on_step` hears of each step,
+        with a preview (the predicted clean latents) after the step counts in `preview_after`.
+        Raises OverloadedError when `max_waiting` requests are already waiting."""
         with self._wakeup:
             if len(self._waiting) >= self.max_waiting:
                 raise OverloadedError(f"the denoiser already has {self.max_waiting} requests waiting")
-            ticket = Ticket(job=self.denoiser.start(conditioning), on_step=on_step)
+            job = self.denoiser.start(conditioning)
+            job.preview_after = preview_after
+            ticket = Ticket(job=job, on_step=on_step)
             self._waiting.append(ticket)
             self._set_waiting()
             self._wakeup.notify()
@@ -178,7 +186,7 @@ class DenoiseLoop:
         self._record(batch, time.perf_counter() - started)
         for ticket in batch:
             if ticket.on_step is not None:
-                ticket.on_step(*ticket.progress)
+                ticket.on_step(*ticket.progress, self.denoiser.take_preview(ticket.job))
             if ticket.job.done:
                 self._active.remove(ticket)
                 self.stats.finished += 1

@@ -37,15 +37,27 @@ class Denoiser:
             buckets.setdefault(job.bucket, []).append(job)
         for group in buckets.values():
             for job, noise_pred in zip(group, self.family.predict(group)):
+                if job.step_index + 1 in job.preview_after:
+                    job.preview = self.family.predicted_clean(job, noise_pred)
                 job.latents = job.scheduler.step(noise_pred, job.timestep, job.latents, return_dict=False)[0]
                 job.step_index += 1
 
+    @classmethod
+    def finish(cls, job: DenoiseJob) -> Latents:
+        return cls._as_latents(job, job.latents)
+
+    @classmethod
+    def take_preview(cls, job: DenoiseJob) -> Latents | None:
+        """The preview kept at the last step, if one was asked for there (then forgotten)."""
+        preview, job.preview = job.preview, None
+        return None if preview is None else cls._as_latents(job, preview)
+
     @staticmethod
-    def finish(job: DenoiseJob) -> Latents:
+    def _as_latents(job: DenoiseJob, latents) -> Latents:
         c = job.conditioning
         return Latents(
             request_id=c.request_id,
-            latents=job.latents[0].detach().to("cpu").contiguous(),
+            latents=latents[0].detach().to("cpu").contiguous(),
             height=c.height,
             width=c.width,
             seed=c.seed,

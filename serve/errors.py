@@ -42,5 +42,8 @@ def error_response(error: EditError, headers: dict[str, str] | None = None) -> J
     headers = dict(headers or {})
     if isinstance(error, OverloadedError):
         headers["Retry-After"] = str(error.retry_after_s)
-    body = {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.status}}
-    return JSONResponse(body, status_code=error.status, headers=headers)
+    return JSONResponse({"error": error_body(error)}, status_code=error.status, headers=headers)
+
+
+def error_body(error: EditError) -> dict:
+    return {"message": error.message, "type": error.type, "param": error.param, "code": error.status}

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 import uuid
@@ -19,16 +20,16 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from deployments import metrics
-from deployments.contracts import EditedImage, EditRequest
+from deployments.contracts import EditedImage, EditRequest, OutputSpec
 from deployments.errors import InvalidInputError, OverloadedError, PayloadTooLargeError
 from deployments.settings import EngineSettings
-from serve.errors import as_edit_error, error_response
+from serve.errors import as_edit_error, error_body, error_response
 from serve.openapi import OPENAPI
-from serve.schema import parse_edit_form, read_uploads
+from serve.schema import EditForm, parse_edit_form, read_uploads
 from serve.settings import AppSettings
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,9 @@ class Ingress:
             request = dataclasses.replace(parsed.request, request_id=request_id, timings={"sent_at": time.time()})
             images_asked = len(parsed.seeds)
             timeout = parsed.timeout_s or self.settings.request_timeout_s
+            if parsed.stream:
+                events = self._stream(request, parsed, timeout, started)
+                return StreamingResponse(events, media_type="text/event-stream", headers=headers)
             images = await asyncio.wait_for(self._run(request, parsed.seeds), timeout)
         except Exception as e:  # every failure becomes an OpenAI-shaped error, never a stack trace
             error = as_edit_error(e)
@@ -115,6 +119,40 @@ class Ingress:
                 with contextlib.suppress(Exception):  # one that already failed re-raises its error here
                     response.cancel()
 
+    async def _stream(self, request: EditRequest, parsed: EditForm, timeout: float, started: float):
+        """Server-Sent Events in OpenAI's shapes: `image_edit.partial_image` previews (the Denoiser's
+        predicted clean latents, decoded as small JPEGs), then `image_edit.completed`; with
+        `stream_progress`, an `image_edit.progress` event per step (an extension). A failure after the
+        stream has started is an `error` event."""
+        conditioning = self.encoder.encode.remote(request)
+        steps = self.denoiser.options(stream=True).denoise_stream.remote(conditioning, parsed.seeds[0], parsed.partial_images)
+        partial_index = 0
+        try:
+            async with asyncio.timeout(timeout):
+                async for event in steps:
+                    if isinstance(event, dict) and "step" in event:
+                        if parsed.stream_progress:
+                            yield _sse("image_edit.progress", {**event, "stage": "denoise"})
+                    elif isinstance(event, dict):
+                        preview = dataclasses.replace(event["preview"], output=PREVIEW_OUTPUT)
+                        image = await self.decoder.decode.remote(preview)
+                        yield _sse("image_edit.partial_image", {**_image_event(image), "partial_image_index": partial_index})
+                        partial_index += 1
+                    else:
+                        image = await self.decoder.decode.remote(event)
+                        yield _sse("image_edit.completed", {**_image_event(image), "usage": NO_TOKEN_USAGE})
+            metrics.IMAGES.inc(model=self.served_model, status="ok")
+            metrics.REQUEST_SECONDS.observe(time.time() - started, model=self.served_model)
+        except Exception as e:  # the response has started: the error travels as an event
+            error = as_edit_error(e)
+            metrics.ERRORS.inc(kind=error.kind)
+            metrics.IMAGES.inc(model=self.served_model, status="error")
+            yield _sse("error", {"error": error_body(error)})
+        finally:  # also when the client disconnects: the request leaves the denoising batch
+            for response in (conditioning, steps):
+                with contextlib.suppress(Exception):
+                    response.cancel()
+
     def _edit_response(self, images: list[EditedImage], total_s: float, headers: dict) -> Response:
         timings = {name: round(value, 4) for name, value in images[0].timings.items() if name != "sent_at"}
         timings["total"] = round(total_s, 4)
@@ -144,6 +182,25 @@ class Ingress:
 
     async def openapi(self, http: Request) -> Response:
         return JSONResponse(OPENAPI)
+
+
+PREVIEW_OUTPUT = OutputSpec(format="jpeg", compression=75)
+NO_TOKEN_USAGE = {  # the SDK's completed event carries token usage; this model has none to report
+    "input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
+    "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+}
+
+
+def _image_event(image: EditedImage) -> dict:
+    return {
+        "b64_json": base64.b64encode(image.data).decode("ascii"), "created_at": int(time.time()),
+        "output_format": image.format, "size": f"{image.width}x{image.height}", "background": "opaque",
+        "quality": "auto",
+    }
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps({'type': event, **data})}\n\n"
 
 
 def _capped(http: Request, limit: int) -> Request:

@@ -19,8 +19,10 @@ from serve.settings import Limits
 IGNORED_FIELDS = ("background", "quality", "user", "input_fidelity", "moderation")
 FIELDS = (
     "image", "image[]", "prompt", "negative_prompt", "n", "seed", "size", "num_inference_steps", "true_cfg_scale",
-    "output_format", "output_compression", "response_format", "model", "timeout", "mask", "stream", *IGNORED_FIELDS,
+    "output_format", "output_compression", "response_format", "model", "timeout", "mask", "stream", "partial_images",
+    "stream_progress", *IGNORED_FIELDS,
 )
+MAX_PARTIAL_IMAGES = 3
 MAX_CFG_SCALE = 20.0
 DEFAULT_NEGATIVE_PROMPT = " "  # Qwen's model cards pair true_cfg_scale=4 with negative_prompt=" "
 SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
@@ -34,6 +36,9 @@ class EditForm:
     n: int
     seeds: tuple[int, ...]  # one per image: seed, seed + 1, ...
     timeout_s: float | None  # the request's own deadline, if it set a shorter one than the server's
+    stream: bool = False  # answer as Server-Sent Events
+    partial_images: int = 0  # previews to stream before the final image
+    stream_progress: bool = False  # also stream an `image_edit.progress` event per denoising step
 
 
 async def read_uploads(form: FormData, limits: Limits) -> tuple[bytes, ...]:
@@ -66,8 +71,6 @@ def parse_edit_form(
         raise InvalidInputError(unknown[0], f"is not a field of this API; the fields are {', '.join(FIELDS)}")
     if form.get("mask") is not None:
         raise InvalidInputError("mask", "masks are not supported; describe the region in the prompt instead")
-    if _text(form, "stream") not in (None, "false", "False", "0"):
-        raise InvalidInputError("stream", "streaming is not supported yet; leave `stream` unset or false")
     response_format = _text(form, "response_format") or "b64_json"
     if response_format != "b64_json":
         raise InvalidInputError("response_format", f"only b64_json is supported, got {response_format!r}")
@@ -76,6 +79,12 @@ def parse_edit_form(
         raise InvalidInputError("model", f"this server serves {served_model!r}, got {model!r}")
 
     n = _int(form, "n", 1, limits.max_n) or 1
+    stream = _bool(form, "stream")
+    partial_images = _int(form, "partial_images", 0, MAX_PARTIAL_IMAGES) or 0
+    if stream and n != 1:
+        raise InvalidInputError("n", f"must be 1 when streaming, got {n}")
+    if not stream and partial_images:
+        raise InvalidInputError("partial_images", "needs stream=true")
     seed = _int(form, "seed", 0, 2**63 - n)
     seed = random.randrange(2**31) if seed is None else seed
     width, height = _size(_text(form, "size"), limits)
@@ -100,7 +109,17 @@ def parse_edit_form(
         output=OutputSpec(format=output_format, compression=100 if compression is None else compression),
     )
     own_timeout = _float(form, "timeout", None, 1.0, timeout_s)
-    return EditForm(request=request, n=n, seeds=tuple(seed + i for i in range(n)), timeout_s=own_timeout)
+    return EditForm(
+        request=request, n=n, seeds=tuple(seed + i for i in range(n)), timeout_s=own_timeout, stream=stream,
+        partial_images=partial_images, stream_progress=_bool(form, "stream_progress"),
+    )
+
+
+def _bool(form: FormData, name: str) -> bool:
+    text = (_text(form, name) or "false").lower()
+    if text not in ("true", "false", "1", "0"):
+        raise InvalidInputError(name, f"must be true or false, got {text!r}")
+    return text in ("true", "1")
 
 
 def _prompt(form: FormData, name: str, limits: Limits, default: str | None = None) -> str | None:

@@ -121,6 +121,30 @@ class DenoiserDeployment:
         latents = await asyncio.wrap_future(ticket.future)  # cancelling this cancels the ticket
         return _stamp(latents, conditioning, "denoise", ticket.admitted_at, time.time(), self.model_name)
 
+    async def denoise_stream(self, conditioning: Conditioning, seed: int, previews: int):
+        """Streams a request's denoising: `{"step", "total"}` after every step, `{"preview": Latents}`
+        (the predicted clean latents) after `previews` steps spread over the run, then the result."""
+        conditioning = dataclasses.replace(conditioning, seed=seed)
+        events: asyncio.Queue = asyncio.Queue()
+        event_loop = asyncio.get_running_loop()
+
+        def on_step(done: int, total: int, preview) -> None:  # on the engine loop's thread
+            event_loop.call_soon_threadsafe(events.put_nowait, (done, total, preview))
+
+        ticket = self.loop.submit(conditioning, on_step, preview_steps(conditioning.num_inference_steps, previews))
+        # The end (result, failure or cancellation) follows the last step's event in the queue.
+        ticket.future.add_done_callback(lambda _: event_loop.call_soon_threadsafe(events.put_nowait, None))
+        try:
+            while (event := await events.get()) is not None:
+                done, total, preview = event
+                yield {"step": done, "total": total}
+                if preview is not None:
+                    yield {"preview": preview}
+            latents = await asyncio.wrap_future(ticket.future)
+            yield _stamp(latents, conditioning, "denoise", ticket.admitted_at, time.time(), self.model_name)
+        finally:  # the caller went away or the stream ended: leave the batch
+            ticket.cancel()
+
     def stats(self) -> dict:
         return dataclasses.asdict(self.loop.stats)
 
@@ -132,6 +156,11 @@ class DenoiserDeployment:
 
     def __del__(self):
         self.loop.close()
+
+
+def preview_steps(total: int, previews: int) -> frozenset[int]:
+    """`previews` step counts spread evenly over `total` steps, before the last (e.g. 8, 2 -> {3, 5})."""
+    return frozenset(round(total * (i + 1) / (previews + 1)) for i in range(previews)) - {0, total}
 
 
 @serve.deployment(name="Decoder")

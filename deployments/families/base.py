@@ -33,6 +33,8 @@ class DenoiseJob:
     rows: int  # model-forward rows per step (guidance rows included)
     tokens: int  # tokens those rows put through each forward
     step_index: int = 0
+    preview_after: frozenset[int] = frozenset()  # step counts after which to keep a preview
+    preview: torch.Tensor | None = None  # (1, L, C) the predicted clean sample, when kept
 
     @property
     def timestep(self) -> torch.Tensor:
@@ -73,6 +75,10 @@ class ModelFamily(ABC):
     def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
         """One batched model forward for `jobs` (one bucket, each at its own timestep, guidance rows
         included) and the guided noise prediction of each, shaped like its `latents`."""
+
+    @abstractmethod
+    def predicted_clean(self, job: DenoiseJob, noise_pred: torch.Tensor) -> torch.Tensor:
+        """The clean sample the model predicts at the job's current step (for previews), like `latents`."""
 
     # Decoder side
     @abstractmethod

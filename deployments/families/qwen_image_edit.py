@@ -229,6 +229,10 @@ class QwenImageEdit(ModelFamily):
 
     # ---- Decoder -------------------------------------------------------------------------------
 
+    def predicted_clean(self, job: DenoiseJob, noise_pred: torch.Tensor) -> torch.Tensor:
+        # Flow matching predicts the velocity v = noise - x0, and x_t = x0 + sigma * v.
+        return job.latents - job.scheduler.sigmas[job.step_index] * noise_pred
+
     @torch.no_grad()
     def decode(self, latents: Latents) -> np.ndarray:
         vae = self.loaded["vae"]

@@ -39,7 +39,7 @@ def test_a_request_joins_a_running_batch_and_both_match_solo(stages, encode, loo
     short = encode(prompt="short", seed=2, num_inference_steps=3)
     joined = threading.Event()
 
-    def submit_short_midway(done: int, total: int) -> None:
+    def submit_short_midway(done: int, total: int, preview) -> None:
         if done == 4 and not joined.is_set():
             joined.set()
             tickets.append(loop.submit(short))
@@ -57,7 +57,7 @@ def test_a_request_joins_a_running_batch_and_both_match_solo(stages, encode, loo
 def test_a_cancelled_request_leaves_without_disturbing_others(stages, encode, loop):
     keep = encode(prompt="keep me", seed=3, num_inference_steps=8)
     drop = encode(prompt="drop me", negative_prompt="blurry", seed=4, num_inference_steps=8)
-    doomed = loop.submit(drop, on_step=lambda done, total: doomed.cancel() if done == 2 else None)
+    doomed = loop.submit(drop, on_step=lambda done, total, _: doomed.cancel() if done == 2 else None)
     kept = loop.submit(keep)
     assert torch.allclose(kept.future.result(timeout=120).latents, solo(stages, keep), atol=1e-5, rtol=0)
     assert doomed.future.cancelled() and doomed.progress[0] < 8
@@ -102,3 +102,16 @@ def test_waiting_queue_is_bounded(stages, encode):
         first.future.result(timeout=120)
     finally:
         loop.close()
+
+
+def test_previews_arrive_after_the_asked_steps_and_change_nothing(stages, encode, loop):
+    conditioning = encode(prompt="show me", negative_prompt="blurry", seed=9, num_inference_steps=6)
+    previews = {}
+    ticket = loop.submit(conditioning, on_step=lambda done, total, p: previews.update({done: p}) if p else None,
+                         preview_after=frozenset({2, 6}))
+    final = ticket.future.result(timeout=120).latents
+    assert set(previews) == {2, 6}
+    assert torch.allclose(final, solo(stages, conditioning), atol=1e-5, rtol=0)
+    # After the last step nothing is left to remove: the predicted clean sample is the result.
+    assert torch.allclose(previews[6].latents, final, atol=1e-5, rtol=0)
+    assert previews[2].latents.shape == final.shape and not torch.allclose(previews[2].latents, final)
