@@ -22,10 +22,11 @@ serve: install
 test: install system-packages
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-# Debian packages the tests run for real: a Prometheus server scraping the test cluster.
-SYSTEM_PACKAGES := prometheus
+# Debian packages the tests run for real: a Prometheus server scraping the test cluster, and a
+# headless Chromium (driven through chromedriver) for the editing page.
+SYSTEM_PACKAGES := prometheus chromium chromium-driver
 system-packages:
-	@command -v prometheus >/dev/null || { \
+	@command -v prometheus >/dev/null && command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
 		{ apt-get update -qq && apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES); }; }

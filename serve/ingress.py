@@ -14,13 +14,14 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import ray.util.metrics
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from deployments import metrics
@@ -35,6 +36,7 @@ from serve.settings import AppSettings
 logger = logging.getLogger(__name__)
 
 STAGES = ("Encoder", "Denoiser", "Decoder")
+PAGE = (Path(__file__).parent / "web" / "index.html").read_text()  # the editing page at GET /
 # Serve's deployment states in which a stage can take requests (or start a replica for one).
 SERVING_STATES = ("HEALTHY", "UPSCALING", "DOWNSCALING")
 
@@ -60,6 +62,7 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> Starlette:
         routes = [
+            ("/", self.page, "GET"),
             ("/v1/images/edits", self.edit, "POST"),
             ("/v1/models", self.models, "GET"),
             ("/healthz", self.healthz, "GET"),
@@ -182,6 +185,9 @@ class Ingress:
 
     async def openapi(self, http: Request) -> Response:
         return JSONResponse(OPENAPI)
+
+    async def page(self, http: Request) -> Response:
+        return HTMLResponse(PAGE)
 
 
 PREVIEW_OUTPUT = OutputSpec(format="jpeg", compression=75)

@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document served at /openapi.json, describing exactly what the ingress accepts."""
 
-from serve.schema import IGNORED_FIELDS
+from serve.schema import IGNORED_FIELDS, MAX_CFG_SCALE, MAX_PARTIAL_IMAGES
 
 
 def _error_response(description: str) -> dict:
@@ -10,6 +10,7 @@ def _error_response(description: str) -> dict:
 EDIT_FORM = {
     "type": "object",
     "required": ["image", "prompt"],
+    "additionalProperties": False,  # any other field is refused with a 400 naming it
     "properties": {
         "image": {
             "description": "1 image file (or 1-3 for Edit-Plus models, also as `image[]`): PNG, JPEG or WebP.",
@@ -30,9 +31,16 @@ EDIT_FORM = {
         "model": {"type": "string", "description": "Optional; must name the served model (see /v1/models)."},
         "negative_prompt": {"type": "string", "default": " ", "description": "What to steer away from (true CFG)."},
         "seed": {"type": "integer", "minimum": 0, "description": "Same seed and inputs give the same image; random if unset."},
-        "num_inference_steps": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "Default: the model's."},
-        "true_cfg_scale": {"type": "number", "minimum": 0, "maximum": 100, "default": 4.0,
+        "num_inference_steps": {"type": "integer", "minimum": 1,
+                                "description": "Default: the model's; at most `limits.max_steps` (200)."},
+        "true_cfg_scale": {"type": "number", "minimum": 0, "maximum": MAX_CFG_SCALE, "default": 4.0,
                            "description": "True classifier-free guidance scale; <= 1 turns it off."},
+        "timeout": {"type": "number", "minimum": 1, "description": "This request's deadline in seconds (504 past it)."},
+        "stream": {"type": "boolean", "default": False, "description": "Answer as Server-Sent Events (n must be 1)."},
+        "partial_images": {"type": "integer", "minimum": 0, "maximum": MAX_PARTIAL_IMAGES, "default": 0,
+                           "description": "Previews streamed before the final image."},
+        "stream_progress": {"type": "boolean", "default": False,
+                            "description": "Also stream an image_edit.progress event per denoising step."},
         **{name: {"type": "string", "description": "Accepted for OpenAI compatibility; ignored."} for name in IGNORED_FIELDS},
     },
 }
@@ -52,13 +60,25 @@ OPENAPI = {
                 "responses": {
                     "200": {
                         "description": "The edited image(s). `Server-Timing` says where the time went.",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ImagesResponse"}}},
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/ImagesResponse"}},
+                            "text/event-stream": {
+                                "description": "With stream=true: image_edit.partial_image, image_edit.progress, "
+                                "image_edit.completed and error events, each `data` a JSON object with `type`.",
+                            },
+                        },
                     },
                     "400": _error_response("An invalid field; `param` names it."),
                     "413": _error_response("The request or an image is too large."),
                     "503": _error_response("At capacity or a replica restarting; see Retry-After."),
                     "504": _error_response("The edit did not finish within the request timeout."),
                 },
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "The editing page for people",
+                "responses": {"200": {"description": "One HTML page; no external resources.", "content": {"text/html": {}}}},
             }
         },
         "/v1/models": {

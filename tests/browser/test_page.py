@@ -1,0 +1,76 @@
+"""The editing page at GET / in a real headless Chromium (Debian's, through chromedriver), against
+`python -m serve` with the tiny model: upload, instruct, watch the progress bar and previews, get the
+result; an empty instruction shows its error by the field. Screenshots go to the test's temp dir."""
+
+import shutil
+import time
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from cluster.bench import served_app
+from tests.helpers import image_bytes, random_image
+
+
+@pytest.fixture(scope="module")
+def page_url(tiny_checkpoints):
+    with served_app(tiny_checkpoints["edit-plus"], continuous=True) as app:
+        yield app.base + "/"
+
+
+@pytest.fixture
+def browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "`make test` installs Debian's chromium and chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1400"):
+        options.add_argument(argument)
+    session = webdriver.Chrome(service=Service(driver), options=options)  # a local driver: nothing is downloaded
+    yield session
+    session.quit()
+
+
+def test_edit_by_hand_with_progress_previews_and_result(page_url, browser, tmp_path):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image_bytes(random_image(96, 64, seed=2)))
+    browser.get(page_url)
+    assert "Edit images" in browser.title
+    browser.find_element(By.ID, "files").send_keys(str(photo))
+    browser.find_element(By.ID, "prompt").send_keys("배경을 해변으로 바꿔줘")
+    browser.find_element(By.TAG_NAME, "summary").click()
+    browser.find_element(By.NAME, "num_inference_steps").send_keys("40")
+    browser.find_element(By.NAME, "size").send_keys("256x256")
+    browser.execute_script(  # record the progress bar as the page updates it
+        "window.seen = []; setInterval(() => seen.push(document.getElementById('progress').value), 10)"
+    )
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 60).until(lambda b: b.execute_script("return document.getElementById('progress').value > 0"))
+    browser.save_screenshot(str(tmp_path / "1-in-progress.png"))
+    WebDriverWait(browser, 120).until(lambda b: b.find_element(By.ID, "status").text.startswith("Done"))
+    browser.save_screenshot(str(tmp_path / "2-done.png"))
+
+    seen = browser.execute_script("return window.seen")
+    assert len({v for v in seen if 0 < v < 40}) >= 3, "the progress bar did not move"
+    assert browser.find_element(By.ID, "after").get_attribute("src").startswith("data:image/png;base64,")
+    assert browser.find_element(By.ID, "before").get_attribute("src").startswith("blob:")
+    assert "256x256" in browser.find_element(By.ID, "status").text
+    assert '"num_inference_steps": "40"' in browser.find_element(By.ID, "params").text
+    assert browser.find_element(By.ID, "download").get_attribute("download") == "edited.png"
+
+
+def test_an_empty_instruction_shows_its_error_by_the_field(page_url, browser, tmp_path):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image_bytes(random_image(64, 64, seed=3)))
+    browser.get(page_url)
+    browser.find_element(By.ID, "files").send_keys(str(photo))
+    browser.find_element(By.ID, "submit").click()
+    error = browser.find_element(By.CSS_SELECTOR, '.error[data-for="prompt"]')
+    WebDriverWait(browser, 30).until(lambda b: error.text)
+    browser.save_screenshot(str(tmp_path / "3-error.png"))
+    assert "non-empty instruction" in error.text
+    time.sleep(0.2)
+    assert browser.find_element(By.ID, "panes").get_attribute("hidden") is not None  # no result shown
