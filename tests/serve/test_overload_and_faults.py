@@ -141,3 +141,15 @@ def test_a_wedged_denoising_step_fails_the_health_check(ray_cluster, tiny_checkp
         release.set()
     finally:
         replica.loop.close()
+
+
+def test_a_stream_whose_client_goes_away_cancels_its_work(client):
+    before = denoiser_stats(APP)
+    data = {**LONG, "stream": "true", "stream_progress": "true"}
+    with requests.post(f"{client.base_url}/v1/images/edits", files=FILES, data=data, stream=True, timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith(b"event:")) == b"event: image_edit.progress"
+    # The connection is closed mid-stream.
+    wait_until(lambda: denoiser_stats(APP)["cancelled"] > before["cancelled"], 20, "the abandoned stream kept running")
+    assert denoiser_stats(APP)["finished"] == before["finished"]
