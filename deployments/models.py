@@ -3,7 +3,8 @@
 `model_index.json` names the pipeline class (hence the model family and its rules) and, for each
 component, the library and class to load it with, exactly as `DiffusionPipeline.from_pretrained`
 reads it. Each stage loads only the components it uses: the Encoder never loads the transformer.
-Real checkpoints (Qwen/Qwen-Image-Edit, Qwen/Qwen-Image-Edit-2509) and the tiny ones take this path.
+Real checkpoints (Qwen/Qwen-Image-Edit, Qwen/Qwen-Image-Edit-2509), the tiny ones and the full-size
+random presets (`random:qwen-image-edit-2509`, deployments/random_models.py) take this path.
 """
 
 import importlib
@@ -17,6 +18,7 @@ import torch
 
 from deployments.errors import ModelLoadError
 from deployments.settings import ENGINE_SETTINGS_FILE, EngineSettings
+from deployments.random_models import build_module, ensure_preset, is_preset_dir, is_random
 from deployments.tiny import ensure_tiny_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -31,12 +33,13 @@ class ModelSpec:
     pipeline_class: str
     component_classes: dict[str, tuple[str, str]]  # name -> (library, class name)
     settings: EngineSettings
+    random_weights: bool = False  # a full-size random preset: modules are built from their configs
 
 
 def resolve_model(model: str, components: tuple[str, ...] = ()) -> ModelSpec:
     """Finds `model` locally or in the hub cache (downloading only `components` when online)."""
-    path = Path(model)
-    if not ensure_tiny_checkpoint(path) and not path.is_dir():
+    path = ensure_preset(model) if is_random(model) else Path(model)
+    if not is_random(model) and not ensure_tiny_checkpoint(path) and not path.is_dir():
         path = _download(model, components)
     index_file = path / "model_index.json"
     if not index_file.is_file():
@@ -51,6 +54,7 @@ def resolve_model(model: str, components: tuple[str, ...] = ()) -> ModelSpec:
         pipeline_class=index["_class_name"],
         component_classes=component_classes,
         settings=EngineSettings.for_model(path),
+        random_weights=is_preset_dir(path),
     )
 
 
@@ -91,6 +95,8 @@ def _load_component(spec: ModelSpec, name: str, device: torch.device, dtype: tor
     folder = spec.path / name
     logger.info("loading %s (%s.%s) from %s", name, library, class_name, folder)
     if issubclass(cls, torch.nn.Module):
+        if spec.random_weights:
+            return build_module(cls, folder, device, dtype)
         return cls.from_pretrained(folder, torch_dtype=dtype).to(device).eval()
     return cls.from_pretrained(folder)
 
