@@ -15,8 +15,6 @@ cannot be downloaded): prompts tokenize into more, never fewer, tokens than with
 import contextlib
 import dataclasses
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -25,7 +23,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from deployments.errors import ModelLoadError
 from deployments.settings import ENGINE_SETTINGS_FILE, MODELS_DIR, EngineSettings
-from deployments.tiny import SCHEDULER_CONFIG, SPECIAL_TOKENS, build_processor, build_tokenizer
+from deployments.tiny import SCHEDULER_CONFIG, SPECIAL_TOKENS, build_processor, build_tokenizer, ensure_generated
 
 PREFIX = "random:"
 PRESETS = {"qwen-image-edit": "QwenImageEditPipeline", "qwen-image-edit-2509": "QwenImageEditPlusPipeline"}
@@ -64,17 +62,7 @@ def ensure_preset(model: str) -> Path:
     if name not in PRESETS:
         raise ModelLoadError(f"unknown random preset {model!r}; the presets are {', '.join(PREFIX + p for p in PRESETS)}")
     path = MODELS_DIR / f"random-{name}"
-    marker = path / MARKER
-    if marker.is_file() and marker.read_text().strip() == str(PRESET_BUILD):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    _write_preset(scratch, PRESETS[name])
-    shutil.rmtree(path, ignore_errors=True)
-    try:
-        scratch.rename(path)
-    except OSError:  # another process got there first; its copy is identical
-        shutil.rmtree(scratch, ignore_errors=True)
+    ensure_generated(path, MARKER, PRESET_BUILD, lambda out: _write_preset(out, PRESETS[name]))
     return path
 
 
@@ -99,7 +87,6 @@ def _write_preset(out: Path, pipeline_class: str) -> None:
     }
     _write_json(out / "model_index.json", index)
     _write_json(out / ENGINE_SETTINGS_FILE, dataclasses.asdict(EngineSettings()))  # the real models' defaults
-    (out / MARKER).write_text(f"{PRESET_BUILD}\n")
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -172,36 +173,43 @@ def write_checkpoint(out_dir: str | Path, variant: str = "edit-plus", **engine_s
     build_pipeline(variant).save_pretrained(out_dir)
     settings = EngineSettings(**{**TINY_ENGINE_SETTINGS, **engine_settings})  # validates the overrides
     (out_dir / ENGINE_SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
-    (out_dir / BUILD_MARKER).write_text(f"{TINY_BUILD}\n")
     logger.info("wrote tiny %s checkpoint to %s", variant, out_dir)
     return out_dir
 
 
 def ensure_tiny_checkpoint(path: Path) -> bool:
     """Generates one of the project's tiny default checkpoints at `path` if it is missing or was
-    written by an older version of this builder (its BUILD_MARKER differs).
-
-    Several replicas may start at once: each writes a private copy and renames it into place, so a
-    reader never sees a half-written checkpoint. Returns whether `path` is a tiny default.
-    """
+    written by an older version of this builder. Returns whether `path` is a tiny default."""
     path = Path(path).resolve()
     variant = TINY_MODEL_DIRS.get(path)
     if variant is None:
         return False
-    marker = path / BUILD_MARKER
-    if not (marker.is_file() and marker.read_text().strip() == str(TINY_BUILD)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.parent / f".{path.name}.{os.getpid()}.tmp"
-        write_checkpoint(scratch, variant)
-        if path.is_dir():  # stale: move it aside first (rename, so readers never see a mix)
-            stale = path.parent / f".{path.name}.{os.getpid()}.stale"
-            path.rename(stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            scratch.rename(path)
-        except OSError:  # another process got there first; its copy is identical
-            shutil.rmtree(scratch, ignore_errors=True)
+    ensure_generated(path, BUILD_MARKER, TINY_BUILD, lambda out: write_checkpoint(out, variant))
     return True
+
+
+def ensure_generated(path: Path, marker: str, build: int, write: Callable[[Path], object]) -> None:
+    """Makes sure the generated directory `path` exists as build `build` (recorded in its file
+    `marker`), calling `write(directory)` to (re)generate it.
+
+    Several replicas may start at once: each writes a private copy and renames it into place, so a
+    reader never sees a half-written directory.
+    """
+    marker_file = path / marker
+    if marker_file.is_file() and marker_file.read_text().strip() == str(build):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    write(scratch)
+    (scratch / marker).write_text(f"{build}\n")
+    if path.is_dir():  # stale: move it aside first (rename, so readers never see a mix)
+        stale = path.parent / f".{path.name}.{os.getpid()}.stale"
+        path.rename(stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        scratch.rename(path)
+    except OSError:  # another process got there first; its copy is identical
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main() -> None:
