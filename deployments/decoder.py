@@ -8,14 +8,16 @@ import numpy as np
 import torch
 
 from deployments.contracts import EditedImage, Latents
+from deployments.fast_path import FastPath, prepare_vae
 from deployments.families import load_family
 from deployments.images import encode_image
 from deployments.settings import model_from_env
 
 
 class Decoder:
-    def __init__(self, model: str | None = None, device: torch.device | None = None):
+    def __init__(self, model: str | None = None, device: torch.device | None = None, fast_path: FastPath = FastPath()):
         self.family = load_family(model or model_from_env(), "decode", device)
+        prepare_vae(self.family.loaded["vae"], fast_path)
 
     def decode_pixels(self, latents: Latents) -> np.ndarray:
         """The (H, W, 3) float image in [0, 1], before 8-bit quantization."""

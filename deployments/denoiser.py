@@ -9,14 +9,32 @@ never mixed in one forward. Each request's result equals denoising it alone.
 
 import torch
 
-from deployments.contracts import Conditioning, Latents
+from deployments.contracts import Conditioning, Latents, OutputSpec
+from deployments.fast_path import FastPath, prepare_transformer
 from deployments.families import DenoiseJob, load_family
 from deployments.settings import model_from_env
 
 
 class Denoiser:
-    def __init__(self, model: str | None = None, device: torch.device | None = None):
+    def __init__(self, model: str | None = None, device: torch.device | None = None, fast_path: FastPath = FastPath()):
         self.family = load_family(model or model_from_env(), "denoise", device)
+        prepare_transformer(self.family.loaded["transformer"], fast_path)
+        if fast_path.compile:
+            self.warm_up()
+
+    def warm_up(self) -> None:
+        """One CFG step of a synthetic request at the model's default area, so that compilation (and
+        the first kernel launches) happen here rather than in a user's request."""
+        transformer = self.family.loaded["transformer"]
+        side = int(self.family.spec.settings.vae_image_area**0.5) // 16 * 16
+        grid = (1, side // 16, side // 16)
+        tokens, channels, width = grid[1] * grid[2], transformer.config.in_channels, transformer.config.joint_attention_dim
+        prompt, mask = torch.zeros(16, width), torch.ones(16, dtype=torch.long)
+        self.denoise([Conditioning(
+            request_id="warm-up", prompt_embeds=prompt, prompt_embeds_mask=mask, negative_prompt_embeds=prompt,
+            negative_prompt_embeds_mask=mask, image_latents=torch.zeros(tokens, channels), img_shapes=(grid, grid),
+            height=side, width=side, seed=0, num_inference_steps=1, true_cfg_scale=4.0, output=OutputSpec(),
+        )])
 
     def denoise(self, batch: list[Conditioning]) -> list[Latents]:
         jobs = [self.start(conditioning) for conditioning in batch]

@@ -12,6 +12,7 @@ import torch
 
 from deployments.contracts import Conditioning, EditRequest
 from deployments.errors import EditError
+from deployments.fast_path import FastPath, prepare_vae
 from deployments.families import load_family
 from deployments.images import decode_image
 from deployments.settings import model_from_env
@@ -20,8 +21,9 @@ logger = logging.getLogger(__name__)
 
 
 class Encoder:
-    def __init__(self, model: str | None = None, device: torch.device | None = None):
+    def __init__(self, model: str | None = None, device: torch.device | None = None, fast_path: FastPath = FastPath()):
         self.family = load_family(model or model_from_env(), "encode", device)
+        prepare_vae(self.family.loaded["vae"], fast_path)  # tiling/slicing also bound VAE-encode memory
 
     def encode(self, request: EditRequest) -> Conditioning:
         single = len(request.images) == 1

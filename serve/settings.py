@@ -4,11 +4,12 @@ Ray Serve validates the YAML `args` against `AppSettings` before it builds the a
 stops the deployment with a message naming the field, the value and what is allowed.
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deployments.admission import AdmissionPolicy
+from deployments.fast_path import ATTENTION_BACKENDS, FastPath
 
 
 class _Settings(BaseModel):
@@ -59,6 +60,20 @@ class DeploymentSettings(_Settings):
         return self.model_dump(exclude_none=True)
 
 
+class FastPathSettings(_Settings):
+    """The engine's speed-ups (deployments/fast_path.py); each can be switched off."""
+
+    attention_backend: Literal[ATTENTION_BACKENDS] = Field(  # type: ignore[valid-type]
+        "native", description="Transformer attention kernels: native = PyTorch SDPA's own choice; or one forced."
+    )
+    compile: bool = Field(False, description="Regional torch.compile of the transformer block, warmed up at start.")
+    vae_tiling: bool = Field(False, description="Tiled VAE encode/decode: less memory for large images, slightly different pixels.")
+    vae_slicing: bool = Field(False, description="VAE one image at a time: less memory, same pixels.")
+
+    def engine(self) -> FastPath:
+        return FastPath(**self.model_dump())
+
+
 class BatchedStage(_Settings):
     max_batch_size: int = Field(4, ge=1, le=64, description="Most requests one batch call handles.")
     batch_wait_timeout_s: float = Field(
@@ -67,6 +82,7 @@ class BatchedStage(_Settings):
     wedged_after_s: float = Field(
         300, gt=0, description="A batch running longer than this marks the replica unhealthy (Serve replaces it)."
     )
+    fast_path: FastPathSettings = Field(default_factory=FastPathSettings)
     deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
 
 
@@ -89,6 +105,7 @@ class DenoiserStage(_Settings):
     wedged_after_s: float = Field(
         120, gt=0, description="A denoising step running longer than this marks the replica unhealthy."
     )
+    fast_path: FastPathSettings = Field(default_factory=FastPathSettings)
     deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
 
     def policy(self) -> AdmissionPolicy:

@@ -31,7 +31,7 @@ class BatchingReplica:
 
     def __init__(self, model: str, batching: BatchedStage, served_name: str | None = None):
         metrics.bind(ray.util.metrics)
-        self.engine = self.engine_class(model)
+        self.engine = self.engine_class(model, fast_path=batching.fast_path.engine())
         self.model_name = served_name or model_name(model)  # the metrics' `model` label
         self.wedged_after_s = batching.wedged_after_s
         self.busy_since: float | None = None  # when the running batch started
@@ -112,7 +112,8 @@ class DenoiserDeployment:
     def __init__(self, model: str, settings: DenoiserStage, served_name: str | None = None):
         metrics.bind(ray.util.metrics)
         self.model_name = served_name or model_name(model)
-        self.loop = DenoiseLoop(Denoiser(model), settings.policy(), settings.max_waiting, self.model_name)
+        denoiser = Denoiser(model, fast_path=settings.fast_path.engine())  # compiles and warms up if asked
+        self.loop = DenoiseLoop(denoiser, settings.policy(), settings.max_waiting, self.model_name)
         self.wedged_after_s = settings.wedged_after_s
 
     async def denoise(self, conditioning: Conditioning, seed: int) -> Latents:

@@ -1,0 +1,65 @@
+"""Every fast-path setting gives the plain path's result on the tiny model (on a CPU here; the same
+settings run on CUDA)."""
+
+import numpy as np
+import pytest
+import torch
+
+from deployments.contracts import EditRequest
+from deployments.decoder import Decoder
+from deployments.denoiser import Denoiser
+from deployments.fast_path import FastPath
+from tests.helpers import image_bytes, random_image
+
+
+@pytest.fixture(scope="module")
+def conditioning(stages):
+    request = EditRequest(images=(image_bytes(random_image(96, 64, seed=4)),), prompt="fast, please",
+                          negative_prompt="blurry", seed=3, num_inference_steps=3)
+    return stages["edit-plus"].encoder.encode(request)
+
+
+@pytest.fixture(scope="module")
+def plain(stages, conditioning):
+    return stages["edit-plus"].denoiser.denoise([conditioning])[0]
+
+
+CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA-only attention kernel")
+
+
+@pytest.mark.parametrize("backend", [
+    "_native_math",
+    pytest.param("_native_flash", marks=CUDA_ONLY),
+    pytest.param("_native_cudnn", marks=CUDA_ONLY),
+    pytest.param("_native_efficient", marks=CUDA_ONLY),
+])
+def test_explicit_attention_backends(stages, conditioning, plain, backend):
+    fast = Denoiser(stages["edit-plus"].model, fast_path=FastPath(attention_backend=backend))
+    tolerance = 1e-5 if fast.family.device.type == "cpu" else 2e-2  # bf16 kernels on CUDA
+    assert torch.allclose(fast.denoise([conditioning])[0].latents, plain.latents, atol=tolerance, rtol=0)
+
+
+def test_regional_compile_is_warmed_up_and_exact(stages, conditioning, plain):
+    fast = Denoiser(stages["edit-plus"].model, fast_path=FastPath(compile=True))  # compiles while warming up
+    blocks = fast.family.loaded["transformer"].transformer_blocks
+    assert all(block._compiled_call_impl is not None for block in blocks)  # nn.Module.compile, block by block
+    assert torch.allclose(fast.denoise([conditioning])[0].latents, plain.latents, atol=1e-5, rtol=0)
+
+
+def test_vae_slicing_is_exact_and_tiling_leaves_images_below_a_tile_alone(stages, conditioning, plain):
+    sliced = Decoder(stages["edit-plus"].model, fast_path=FastPath(vae_slicing=True))
+    assert sliced.family.loaded["vae"].use_slicing
+    assert np.abs(sliced.decode_pixels(plain) - stages["edit-plus"].decoder.decode_pixels(plain)).max() <= 1e-6
+    # Tiling blends overlapping tiles above the tile size (256 px here): it trades exactness for memory
+    # on large images, so only images within one tile must come out unchanged.
+    request = EditRequest(images=(image_bytes(random_image(64, 64)),), prompt="small", seed=1, num_inference_steps=2,
+                          width=128, height=128)
+    small = stages["edit-plus"].denoiser.denoise([stages["edit-plus"].encoder.encode(request)])[0]
+    tiled = Decoder(stages["edit-plus"].model, fast_path=FastPath(vae_tiling=True))
+    assert tiled.family.loaded["vae"].use_tiling
+    assert np.abs(tiled.decode_pixels(small) - stages["edit-plus"].decoder.decode_pixels(small)).max() <= 1e-6
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="attention_backend must be one of"):
+        FastPath(attention_backend="fastest")
