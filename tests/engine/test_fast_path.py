@@ -63,3 +63,15 @@ def test_vae_slicing_is_exact_and_tiling_leaves_images_below_a_tile_alone(stages
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="attention_backend must be one of"):
         FastPath(attention_backend="fastest")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device syncs exist only with a device")
+def test_a_denoising_step_never_waits_for_the_gpu(tiny_checkpoints, stages, conditioning):
+    denoiser = Denoiser(stages["edit-plus"].model, device=torch.device("cuda"))
+    job = denoiser.start(conditioning)
+    denoiser.step([job])  # the scheduler finds its step index once, on the first step
+    torch.cuda.set_sync_debug_mode("error")  # any .item() / .tolist() / blocking copy now raises
+    try:
+        denoiser.step([job])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
