@@ -36,10 +36,8 @@ def inspect_image(data: bytes, param: str = "image", max_pixels: int = MAX_INPUT
     size = _png_header_size(data) if fmt == "png" else None
     if size is None:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data), formats=[PIL_FORMATS[fmt]]) as image:  # header only
-                    size = image.size
+            with _open(data, fmt) as image:  # reads the header only
+                size = image.size
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise InvalidInputError(param, f"is a corrupt {fmt.upper()} file; its header could not be read") from e
         except (Image.DecompressionBombWarning, Image.DecompressionBombError):
@@ -61,13 +59,18 @@ def decode_image(data: bytes, param: str = "image", max_pixels: int = MAX_INPUT_
     """
     header = inspect_image(data, param, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[PIL_FORMATS[header.format]])
-            image.load()
+        image = _open(data, header.format)
+        image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
         raise InvalidInputError(param, f"is corrupt or truncated and could not be decoded ({e})") from e
     return to_rgb(ImageOps.exif_transpose(image))
+
+
+def _open(data: bytes, fmt: str) -> Image.Image:
+    """Opens `data` as `fmt` only (lazily: pixels are read on `load`), Pillow's bomb warning an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data), formats=[PIL_FORMATS[fmt]])
 
 
 def _sniff(data: bytes) -> str | None:

@@ -23,7 +23,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from deployments.errors import ModelLoadError
 from deployments.settings import ENGINE_SETTINGS_FILE, MODELS_DIR, EngineSettings
-from deployments.tiny import SCHEDULER_CONFIG, SPECIAL_TOKENS, build_processor, build_tokenizer, ensure_generated
+from deployments.tiny import SCHEDULER_CONFIG, build_processor, build_tokenizer, ensure_generated, qwen25_vl_config
 
 PREFIX = "random:"
 PRESETS = {"qwen-image-edit": "QwenImageEditPipeline", "qwen-image-edit-2509": "QwenImageEditPlusPipeline"}
@@ -74,7 +74,7 @@ def _write_preset(out: Path, pipeline_class: str) -> None:
     with torch.device("meta"):  # configs only: nothing is allocated
         QwenImageTransformer2DModel(**TRANSFORMER_CONFIG).save_config(out / "transformer")
         AutoencoderKLQwenImage().save_config(out / "vae")  # diffusers' defaults are Qwen-Image's VAE
-    text_encoder_config(tokenizer).save_pretrained(out / "text_encoder")
+    qwen25_vl_config(tokenizer, QWEN25_VL_7B_TEXT, QWEN25_VL_7B_VISION).save_pretrained(out / "text_encoder")
     index = {
         "_class_name": pipeline_class,
         "_diffusers_version": "0.36.0",
@@ -91,20 +91,6 @@ def _write_preset(out: Path, pipeline_class: str) -> None:
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def text_encoder_config(tokenizer) -> Qwen2_5_VLConfig:
-    """Qwen2.5-VL-7B-Instruct's configuration, with the special-token ids of `tokenizer`."""
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-    return Qwen2_5_VLConfig(
-        text_config={**QWEN25_VL_7B_TEXT, "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-                     "pad_token_id": ids["<|endoftext|>"]},
-        vision_config=QWEN25_VL_7B_VISION,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
 
 
 def build_module(cls: type, folder: Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:

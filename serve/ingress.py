@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from deployments import metrics
 from deployments.contracts import EditedImage, EditRequest, OutputSpec
-from deployments.errors import InvalidInputError, OverloadedError, PayloadTooLargeError
+from deployments.errors import EditError, InvalidInputError, OverloadedError, PayloadTooLargeError
 from deployments.settings import EngineSettings
 from serve.errors import as_edit_error, error_body, error_response
 from serve.openapi import OPENAPI
@@ -92,15 +92,21 @@ class Ingress:
                 return StreamingResponse(events, media_type="text/event-stream", headers=headers)
             images = await asyncio.wait_for(self._run(request, parsed.seeds), timeout)
         except Exception as e:  # every failure becomes an OpenAI-shaped error, never a stack trace
-            error = as_edit_error(e)
-            metrics.ERRORS.inc(kind=error.kind)
-            if images_asked:
-                metrics.IMAGES.inc(images_asked, model=self.served_model, status="error")
-            return error_response(error, headers)
+            return error_response(self._failed(e, images_asked), headers)
         total_s = time.time() - started
-        metrics.IMAGES.inc(len(images), model=self.served_model, status="ok")
-        metrics.REQUEST_SECONDS.observe(total_s, model=self.served_model)
+        self._succeeded(len(images), total_s)
         return self._edit_response(images, total_s, headers)
+
+    def _succeeded(self, images: int, total_s: float) -> None:
+        metrics.IMAGES.inc(images, model=self.served_model, status="ok")
+        metrics.REQUEST_SECONDS.observe(total_s, model=self.served_model)
+
+    def _failed(self, exception: Exception, images_asked: int) -> EditError:
+        """The error `exception` means to the client, counted (with the images it cost, if any)."""
+        error = as_edit_error(exception)
+        metrics.ERRORS.inc(kind=error.kind)
+        metrics.IMAGES.inc(images_asked, model=self.served_model, status="error")  # 0 adds nothing
+        return error
 
     async def _read_form(self, http: Request):
         if not http.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -118,9 +124,7 @@ class Ingress:
         try:
             return list(await asyncio.gather(*images))
         finally:  # on error, timeout or client disconnect, stop the work still queued or running
-            for response in (conditioning, *latents, *images):  # cancelling one doesn't cancel its inputs
-                with contextlib.suppress(Exception):  # one that already failed re-raises its error here
-                    response.cancel()
+            _cancel(conditioning, *latents, *images)
 
     async def _stream(self, request: EditRequest, parsed: EditForm, timeout: float, started: float):
         """Server-Sent Events in OpenAI's shapes: `image_edit.partial_image` previews (the Denoiser's
@@ -144,17 +148,11 @@ class Ingress:
                     else:
                         image = await self.decoder.decode.remote(event)
                         yield _sse("image_edit.completed", {**_image_event(image), "usage": NO_TOKEN_USAGE})
-            metrics.IMAGES.inc(model=self.served_model, status="ok")
-            metrics.REQUEST_SECONDS.observe(time.time() - started, model=self.served_model)
+            self._succeeded(1, time.time() - started)
         except Exception as e:  # the response has started: the error travels as an event
-            error = as_edit_error(e)
-            metrics.ERRORS.inc(kind=error.kind)
-            metrics.IMAGES.inc(model=self.served_model, status="error")
-            yield _sse("error", {"error": error_body(error)})
+            yield _sse("error", {"error": error_body(self._failed(e, 1))})
         finally:  # also when the client disconnects: the request leaves the denoising batch
-            for response in (conditioning, steps):
-                with contextlib.suppress(Exception):
-                    response.cancel()
+            _cancel(conditioning, steps)
 
     def _edit_response(self, images: list[EditedImage], total_s: float, headers: dict) -> Response:
         timings = {name: round(value, 4) for name, value in images[0].timings.items() if name != "sent_at"}
@@ -203,6 +201,14 @@ def _image_event(image: EditedImage) -> dict:
         "output_format": image.format, "size": f"{image.width}x{image.height}", "background": "opaque",
         "quality": "auto",
     }
+
+
+def _cancel(*responses) -> None:
+    """Cancels every response given: cancelling one doesn't cancel the responses it was given as
+    inputs, and one that already failed re-raises its error on cancel (ignored: it is done)."""
+    for response in responses:
+        with contextlib.suppress(Exception):
+            response.cancel()
 
 
 def _sse(event: str, data: dict) -> str:

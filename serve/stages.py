@@ -11,7 +11,6 @@ import ray.util.metrics
 from ray import serve
 
 from deployments import metrics
-
 from deployments.contracts import Conditioning, EditedImage, EditRequest, Latents
 from deployments.decoder import Decoder
 from deployments.denoise_loop import DenoiseLoop

@@ -26,10 +26,12 @@ class StageActor:
     """Runs one engine stage over a batch's healthy rows; timing each row with its batch."""
 
     stage: str
+    engine_class: type  # the engine's stage class this actor runs
 
     def __init__(self, model: str):
         metrics.bind(ray.util.metrics)
         self.model_name = model_name(model)
+        self.engine = self.engine_class(model)
 
     def run(self, items: list) -> list:
         raise NotImplementedError
@@ -59,38 +61,32 @@ class StageActor:
 
 class EncodeActor(StageActor):
     stage = "encode"
-
-    def __init__(self, model: str):
-        super().__init__(model)
-        self.encoder = Encoder(model)
+    engine_class = Encoder
 
     def run(self, items):
-        return self.encoder.encode_batch(items)
+        return self.engine.encode_batch(items)
 
 
 class DenoiseActor(StageActor):
     stage = "denoise"
-
-    def __init__(self, model: str):
-        super().__init__(model)
-        self.denoiser = Denoiser(model)
+    engine_class = Denoiser
 
     def run(self, items):
-        return self.denoiser.denoise(items)
+        return self.engine.denoise(items)
 
 
 class DecodeActor(StageActor):
     """Decodes and writes each image atomically under OUT/images/; the row keeps only its path."""
 
     stage = "decode"
+    engine_class = Decoder
 
     def __init__(self, model: str, output_dir: str):
         super().__init__(model)
-        self.decoder = Decoder(model)
         self.output_dir = Path(output_dir)
 
     def run(self, items):
-        return [self._write(self.decoder.decode(latents)) for latents in items]
+        return [self._write(self.engine.decode(latents)) for latents in items]
 
     def _write(self, edited) -> str:
         extension = "jpg" if edited.format == "jpeg" else edited.format
