@@ -109,12 +109,12 @@ def run_in_process(stages, image: bytes, jobs: list[Job]) -> dict:
 
 
 @contextlib.contextmanager
-def served_app(model: str, continuous: bool):
-    """Runs `python -m serve` with the repo config (denoiser.continuous set) on a free port."""
-    config = yaml.safe_load(CONFIG.read_text())
+def served_app(model: str, continuous: bool = True, config_path: Path = CONFIG):
+    """Runs `python -m serve` with `config_path` (model and denoiser.continuous set) on a free port."""
+    config = yaml.safe_load(config_path.read_text())
     args = config["applications"][0]["args"]
     args["model"] = model
-    args["denoiser"]["continuous"] = continuous
+    args.setdefault("denoiser", {})["continuous"] = continuous
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -2,13 +2,18 @@
 
     python -m cluster.bench_gpu                              # random:qwen-image-edit-2509 on CUDA
     python -m cluster.bench_gpu --compile --attention-backend _native_cudnn
-    python -m cluster.bench_gpu --model models/tiny-edit-plus --size 128 --steps 4   # CPU: the command works
+    python -m cluster.bench_gpu --part endpoint --serve-config serve/config.multi-gpu.yaml
+    python -m cluster.bench_gpu --model models/tiny-edit-plus --size 128 --steps 4 \
+        --serve-config serve/config.yaml                          # CPU: the command works
 
 The edit: one input image, SIZExSIZE output (1024), STEPS steps (50), true_cfg_scale 4.0, seed 0.
 (a) `QwenImageEditPlusPipeline` with stock settings, built from the same components; then, after
 freeing it, (b) Encoder -> Denoiser -> Decoder with the fast-path settings given. Reported per side:
 ms per denoising step (median, first step excluded), end-to-end and per-stage seconds, peak memory
 per stage, the transformer's achieved TFLOP/s, and speedup = (a) / (b) per step and end to end.
+Then (part "endpoint") the online app itself, `python -m serve` with --serve-config (the one-GPU
+layout by default) on a loopback port: the same edit from C = 1, 2, 4 clients sending back to back
+(--requests-per-client each, after one warm-up edit), reported as saturated images/hour and latency.
 
 FLOPs counted per transformer forward row over T tokens (image + text), for width D = heads x head
 dim and L blocks: linear layers 2 x 12 L D^2 x T (q, k, v, out and a 4x MLP, per stream; 6.8e9
@@ -27,7 +32,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from cluster.bench import input_image
+from cluster.bench import CONFIG, Job, input_image, run_served, served_app
 from deployments.contracts import EditRequest
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
@@ -35,8 +40,10 @@ from deployments.encoder import Encoder
 from deployments.fast_path import ATTENTION_BACKENDS, FastPath
 from deployments.models import default_device, default_dtype, load_components, resolve_model
 from deployments.settings import EngineSettings
+from serve.__main__ import load_config
 
 PROMPT = "change the red dress to a blue long-sleeved shirt"
+CONCURRENCY = (1, 2, 4)
 
 
 def sync(device: torch.device) -> None:
@@ -51,6 +58,12 @@ def peak_gib(device: torch.device) -> float | None:
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def transformer_tflops(config, tokens: int, rows: int, step_s: float) -> float:
@@ -81,9 +94,7 @@ def run_diffusers(model: str, device: torch.device, image, size: int, steps: int
     total = time.perf_counter() - started
     result = {"end_to_end_s": round(total, 3), "ms_per_step": _median_ms(stamps), "peak_gib": peak_gib(device)}
     del pipe, components
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    free(device)
     return result
 
 
@@ -125,6 +136,23 @@ def run_staged(model: str, device: torch.device, image_bytes: bytes, size: int, 
     }
 
 
+def run_endpoint(model: str, config: Path, size: int, steps: int, per_client: int, max_seconds: float) -> dict:
+    _, settings = load_config(config, port=None)
+    wanted = max(stage.deployment.ray_actor_options.num_gpus for stage in (settings.encoder, settings.denoiser, settings.decoder))
+    if wanted > torch.cuda.device_count():  # Ray would wait for them forever
+        raise SystemExit(f"{config} asks for GPUs and this machine has {torch.cuda.device_count()}; "
+                         "give --serve-config serve/config.yaml on a CPU")
+    image, results = input_image(size), {}
+    with served_app(model, config_path=config) as app:
+        run_served(app, image, [Job(size, steps, seed=0)], 1, max_seconds)  # warm-up
+        for clients in CONCURRENCY:
+            jobs = [Job(size, steps, seed) for seed in range(clients * per_client)]
+            summary = run_served(app, image, jobs, clients, max_seconds)
+            summary.pop("by_job")
+            results[f"c{clients}"] = summary | {"images_per_hour": round(summary["images_per_s"] * 3600)}
+    return results
+
+
 def _median_ms(stamps: list[float]) -> float:
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]  # the first step (warm-up) has no predecessor
     return round(statistics.median(gaps) * 1000, 2) if gaps else float("nan")
@@ -137,22 +165,35 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--compile", action="store_true", help="regional torch.compile (warmed up before timing)")
     parser.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="native")
+    parser.add_argument("--no-pinned-transfers", dest="pinned_transfers", action="store_false")
+    parser.add_argument("--part", choices=("all", "in-process", "endpoint"), default="all")
+    parser.add_argument("--serve-config", type=Path, default=CONFIG.with_name("config.one-gpu.yaml"))
+    parser.add_argument("--requests-per-client", type=int, default=3)
+    parser.add_argument("--max-seconds", type=float, default=600, help="per concurrency: stop issuing requests after this")
     parser.add_argument("--report", type=Path, default=Path("bench-gpu.json"))
     args = parser.parse_args()
     device = default_device()
     data = input_image(args.size)
     report = {
         "model": args.model, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "size": args.size, "steps": args.steps, "fast_path": {"compile": args.compile, "attention_backend": args.attention_backend},
+        "size": args.size, "steps": args.steps, "fast_path": {
+            "compile": args.compile, "attention_backend": args.attention_backend, "pinned_transfers": args.pinned_transfers,
+        },
     }
     # diffusers resizes inputs to its hard-coded areas; the engine to the model's settings. Only when
     # those are diffusers' (real checkpoints, random presets) do both sides do the same work.
     report["comparable"] = resolve_model(args.model).settings == EngineSettings()
-    report["diffusers"] = run_diffusers(args.model, device, Image.open(io.BytesIO(data)), args.size, args.steps)
-    fast = FastPath(attention_backend=args.attention_backend, compile=args.compile)
-    report["staged"] = run_staged(args.model, device, data, args.size, args.steps, fast)
-    report["speedup_per_step"] = round(report["diffusers"]["ms_per_step"] / report["staged"]["ms_per_step"], 3)
-    report["speedup_end_to_end"] = round(report["diffusers"]["end_to_end_s"] / report["staged"]["end_to_end_s"], 3)
+    if args.part in ("all", "in-process"):
+        report["diffusers"] = run_diffusers(args.model, device, Image.open(io.BytesIO(data)), args.size, args.steps)
+        fast = FastPath(attention_backend=args.attention_backend, compile=args.compile, pinned_transfers=args.pinned_transfers)
+        report["staged"] = run_staged(args.model, device, data, args.size, args.steps, fast)
+        report["speedup_per_step"] = round(report["diffusers"]["ms_per_step"] / report["staged"]["ms_per_step"], 3)
+        report["speedup_end_to_end"] = round(report["diffusers"]["end_to_end_s"] / report["staged"]["end_to_end_s"], 3)
+        free(device)  # the endpoint's replicas need the card
+    if args.part in ("all", "endpoint"):
+        report["endpoint"] = {"config": str(args.serve_config)} | run_endpoint(
+            args.model, args.serve_config, args.size, args.steps, args.requests_per_client, args.max_seconds
+        )
     args.report.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 

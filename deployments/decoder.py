@@ -16,7 +16,7 @@ from deployments.settings import model_from_env
 
 class Decoder:
     def __init__(self, model: str | None = None, device: torch.device | None = None, fast_path: FastPath = FastPath()):
-        self.family = load_family(model or model_from_env(), "decode", device)
+        self.family = load_family(model or model_from_env(), "decode", device, fast_path.pinned_transfers)
         prepare_vae(self.family.loaded["vae"], fast_path)
 
     def decode_pixels(self, latents: Latents) -> np.ndarray:

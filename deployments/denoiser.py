@@ -17,7 +17,7 @@ from deployments.settings import model_from_env
 
 class Denoiser:
     def __init__(self, model: str | None = None, device: torch.device | None = None, fast_path: FastPath = FastPath()):
-        self.family = load_family(model or model_from_env(), "denoise", device)
+        self.family = load_family(model or model_from_env(), "denoise", device, fast_path.pinned_transfers)
         prepare_transformer(self.family.loaded["transformer"], fast_path)
         if fast_path.compile:
             self.warm_up()
@@ -60,22 +60,19 @@ class Denoiser:
                 job.latents = job.scheduler.step(noise_pred, job.timestep, job.latents, return_dict=False)[0]
                 job.step_index += 1
 
-    @classmethod
-    def finish(cls, job: DenoiseJob) -> Latents:
-        return cls._as_latents(job, job.latents)
+    def finish(self, job: DenoiseJob) -> Latents:
+        return self._as_latents(job, job.latents)
 
-    @classmethod
-    def take_preview(cls, job: DenoiseJob) -> Latents | None:
+    def take_preview(self, job: DenoiseJob) -> Latents | None:
         """The preview kept at the last step, if one was asked for there (then forgotten)."""
         preview, job.preview = job.preview, None
-        return None if preview is None else cls._as_latents(job, preview)
+        return None if preview is None else self._as_latents(job, preview)
 
-    @staticmethod
-    def _as_latents(job: DenoiseJob, latents) -> Latents:
+    def _as_latents(self, job: DenoiseJob, latents) -> Latents:
         c = job.conditioning
         return Latents(
             request_id=c.request_id,
-            latents=latents[0].detach().to("cpu").contiguous(),
+            latents=self.family.to_host(latents[0])[0],
             height=c.height,
             width=c.width,
             seed=c.seed,

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 class Encoder:
     def __init__(self, model: str | None = None, device: torch.device | None = None, fast_path: FastPath = FastPath()):
-        self.family = load_family(model or model_from_env(), "encode", device)
+        self.family = load_family(model or model_from_env(), "encode", device, fast_path.pinned_transfers)
         prepare_vae(self.family.loaded["vae"], fast_path)  # tiling/slicing also bound VAE-encode memory
 
     def encode(self, request: EditRequest) -> Conditioning:

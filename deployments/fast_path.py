@@ -9,11 +9,14 @@ model against the plain path (tests/engine/test_fast_path.py):
   all 60 blocks: seconds to compile instead of minutes), with dynamic shapes so new batch sizes and
   token counts don't recompile; the Denoiser warms it up at start so no user request pays for it.
 - `vae_tiling` / `vae_slicing`: decode large images tile by tile / batches image by image, for memory.
+- `pinned_transfers`: tensors cross between a stage's GPU and the host through page-locked memory,
+  asynchronously, with one wait per hand-over (deployments/transfer.py); no effect off CUDA.
 """
 
 from dataclasses import dataclass
 
 import torch
+from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
 ATTENTION_BACKENDS = ("native", "_native_flash", "_native_cudnn", "_native_efficient", "_native_math", "flash")
 
@@ -24,6 +27,7 @@ class FastPath:
     compile: bool = False
     vae_tiling: bool = False
     vae_slicing: bool = False
+    pinned_transfers: bool = True
 
     def __post_init__(self):
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -32,7 +36,11 @@ class FastPath:
 
 def prepare_transformer(transformer: torch.nn.Module, fast: FastPath) -> None:
     if fast.attention_backend != "native":
+        # diffusers also makes the backend the process-wide default; our transformer's processors
+        # now name theirs, so put the default back and leave other models in the process alone.
+        active, _ = _AttentionBackendRegistry.get_active_backend()
         transformer.set_attention_backend(fast.attention_backend)
+        _AttentionBackendRegistry.set_active_backend(active)
     if fast.compile:
         transformer.compile_repeated_blocks(dynamic=True)
 

@@ -69,6 +69,9 @@ class FastPathSettings(_Settings):
     compile: bool = Field(False, description="Regional torch.compile of the transformer block, warmed up at start.")
     vae_tiling: bool = Field(False, description="Tiled VAE encode/decode: less memory for large images, slightly different pixels.")
     vae_slicing: bool = Field(False, description="VAE one image at a time: less memory, same pixels.")
+    pinned_transfers: bool = Field(
+        True, description="Tensors between GPU and host through page-locked memory, asynchronously (no effect off CUDA)."
+    )
 
     def engine(self) -> FastPath:
         return FastPath(**self.model_dump())

@@ -27,6 +27,7 @@ from cluster.bulk.stages import DecodeActor, DenoiseActor, EncodeActor
 from cluster.bulk.tally import Tally
 from deployments import metrics
 from deployments.contracts import OUTPUT_FORMATS
+from deployments.fast_path import ATTENTION_BACKENDS, FastPath
 from deployments.models import model_name, resolve_model
 from deployments.settings import model_from_env
 
@@ -50,6 +51,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         r.add_argument(f"--{stage}-batch-size", type=int, default=8 if stage == "denoiser" else 4)
         r.add_argument(f"--{stage}-gpus", type=float, default=gpus if gpu else 0, help="GPU fraction per actor")
         r.add_argument(f"--{stage}-cpus", type=float, default=0.5, help="CPUs per actor")
+    f = p.add_argument_group("fast path (deployments/fast_path.py), for every stage")
+    f.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="native")
+    f.add_argument("--compile", action="store_true", help="regional torch.compile of the transformer, warmed up at start")
+    f.add_argument("--vae-tiling", action="store_true", help="tiled VAE: less memory for large images")
+    f.add_argument("--vae-slicing", action="store_true", help="VAE one image at a time: less memory, same pixels")
+    f.add_argument("--no-pinned-transfers", dest="pinned_transfers", action="store_false",
+                   help="plain instead of page-locked GPU-host copies")
     return p.parse_args(argv)
 
 
@@ -119,12 +127,16 @@ def run(args, model: str, done: set[str], defaults: Defaults, tally: Tally) -> N
         ToRequests, fn_constructor_args=(defaults, manifest_dir), batch_format="pandas",
         compute=pool(size=1), num_cpus=REQUESTS_CPUS,
     )
+    fast_path = FastPath(
+        attention_backend=args.attention_backend, compile=args.compile, vae_tiling=args.vae_tiling,
+        vae_slicing=args.vae_slicing, pinned_transfers=args.pinned_transfers,
+    )
     actors = {"encoder": (EncodeActor, ()), "denoiser": (DenoiseActor, ()), "decoder": (DecodeActor, (str(args.output),))}
     for stage in STAGES:
         actor, extra = actors[stage]
         ds = ds.map_batches(
             actor,
-            fn_constructor_args=(model, *extra),
+            fn_constructor_args=(model, fast_path, *extra),
             batch_format="pandas",
             batch_size=getattr(args, f"{stage}_batch_size"),
             compute=pool(size=getattr(args, f"{stage}_actors")),

@@ -19,6 +19,7 @@ from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from deployments.errors import EditError
+from deployments.fast_path import FastPath
 from deployments.models import model_name
 
 
@@ -28,10 +29,10 @@ class StageActor:
     stage: str
     engine_class: type  # the engine's stage class this actor runs
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, fast_path: FastPath):
         metrics.bind(ray.util.metrics)
         self.model_name = model_name(model)
-        self.engine = self.engine_class(model)
+        self.engine = self.engine_class(model, fast_path=fast_path)
 
     def run(self, items: list) -> list:
         raise NotImplementedError
@@ -81,8 +82,8 @@ class DecodeActor(StageActor):
     stage = "decode"
     engine_class = Decoder
 
-    def __init__(self, model: str, output_dir: str):
-        super().__init__(model)
+    def __init__(self, model: str, fast_path: FastPath, output_dir: str):
+        super().__init__(model, fast_path)
         self.output_dir = Path(output_dir)
 
     def run(self, items):

@@ -12,7 +12,9 @@ FAMILIES: tuple[type[ModelFamily], ...] = (QwenImageEdit,)
 __all__ = ["DenoiseJob", "ModelFamily", "FAMILIES", "load_family"]
 
 
-def load_family(model: str, stage: str, device: torch.device | None = None) -> ModelFamily:
+def load_family(
+    model: str, stage: str, device: torch.device | None = None, pinned_transfers: bool = True
+) -> ModelFamily:
     """The family math of `model` with only the components `stage` needs, loaded on `device`."""
     device = device or default_device()
     spec = resolve_model(model, _all_components(stage))
@@ -20,7 +22,7 @@ def load_family(model: str, stage: str, device: torch.device | None = None) -> M
         if spec.pipeline_class in family.pipeline_classes:
             dtype = default_dtype(device)
             loaded = load_components(spec, family.components[stage], device, dtype)
-            return family(spec, loaded, device, dtype)
+            return family(spec, loaded, device, dtype, pinned_transfers)
     supported = sorted(name for family in FAMILIES for name in family.pipeline_classes)
     raise ModelLoadError(f"{model!r} is a {spec.pipeline_class}; supported pipelines are {supported}")
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from deployments.contracts import Conditioning, EditRequest, Latents
 from deployments.models import ModelSpec
+from deployments.transfer import to_device, to_host
 
 
 @dataclass(eq=False)
@@ -51,11 +52,22 @@ class ModelFamily(ABC):
     pipeline_classes: ClassVar[tuple[str, ...]]
     components: ClassVar[dict[str, tuple[str, ...]]]  # "encode" | "denoise" | "decode" -> component names
 
-    def __init__(self, spec: ModelSpec, loaded: dict[str, Any], device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self, spec: ModelSpec, loaded: dict[str, Any], device: torch.device, dtype: torch.dtype, pinned_transfers: bool = True
+    ):
         self.spec = spec
         self.loaded = loaded
         self.device = device
         self.dtype = dtype
+        self.pinned_transfers = pinned_transfers
+
+    def to_host(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """CPU copies of this stage's results for the next stage (deployments/transfer.py)."""
+        return to_host(tensors, self.pinned_transfers)
+
+    def to_device(self, tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A tensor from the previous stage on this stage's device."""
+        return to_device(tensor, self.device, self.pinned_transfers, dtype)
 
     @property
     @abstractmethod

@@ -36,8 +36,8 @@ class QwenImageEdit(ModelFamily):
         "decode": ("vae",),
     }
 
-    def __init__(self, spec: ModelSpec, loaded: dict[str, Any], device: torch.device, dtype: torch.dtype):
-        super().__init__(spec, loaded, device, dtype)
+    def __init__(self, spec: ModelSpec, loaded: dict[str, Any], *args, **kwargs):
+        super().__init__(spec, loaded, *args, **kwargs)
         self.plus = spec.pipeline_class == QwenImageEditPlusPipeline.__name__
         # diffusers' pipeline holding only this stage's components: its prompt template, image
         # processor and static helpers are the reference we must match.
@@ -136,7 +136,7 @@ class QwenImageEdit(ModelFamily):
         embeds, mask = self.pipe.encode_prompt(prompt=prompt, image=images, device=self.device)
         if mask is None:  # diffusers drops an all-ones mask; the contract always carries one
             mask = torch.ones(embeds.shape[:2], dtype=torch.long)
-        return _to_cpu(embeds[0]), _to_cpu(mask[0])
+        return self.to_host(embeds[0], mask[0])
 
     def _encode_image_latents(self, vae_images: list[torch.Tensor]) -> torch.Tensor:
         """Normalized, packed latents of every input image, concatenated: (L_img, C)."""
@@ -145,7 +145,7 @@ class QwenImageEdit(ModelFamily):
             latents = self.pipe._encode_vae_image(image.to(self.device, self.dtype), generator=None)
             _, channels, _, height, width = latents.shape  # (1, C, 1, h, w)
             packed.append(self.pipe._pack_latents(latents, 1, channels, height, width))
-        return _to_cpu(torch.cat(packed, dim=1)[0])
+        return self.to_host(torch.cat(packed, dim=1)[0])[0]
 
     # ---- Denoiser ------------------------------------------------------------------------------
 
@@ -172,7 +172,7 @@ class QwenImageEdit(ModelFamily):
         scheduler.set_begin_index(0)
 
         device_inputs = {
-            name: getattr(conditioning, name).to(self.device)
+            name: self.to_device(getattr(conditioning, name))
             for name in ("prompt_embeds", "prompt_embeds_mask", "negative_prompt_embeds", "negative_prompt_embeds_mask", "image_latents")
             if getattr(conditioning, name) is not None
         }
@@ -236,7 +236,7 @@ class QwenImageEdit(ModelFamily):
     @torch.no_grad()
     def decode(self, latents: Latents) -> np.ndarray:
         vae = self.loaded["vae"]
-        packed = latents.latents[None].to(self.device, vae.dtype)  # (1, L, C)
+        packed = self.to_device(latents.latents, vae.dtype)[None]  # (1, L, C)
         unpacked = self.pipe._unpack_latents(packed, latents.height, latents.width, self.pipe.vae_scale_factor)
         z_dim = vae.config.z_dim
         mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(unpacked.device, unpacked.dtype)
@@ -278,7 +278,3 @@ def _pad_prompts(embeds: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple
     padded = torch.stack([torch.cat([e, e.new_zeros(length - e.shape[0], e.shape[1])]) for e in embeds])
     mask = torch.stack([torch.cat([m, m.new_zeros(length - m.shape[0])]) for m in masks])
     return padded, mask
-
-
-def _to_cpu(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to("cpu").contiguous()

@@ -9,6 +9,7 @@ from deployments.contracts import EditRequest
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.fast_path import FastPath
+from deployments.transfer import to_device, to_host
 from tests.helpers import image_bytes, random_image
 
 
@@ -24,7 +25,7 @@ def plain(stages, conditioning):
     return stages["edit-plus"].denoiser.denoise([conditioning])[0]
 
 
-CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA-only attention kernel")
+CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only")
 
 
 @pytest.mark.parametrize("backend", [
@@ -58,6 +59,28 @@ def test_vae_slicing_is_exact_and_tiling_leaves_images_below_a_tile_alone(stages
     tiled = Decoder(stages["edit-plus"].model, fast_path=FastPath(vae_tiling=True))
     assert tiled.family.loaded["vae"].use_tiling
     assert np.abs(tiled.decode_pixels(small) - stages["edit-plus"].decoder.decode_pixels(small)).max() <= 1e-6
+
+
+def test_plain_transfers_give_the_pinned_path_s_result(stages, conditioning, plain):
+    unpinned = Denoiser(stages["edit-plus"].model, fast_path=FastPath(pinned_transfers=False))
+    assert torch.equal(unpinned.denoise([conditioning])[0].latents, plain.latents)
+
+
+def test_transfers_on_a_cpu_are_plain_copies():
+    tensor = torch.arange(6.0).view(2, 3).t()  # not contiguous
+    (host,) = to_host((tensor,), pinned=True)
+    assert host.is_contiguous() and torch.equal(host, tensor)
+    assert torch.equal(to_device(host, torch.device("cpu"), pinned=True, dtype=torch.bfloat16), tensor.bfloat16())
+
+
+@CUDA_ONLY
+def test_pinned_transfers_go_through_page_locked_memory():
+    tensors = (torch.randn(4096, 64, device="cuda", dtype=torch.bfloat16), torch.ones(77, device="cuda", dtype=torch.long))
+    host = to_host(tensors, pinned=True)
+    assert all(t.is_pinned() and t.device.type == "cpu" for t in host)
+    assert all(torch.equal(h, t.cpu()) for h, t in zip(host, tensors))
+    back = to_device(host[0].clone(), torch.device("cuda"), pinned=True)  # a pageable tensor, as unpickled
+    assert torch.equal(back, tensors[0])
 
 
 def test_unknown_backend_is_refused():

@@ -43,3 +43,23 @@ def test_fractional_gpus_are_allowed():
 def test_model_name(tmp_path: Path):
     assert model_name("Qwen/Qwen-Image-Edit-2509") == "Qwen/Qwen-Image-Edit-2509"
     assert model_name(str(tmp_path / "tiny-edit-plus")) == "tiny-edit-plus"
+
+
+def _gpus(stage) -> float:
+    """GPUs a stage may take at its largest: per replica x most replicas."""
+    deployment = stage.deployment
+    return deployment.ray_actor_options.num_gpus * deployment.autoscaling_config.max_replicas
+
+
+def test_one_gpu_layout_fits_one_card():
+    _, settings = load_config(CONFIG.with_name("config.one-gpu.yaml"), port=None)
+    stages = (settings.encoder, settings.denoiser, settings.decoder)
+    assert all(stage.deployment.ray_actor_options.num_gpus > 0 for stage in stages)
+    assert sum(_gpus(stage) for stage in stages) <= 1.0
+
+
+def test_multi_gpu_layout_gives_the_denoiser_whole_cards_and_the_rest_one_card():
+    _, settings = load_config(CONFIG.with_name("config.multi-gpu.yaml"), port=None)
+    assert settings.denoiser.deployment.ray_actor_options.num_gpus == 1
+    assert settings.denoiser.deployment.autoscaling_config.max_replicas > 1
+    assert _gpus(settings.encoder) + _gpus(settings.decoder) <= 1.0
