@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from deployments.errors import InvalidInputError
+from deployments.parameters import GUIDANCE_FIELDS
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 MAX_INPUT_IMAGES = 3
@@ -41,7 +42,10 @@ class OutputSpec:
 class EditRequest:
     """One validated edit: input image bytes (decoded by the Encoder), the instruction and the sampling settings.
 
-    True CFG runs when `negative_prompt` is given and `true_cfg_scale > 1` (diffusers' rule).
+    The guidance fields belong to model families (deployments/parameters.py): `true_cfg_scale` to
+    Qwen-Image-Edit (true CFG runs when `negative_prompt` is given and the scale is > 1, diffusers'
+    rule), `guidance_scale` (s_T) and `image_guidance_scale` (s_I) to InstructPix2Pix; None means the
+    family's default, and the Encoder refuses a field its family doesn't take.
     `width`/`height` of None mean: the model's area at the aspect ratio of the input image;
     `num_inference_steps` of None means the model's default.
     """
@@ -51,7 +55,9 @@ class EditRequest:
     negative_prompt: str | None = None
     seed: int = 0
     num_inference_steps: int | None = None
-    true_cfg_scale: float = 4.0
+    true_cfg_scale: float | None = None
+    guidance_scale: float | None = None
+    image_guidance_scale: float | None = None
     width: int | None = None
     height: int | None = None
     output: OutputSpec = field(default_factory=OutputSpec)
@@ -72,11 +78,14 @@ class EditRequest:
             raise InvalidInputError(
                 "num_inference_steps", f"must be an integer in [1, {MAX_STEPS}], got {self.num_inference_steps!r}"
             )
-        scale = self.true_cfg_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise InvalidInputError("true_cfg_scale", f"must be a finite number, got {scale!r}")
-        if not 0 <= scale <= MAX_CFG_SCALE:
-            raise InvalidInputError("true_cfg_scale", f"must be in [0, {MAX_CFG_SCALE:g}], got {scale!r}")
+        for name in GUIDANCE_FIELDS:
+            scale = getattr(self, name)
+            if scale is None:
+                continue
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+                raise InvalidInputError(name, f"must be a finite number, got {scale!r}")
+            if not 0 <= scale <= MAX_CFG_SCALE:
+                raise InvalidInputError(name, f"must be in [0, {MAX_CFG_SCALE:g}], got {scale!r}")
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or not 1 <= value <= MAX_SIDE):
@@ -84,36 +93,39 @@ class EditRequest:
         if (self.width is None) != (self.height is None):
             raise InvalidInputError("size", "give both width and height, or neither")
 
-    @property
-    def do_true_cfg(self) -> bool:
-        return self.negative_prompt is not None and self.true_cfg_scale > 1
+    def given(self) -> dict[str, object]:
+        """The family-specific fields as the request set them (None = left to the family)."""
+        size = None if self.width is None else (self.width, self.height)
+        return {**{name: getattr(self, name) for name in GUIDANCE_FIELDS}, "size": size}
 
 
 @dataclass(frozen=True)
 class Conditioning:
     """The Encoder's output: everything the Denoiser needs, and nothing it has to recompute.
 
-    `img_shapes` are the transformer's (frames, rows, cols) patch grids: the output first, then each
-    input image, as diffusers passes them (RoPE positions depend on them).
+    `img_shapes` are the (frames, rows, cols) latent grids of the output, then of each input image:
+    Qwen-Image-Edit counts 2x2 patches, as diffusers passes them to the transformer (RoPE positions
+    depend on them); InstructPix2Pix counts latent pixels. Latent layouts are the family's own.
     """
 
     request_id: str
     prompt_embeds: torch.Tensor  # (S, D)
-    prompt_embeds_mask: torch.Tensor  # (S,) int64, 1 = real token
-    negative_prompt_embeds: torch.Tensor | None  # (S', D), None when CFG is off
+    prompt_embeds_mask: torch.Tensor | None  # (S,) int64, 1 = real token; None for CLIP (fixed length)
+    negative_prompt_embeds: torch.Tensor | None  # (S', D), None when guidance is off
     negative_prompt_embeds_mask: torch.Tensor | None  # (S',)
-    image_latents: torch.Tensor  # (L_img, C) normalized, packed latents of all input images, concatenated
+    image_latents: torch.Tensor  # Qwen: (L_img, C) normalized, packed, all inputs concatenated; IP2P: (C, h, w)
     img_shapes: tuple[tuple[int, int, int], ...]
     height: int  # output pixels
     width: int
     seed: int
     num_inference_steps: int
-    true_cfg_scale: float
+    guidance: dict[str, float]  # the family's guidance fields with their values (defaults filled in)
     output: OutputSpec
     timings: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
-    def do_true_cfg(self) -> bool:
+    def guided(self) -> bool:
+        """Whether each step also runs the model without the prompt (CFG rows)."""
         return self.negative_prompt_embeds is not None
 
 
@@ -122,7 +134,7 @@ class Latents:
     """The Denoiser's output: final packed latents of one edit."""
 
     request_id: str
-    latents: torch.Tensor  # (L, C) packed, normalized
+    latents: torch.Tensor  # the family's layout: Qwen (L, C) packed, normalized; IP2P (C, h, w)
     height: int
     width: int
     seed: int

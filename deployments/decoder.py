@@ -1,7 +1,7 @@
 """Stage 3, Decoder: Latents -> EditedImage.
 
-Loads: the VAE only. Unpacks and de-normalizes the latents, VAE-decodes, post-processes exactly as
-diffusers does and encodes the image as PNG, JPEG or WebP.
+Loads: the VAE only. Turns the family's latents back into VAE latents (unpacks, de-normalizes),
+VAE-decodes, post-processes exactly as diffusers does and encodes the image as PNG, JPEG or WebP.
 """
 
 import numpy as np

@@ -1,7 +1,8 @@
 """Stage 2, Denoiser: list[Conditioning] -> list[Latents], one batched model forward per step.
 
-Loads: the transformer and the scheduler config (never the VAE or the text encoder).
-Requests in one batch may differ in prompt and prompt length, seed, CFG on/off and scale, and may be
+Loads: the denoising model (Qwen-Image's transformer, or InstructPix2Pix's UNet) and the scheduler
+config (never the VAE or the text encoder).
+Requests in one batch may differ in prompt and prompt length, seed, guidance on/off and scales, and may be
 at different steps: `start` admits a request at any time and `step` advances every given job by one
 step, so a caller can add and retire requests between steps. Jobs whose latent shapes differ are
 never mixed in one forward. Each request's result equals denoising it alone.
@@ -9,7 +10,7 @@ never mixed in one forward. Each request's result equals denoising it alone.
 
 import torch
 
-from deployments.contracts import Conditioning, Latents, OutputSpec
+from deployments.contracts import Conditioning, Latents
 from deployments.fast_path import FastPath, prepare_transformer
 from deployments.families import DenoiseJob, load_family
 from deployments.settings import model_from_env
@@ -18,23 +19,14 @@ from deployments.settings import model_from_env
 class Denoiser:
     def __init__(self, model: str | None = None, device: torch.device | None = None, fast_path: FastPath = FastPath()):
         self.family = load_family(model or model_from_env(), "denoise", device, fast_path.pinned_transfers)
-        prepare_transformer(self.family.loaded["transformer"], fast_path)
+        prepare_transformer(self.family.loaded[self.family.denoising_model], fast_path)
         if fast_path.compile:
             self.warm_up()
 
     def warm_up(self) -> None:
-        """One CFG step of a synthetic request at the model's default area, so that compilation (and
+        """One guided step of a synthetic request at the model's default area, so that compilation (and
         the first kernel launches) happen here rather than in a user's request."""
-        transformer = self.family.loaded["transformer"]
-        side = int(self.family.spec.settings.vae_image_area**0.5) // 16 * 16
-        grid = (1, side // 16, side // 16)
-        tokens, channels, width = grid[1] * grid[2], transformer.config.in_channels, transformer.config.joint_attention_dim
-        prompt, mask = torch.zeros(16, width), torch.ones(16, dtype=torch.long)
-        self.denoise([Conditioning(
-            request_id="warm-up", prompt_embeds=prompt, prompt_embeds_mask=mask, negative_prompt_embeds=prompt,
-            negative_prompt_embeds_mask=mask, image_latents=torch.zeros(tokens, channels), img_shapes=(grid, grid),
-            height=side, width=side, seed=0, num_inference_steps=1, true_cfg_scale=4.0, output=OutputSpec(),
-        )])
+        self.denoise([self.family.warm_up_conditioning()])
 
     def denoise(self, batch: list[Conditioning]) -> list[Latents]:
         jobs = [self.start(conditioning) for conditioning in batch]
@@ -57,7 +49,7 @@ class Denoiser:
             for job, noise_pred in zip(group, self.family.predict(group)):
                 if job.step_index + 1 in job.preview_after:
                     job.preview = self.family.predicted_clean(job, noise_pred)
-                job.latents = job.scheduler.step(noise_pred, job.timestep, job.latents, return_dict=False)[0]
+                job.latents = job.scheduler.step(noise_pred, job.timestep, job.latents, **job.step_kwargs, return_dict=False)[0]
                 job.step_index += 1
 
     def finish(self, job: DenoiseJob) -> Latents:

@@ -1,9 +1,10 @@
 """Stage 1, Encoder: EditRequest -> Conditioning.
 
-Loads: the VL processor, the Qwen2.5-VL text encoder and the VAE (never the transformer).
-Decodes the uploaded bytes (EXIF orientation applied, any mode to RGB), resizes as diffusers does,
-embeds the prompt (and the negative prompt when true CFG is on) and VAE-encodes the input image(s)
-into normalized, packed latents. Output tensors are on the CPU.
+Loads: the text encoder (Qwen2.5-VL with its processor, or CLIP with its tokenizer) and the VAE,
+never the denoising model. Decodes the uploaded bytes (EXIF orientation applied, any mode to RGB),
+refuses fields the model's family doesn't take, resizes as diffusers does, embeds the prompt (and
+the negative prompt when guidance is on) and VAE-encodes the input image(s) into the family's
+latents (deployments/families/). Output tensors are on the CPU.
 """
 
 import logging
@@ -26,6 +27,7 @@ class Encoder:
         prepare_vae(self.family.loaded["vae"], fast_path)  # tiling/slicing also bound VAE-encode memory
 
     def encode(self, request: EditRequest) -> Conditioning:
+        self.family.check(request)
         single = len(request.images) == 1
         images = [decode_image(data, "image" if single else f"image[{i}]") for i, data in enumerate(request.images)]
         return self.family.encode(request, images)

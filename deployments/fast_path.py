@@ -35,7 +35,14 @@ class FastPath:
 
 
 def prepare_transformer(transformer: torch.nn.Module, fast: FastPath) -> None:
+    """Applies the settings to the Denoiser's model (Qwen-Image's transformer or a UNet)."""
     if fast.attention_backend != "native":
+        processors = [getattr(module, "processor", None) for module in transformer.modules()]
+        if not any(hasattr(processor, "_attention_backend") for processor in processors):
+            raise ValueError(
+                f"attention_backend {fast.attention_backend!r}: {type(transformer).__name__} calls PyTorch SDPA "
+                "directly, not diffusers' attention dispatcher; leave attention_backend native"
+            )
         # diffusers also makes the backend the process-wide default; our transformer's processors
         # now name theirs, so put the default back and leave other models in the process alone.
         active, _ = _AttentionBackendRegistry.get_active_backend()

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from deployments.errors import ModelLoadError
+from deployments.parameters import PARAMETERS
 from deployments.settings import ENGINE_SETTINGS_FILE, EngineSettings
 from deployments.random_models import build_module, ensure_preset, is_preset_dir, is_random
 from deployments.tiny import ensure_tiny_checkpoint
@@ -45,15 +46,19 @@ def resolve_model(model: str, components: tuple[str, ...] = ()) -> ModelSpec:
     if not index_file.is_file():
         raise ModelLoadError(f"{model!r} is not a diffusers checkpoint: {index_file} is missing")
     index = json.loads(index_file.read_text())
-    component_classes = {
-        name: tuple(value) for name, value in index.items() if not name.startswith("_") and isinstance(value, list)
+    component_classes = {  # [null, null] marks an absent optional component (e.g. a safety checker)
+        name: tuple(value) for name, value in index.items()
+        if not name.startswith("_") and isinstance(value, list) and value[0] is not None
     }
+    if index.get("_class_name") not in PARAMETERS:
+        raise ModelLoadError(f"{model!r} is a {index.get('_class_name')}; supported pipelines are {sorted(PARAMETERS)}")
+    parameters = PARAMETERS[index["_class_name"]]
     return ModelSpec(
         model_id=model,
         path=path,
         pipeline_class=index["_class_name"],
         component_classes=component_classes,
-        settings=EngineSettings.for_model(path),
+        settings=EngineSettings.for_model(path, default_num_inference_steps=parameters.default_num_inference_steps),
         random_weights=is_preset_dir(path),
     )
 

@@ -15,7 +15,9 @@ ENGINE_SETTINGS_FILE = "edit_engine.json"
 
 # Tiny checkpoints generated on first use (git-ignored); the first is the default model everywhere.
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-TINY_MODEL_DIRS = {MODELS_DIR / "tiny-edit-plus": "edit-plus", MODELS_DIR / "tiny-edit": "edit"}
+TINY_MODEL_DIRS = {
+    MODELS_DIR / "tiny-edit-plus": "edit-plus", MODELS_DIR / "tiny-edit": "edit", MODELS_DIR / "tiny-ip2p": "ip2p"
+}
 DEFAULT_MODEL_DIR = MODELS_DIR / "tiny-edit-plus"
 
 
@@ -24,7 +26,8 @@ class EngineSettings:
     """Per-model knobs of the engine. The defaults are the values diffusers' pipelines hard-code."""
 
     vae_image_area: int = 1024 * 1024
-    """Pixel area the input image(s) are resized to for VAE latents (and the default output area)."""
+    """Pixel area the input image(s) are resized to for VAE latents (and the default output area);
+    for InstructPix2Pix, which edits at the input's size, the largest area (larger inputs are scaled down)."""
 
     condition_image_area: int = 384 * 384
     """Pixel area of each input image shown to the Qwen2.5-VL encoder (Edit-Plus models only)."""
@@ -42,14 +45,15 @@ class EngineSettings:
         _check_int("max_prompt_tokens", self.max_prompt_tokens, 1, 1024)
 
     @classmethod
-    def for_model(cls, model_dir: str | Path) -> "EngineSettings":
-        """The settings recorded beside a checkpoint, or the defaults when it records none."""
+    def for_model(cls, model_dir: str | Path, **family_defaults) -> "EngineSettings":
+        """The settings recorded beside a checkpoint; what it doesn't record takes the model family's
+        defaults (`family_defaults`), then these."""
         path = Path(model_dir) / ENGINE_SETTINGS_FILE
         if not path.is_file():
-            return cls()
+            return cls(**family_defaults)
         try:
             values = json.loads(path.read_text())
-            return cls(**values)
+            return cls(**{**family_defaults, **values})
         except (ValueError, TypeError) as e:
             raise ModelLoadError(f"{path} is not a valid engine settings file: {e}") from e
 

@@ -1,10 +1,11 @@
-"""Writes tiny random-weight Qwen-Image-Edit checkpoints in diffusers format, with no download at all.
+"""Writes tiny random-weight checkpoints in diffusers format, with no download at all.
 
-    python -m deployments.tiny OUT_DIR --variant edit|edit-plus
+    python -m deployments.tiny OUT_DIR --variant edit|edit-plus|ip2p
 
-The checkpoints have the real models' architecture at toy widths (the configs of diffusers' own
-Qwen-Image-Edit fast tests), a byte-level BPE tokenizer built in memory with the Qwen special tokens,
-a `Qwen2VLProcessor` and the real scheduler config. They load through the same loader as real
+The Qwen-Image-Edit checkpoints (edit, edit-plus) have the real models' architecture at toy widths
+(the configs of diffusers' own Qwen-Image-Edit fast tests), a byte-level BPE tokenizer built in memory
+with the Qwen special tokens, a `Qwen2VLProcessor` and the real scheduler config; the InstructPix2Pix
+one is built in deployments/tiny_ip2p.py. They load through the same loader as real
 checkpoints. Their weights are random, so the images they produce are noise: they exist to test the
 plumbing and the math (parity with diffusers), not edit quality.
 """
@@ -37,10 +38,12 @@ from transformers import (
 )
 
 from deployments.settings import ENGINE_SETTINGS_FILE, TINY_MODEL_DIRS, EngineSettings
+from deployments.tiny_ip2p import build_ip2p_pipeline
 
 logger = logging.getLogger(__name__)
 
 PIPELINES = {"edit": QwenImageEditPipeline, "edit-plus": QwenImageEditPlusPipeline}
+VARIANTS = (*PIPELINES, "ip2p")
 
 # Bump when the builder's output changes, so generated default checkpoints are rebuilt on next use.
 TINY_BUILD = 2
@@ -62,6 +65,9 @@ TINY_ENGINE_SETTINGS = {
     "condition_image_area": 128 * 128,
     "default_num_inference_steps": 8,
 }
+
+# InstructPix2Pix edits at the input's size up to this area: small inputs keep CPU tests fast.
+VARIANT_ENGINE_SETTINGS = {"ip2p": {"vae_image_area": 128 * 128}}
 
 # Qwen's real scheduler config (dynamic shifting on), so the sigma schedule is the one users get.
 SCHEDULER_CONFIG = {
@@ -157,9 +163,11 @@ def build_vae() -> AutoencoderKLQwenImage:
 
 
 def build_pipeline(variant: str):
-    """The complete tiny pipeline for `variant` ("edit" or "edit-plus"), in memory."""
-    if variant not in PIPELINES:
-        raise ValueError(f"variant must be one of {sorted(PIPELINES)}, got {variant!r}")
+    """The complete tiny pipeline for `variant` ("edit", "edit-plus" or "ip2p"), in memory."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    if variant == "ip2p":
+        return build_ip2p_pipeline()
     tokenizer = build_tokenizer()
     return PIPELINES[variant](
         scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
@@ -176,7 +184,7 @@ def write_checkpoint(out_dir: str | Path, variant: str = "edit-plus", **engine_s
     `engine_settings` override TINY_ENGINE_SETTINGS (e.g. a benchmark's working area)."""
     out_dir = Path(out_dir)
     build_pipeline(variant).save_pretrained(out_dir)
-    settings = EngineSettings(**{**TINY_ENGINE_SETTINGS, **engine_settings})  # validates the overrides
+    settings = EngineSettings(**{**TINY_ENGINE_SETTINGS, **VARIANT_ENGINE_SETTINGS.get(variant, {}), **engine_settings})
     (out_dir / ENGINE_SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
     logger.info("wrote tiny %s checkpoint to %s", variant, out_dir)
     return out_dir
@@ -220,14 +228,13 @@ def ensure_generated(path: Path, marker: str, build: int, write: Callable[[Path]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", help="directory to write the checkpoint into")
-    parser.add_argument("--variant", choices=sorted(PIPELINES), default="edit-plus")
-    parser.add_argument("--vae-image-area", type=int, default=TINY_ENGINE_SETTINGS["vae_image_area"])
-    parser.add_argument("--condition-image-area", type=int, default=TINY_ENGINE_SETTINGS["condition_image_area"])
+    parser.add_argument("--variant", choices=VARIANTS, default="edit-plus")
+    parser.add_argument("--vae-image-area", type=int, help="default: the variant's tiny setting")
+    parser.add_argument("--condition-image-area", type=int, help="default: the variant's tiny setting")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    write_checkpoint(
-        args.out_dir, args.variant, vae_image_area=args.vae_image_area, condition_image_area=args.condition_image_area
-    )
+    areas = {"vae_image_area": args.vae_image_area, "condition_image_area": args.condition_image_area}
+    write_checkpoint(args.out_dir, args.variant, **{name: area for name, area in areas.items() if area is not None})
 
 
 if __name__ == "__main__":

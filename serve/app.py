@@ -7,8 +7,10 @@ at start-up with a message naming it.
 from ray.serve import Application
 
 from deployments.models import model_name, resolve_model
+from deployments.parameters import PARAMETERS
 from deployments.settings import model_from_env
 from serve.ingress import Ingress
+from serve.schema import ServedModel
 from serve.settings import AppSettings
 from serve.stages import DecoderDeployment, DenoiserDeployment, EncoderDeployment
 
@@ -17,13 +19,14 @@ def build_app(settings: AppSettings) -> Application:
     model = model_from_env(settings.model)
     # Fail here, once and clearly, on a model that can't be found, rather than in every replica;
     # this also writes the tiny default checkpoint once instead of in each stage at the same time.
-    engine = resolve_model(model).settings
+    spec = resolve_model(model)
     name = settings.served_model_name or model_name(model)
+    served = ServedModel(name, spec.settings, PARAMETERS[spec.pipeline_class])
     stage = {}
     for key, deployment in (("encoder", EncoderDeployment), ("denoiser", DenoiserDeployment), ("decoder", DecoderDeployment)):
         stage_settings = getattr(settings, key)
         stage[key] = deployment.options(**stage_settings.deployment.options()).bind(model, stage_settings, name)
     return Ingress.options(**settings.ingress.deployment.options()).bind(
-        stage["encoder"], stage["denoiser"], stage["decoder"], settings, name, engine
+        stage["encoder"], stage["denoiser"], stage["decoder"], settings, served
     )
 

@@ -27,10 +27,9 @@ from starlette.routing import Route
 from deployments import metrics
 from deployments.contracts import EditedImage, EditRequest, OutputSpec
 from deployments.errors import EditError, InvalidInputError, OverloadedError, PayloadTooLargeError
-from deployments.settings import EngineSettings
 from serve.errors import as_edit_error, error_body, error_response
 from serve.openapi import OPENAPI
-from serve.schema import EditForm, parse_edit_form, read_uploads
+from serve.schema import EditForm, ServedModel, parse_edit_form, read_uploads
 from serve.settings import AppSettings
 
 logger = logging.getLogger(__name__)
@@ -50,14 +49,13 @@ class Ingress:
         denoiser: DeploymentHandle,
         decoder: DeploymentHandle,
         settings: AppSettings,
-        served_model: str,
-        engine: EngineSettings,
+        served: ServedModel,
     ):
         metrics.bind(ray.util.metrics)
         self.encoder, self.denoiser, self.decoder = encoder, denoiser, decoder
         self.settings = settings
-        self.served_model = served_model
-        self.engine = engine  # the model's defaults, for the per-request work bound
+        self.served = served
+        self.served_model = served.name
         self.created = int(time.time())
 
     def __serve_build_asgi_app__(self) -> Starlette:
@@ -79,9 +77,7 @@ class Ingress:
             form = await self._read_form(http)
             try:
                 uploads = await read_uploads(form, self.settings.limits)
-                parsed = parse_edit_form(
-                    form, uploads, self.settings.limits, self.served_model, self.settings.request_timeout_s, self.engine
-                )
+                parsed = parse_edit_form(form, uploads, self.settings.limits, self.served, self.settings.request_timeout_s)
             finally:
                 await form.close()
             request = dataclasses.replace(parsed.request, request_id=request_id, timings={"sent_at": time.time()})
@@ -168,7 +164,13 @@ class Ingress:
         return JSONResponse(body, headers=headers)
 
     async def models(self, http: Request) -> Response:
-        model = {"id": self.served_model, "object": "model", "created": self.created, "owned_by": "qwen-edit-cluster"}
+        parameters = self.served.parameters
+        model = {
+            "id": self.served_model, "object": "model", "created": self.created, "owned_by": "qwen-edit-cluster",
+            # extensions: what this model's requests may set (the page shows only those fields)
+            "family": parameters.family, "guidance": parameters.guidance, "max_input_images": parameters.max_input_images,
+            "explicit_size": parameters.explicit_size,
+        }
         return JSONResponse({"object": "list", "data": [model]})
 
     async def healthz(self, http: Request) -> Response:

@@ -12,20 +12,29 @@ from starlette.datastructures import FormData, UploadFile
 from deployments.contracts import MAX_INPUT_IMAGES, EditRequest, OutputSpec
 from deployments.errors import InvalidInputError, PayloadTooLargeError
 from deployments.images import inspect_image
+from deployments.parameters import GUIDANCE_FIELDS, FamilyParameters
 from deployments.settings import EngineSettings
 from serve.settings import Limits
 
 # Fields OpenAI's SDK may send that don't change what this server computes; accepted and ignored.
 IGNORED_FIELDS = ("background", "quality", "user", "input_fidelity", "moderation")
 FIELDS = (
-    "image", "image[]", "prompt", "negative_prompt", "n", "seed", "size", "num_inference_steps", "true_cfg_scale",
+    "image", "image[]", "prompt", "negative_prompt", "n", "seed", "size", "num_inference_steps", *GUIDANCE_FIELDS,
     "output_format", "output_compression", "response_format", "model", "timeout", "mask", "stream", "partial_images",
     "stream_progress", *IGNORED_FIELDS,
 )
 MAX_PARTIAL_IMAGES = 3
 MAX_CFG_SCALE = 20.0
-DEFAULT_NEGATIVE_PROMPT = " "  # Qwen's model cards pair true_cfg_scale=4 with negative_prompt=" "
 SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the ingress knows of the model it serves, without loading it."""
+
+    name: str  # in /v1/models and the `model` field
+    engine: EngineSettings  # its defaults: output area of size=auto, steps (for the work bound)
+    parameters: FamilyParameters  # what its family's requests may set
 
 
 @dataclass(frozen=True)
@@ -61,11 +70,9 @@ async def read_uploads(form: FormData, limits: Limits) -> tuple[bytes, ...]:
 
 
 def parse_edit_form(
-    form: FormData, uploads: tuple[bytes, ...], limits: Limits, served_model: str, timeout_s: float,
-    engine: EngineSettings,
+    form: FormData, uploads: tuple[bytes, ...], limits: Limits, served: ServedModel, timeout_s: float
 ) -> EditForm:
-    """The form as an EditRequest; `timeout_s` is the server's deadline, `engine` the model's defaults
-    (output area of `size=auto`, default steps) for the per-request work bound."""
+    """The form as an EditRequest for `served`'s family; `timeout_s` is the server's deadline."""
     unknown = sorted(set(form.keys()) - set(FIELDS))
     if unknown:
         raise InvalidInputError(unknown[0], f"is not a field of this API; the fields are {', '.join(FIELDS)}")
@@ -75,8 +82,15 @@ def parse_edit_form(
     if response_format != "b64_json":
         raise InvalidInputError("response_format", f"only b64_json is supported, got {response_format!r}")
     model = _text(form, "model")
-    if model is not None and model != served_model:
-        raise InvalidInputError("model", f"this server serves {served_model!r}, got {model!r}")
+    if model is not None and model != served.name:
+        raise InvalidInputError("model", f"this server serves {served.name!r}, got {model!r}")
+    size = _text(form, "size")
+    given = {name: _float(form, name, None, 0.0, MAX_CFG_SCALE) for name in GUIDANCE_FIELDS}
+    served.parameters.check({**given, "size": None if size in (None, "", "auto") else size})
+    if len(uploads) > served.parameters.max_input_images:
+        raise InvalidInputError(
+            "image", f"{served.name} takes at most {served.parameters.max_input_images} image(s), got {len(uploads)}"
+        )
 
     n = _int(form, "n", 1, limits.max_n) or 1
     stream = _bool(form, "stream")
@@ -87,8 +101,9 @@ def parse_edit_form(
         raise InvalidInputError("partial_images", "needs stream=true")
     seed = _int(form, "seed", 0, 2**63 - n)
     seed = random.randrange(2**31) if seed is None else seed
-    width, height = _size(_text(form, "size"), limits)
+    width, height = _size(size, limits)
     steps = _int(form, "num_inference_steps", 1, limits.max_steps)
+    engine = served.engine  # size=auto: at most the model's area
     work = n * (steps or engine.default_num_inference_steps) * (width * height if width else engine.vae_image_area)
     if work > limits.max_work:
         raise InvalidInputError(
@@ -100,10 +115,10 @@ def parse_edit_form(
     request = EditRequest(
         images=uploads,
         prompt=_prompt(form, "prompt", limits) or "",
-        negative_prompt=_prompt(form, "negative_prompt", limits, DEFAULT_NEGATIVE_PROMPT),
+        negative_prompt=_prompt(form, "negative_prompt", limits, served.parameters.default_negative_prompt),
         seed=seed,
         num_inference_steps=steps,
-        true_cfg_scale=_float(form, "true_cfg_scale", 4.0, 0.0, MAX_CFG_SCALE),
+        **given,
         width=width,
         height=height,
         output=OutputSpec(format=output_format, compression=100 if compression is None else compression),

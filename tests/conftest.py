@@ -24,8 +24,8 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
-    """Freshly written tiny checkpoints, {"edit": dir, "edit-plus": dir}, shared by the session."""
-    from deployments.tiny import write_checkpoint
+    """Freshly written tiny checkpoints, {"edit": dir, "edit-plus": dir, "ip2p": dir}, shared by the session."""
+    from deployments.tiny import VARIANTS, write_checkpoint
 
     root = tmp_path_factory.mktemp("tiny")
-    return {variant: str(write_checkpoint(root / variant, variant)) for variant in ("edit", "edit-plus")}
+    return {variant: str(write_checkpoint(root / variant, variant)) for variant in VARIANTS}

@@ -2,14 +2,15 @@
 
 import torch
 
-from deployments.errors import ModelLoadError
 from deployments.families.base import DenoiseJob, ModelFamily
+from deployments.families.instruct_pix2pix import InstructPix2Pix
 from deployments.families.qwen_image_edit import QwenImageEdit
 from deployments.models import default_device, default_dtype, load_components, resolve_model
 
-FAMILIES: tuple[type[ModelFamily], ...] = (QwenImageEdit,)
+FAMILIES: tuple[type[ModelFamily], ...] = (QwenImageEdit, InstructPix2Pix)
+FAMILY_OF = {name: family for family in FAMILIES for name in family.pipeline_classes}
 
-__all__ = ["DenoiseJob", "ModelFamily", "FAMILIES", "load_family"]
+__all__ = ["DenoiseJob", "ModelFamily", "FAMILIES", "FAMILY_OF", "load_family"]
 
 
 def load_family(
@@ -17,14 +18,11 @@ def load_family(
 ) -> ModelFamily:
     """The family math of `model` with only the components `stage` needs, loaded on `device`."""
     device = device or default_device()
-    spec = resolve_model(model, _all_components(stage))
-    for family in FAMILIES:
-        if spec.pipeline_class in family.pipeline_classes:
-            dtype = default_dtype(device)
-            loaded = load_components(spec, family.components[stage], device, dtype)
-            return family(spec, loaded, device, dtype, pinned_transfers)
-    supported = sorted(name for family in FAMILIES for name in family.pipeline_classes)
-    raise ModelLoadError(f"{model!r} is a {spec.pipeline_class}; supported pipelines are {supported}")
+    spec = resolve_model(model, _all_components(stage))  # refuses a pipeline no family serves
+    family = FAMILY_OF[spec.pipeline_class]
+    dtype = default_dtype(device)
+    loaded = load_components(spec, family.components[stage], device, dtype)
+    return family(spec, loaded, device, dtype, pinned_transfers)
 
 
 def _all_components(stage: str) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ and calls only that stage's methods.
 
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,7 +16,9 @@ import torch
 from PIL import Image
 
 from deployments.contracts import Conditioning, EditRequest, Latents
+from deployments.errors import InvalidInputError
 from deployments.models import ModelSpec
+from deployments.parameters import PARAMETERS
 from deployments.transfer import to_device, to_host
 
 
@@ -33,6 +35,7 @@ class DenoiseJob:
     device_inputs: dict[str, torch.Tensor]  # conditioning tensors moved to the model's device
     rows: int  # model-forward rows per step (guidance rows included)
     tokens: int  # tokens those rows put through each forward
+    step_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of its scheduler's step
     step_index: int = 0
     preview_after: frozenset[int] = frozenset()  # step counts after which to keep a preview
     preview: torch.Tensor | None = None  # (1, L, C) the predicted clean sample, when kept
@@ -51,6 +54,7 @@ class ModelFamily(ABC):
 
     pipeline_classes: ClassVar[tuple[str, ...]]
     components: ClassVar[dict[str, tuple[str, ...]]]  # "encode" | "denoise" | "decode" -> component names
+    denoising_model: ClassVar[str]  # the component the Denoiser runs each step (fast-path settings apply to it)
 
     def __init__(
         self, spec: ModelSpec, loaded: dict[str, Any], device: torch.device, dtype: torch.dtype, pinned_transfers: bool = True
@@ -60,6 +64,7 @@ class ModelFamily(ABC):
         self.device = device
         self.dtype = dtype
         self.pinned_transfers = pinned_transfers
+        self.parameters = PARAMETERS[spec.pipeline_class]
 
     def to_host(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """CPU copies of this stage's results for the next stage (deployments/transfer.py)."""
@@ -69,16 +74,23 @@ class ModelFamily(ABC):
         """A tensor from the previous stage on this stage's device."""
         return to_device(tensor, self.device, self.pinned_transfers, dtype)
 
-    @property
-    @abstractmethod
-    def max_input_images(self) -> int: ...
-
     # Encoder side
+    def check(self, request: EditRequest) -> None:
+        """Refuses what this model doesn't take: a guidance field or size of another family, too many images."""
+        self.parameters.check(request.given())
+        limit = self.parameters.max_input_images
+        if len(request.images) > limit:
+            raise InvalidInputError("image", f"{self.spec.pipeline_class} takes at most {limit} image(s), got {len(request.images)}")
+
     @abstractmethod
     def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
         """Prompt embeddings (and negative ones with CFG) and image latents; tensors on the CPU."""
 
     # Denoiser side
+    @abstractmethod
+    def warm_up_conditioning(self) -> Conditioning:
+        """A synthetic one-step guided request at the model's usual size, for warming up compiled code."""
+
     @abstractmethod
     def start(self, conditioning: Conditioning) -> DenoiseJob:
         """Initial noise from the request's seed, its own scheduler and timesteps."""

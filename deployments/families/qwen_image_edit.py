@@ -18,9 +18,10 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from deployments.contracts import Conditioning, EditRequest, Latents
+from deployments.contracts import Conditioning, EditRequest, Latents, OutputSpec
 from deployments.errors import InvalidInputError, ModelLoadError
 from deployments.families.base import DenoiseJob, ModelFamily
+from deployments.families.batch_invariance import make_per_row_linears_batch_invariant
 from deployments.models import ModelSpec
 
 PIPELINES = {cls.__name__: cls for cls in (QwenImageEditPipeline, QwenImageEditPlusPipeline)}
@@ -35,6 +36,7 @@ class QwenImageEdit(ModelFamily):
         "denoise": ("transformer", "scheduler"),
         "decode": ("vae",),
     }
+    denoising_model = "transformer"
 
     def __init__(self, spec: ModelSpec, loaded: dict[str, Any], *args, **kwargs):
         super().__init__(spec, loaded, *args, **kwargs)
@@ -46,28 +48,22 @@ class QwenImageEdit(ModelFamily):
         if transformer is not None:
             if transformer.config.guidance_embeds:
                 raise ModelLoadError(f"{spec.model_id!r}: guidance-distilled Qwen-Image transformers are not supported")
-            _make_per_row_linears_batch_invariant(transformer)
-
-    @property
-    def max_input_images(self) -> int:
-        return 3 if self.plus else 1
+            make_per_row_linears_batch_invariant(transformer)
 
     # ---- Encoder -------------------------------------------------------------------------------
 
     @torch.no_grad()
     def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
-        if len(images) > self.max_input_images:
-            raise InvalidInputError(
-                "image", f"{self.spec.pipeline_class} takes at most {self.max_input_images} image(s), got {len(images)}"
-            )
+        guidance = self.parameters.guidance_of(request.given())
+        true_cfg = request.negative_prompt is not None and guidance["true_cfg_scale"] > 1  # diffusers' rule
         self._check_prompt_length("prompt", request.prompt)
-        if request.do_true_cfg:
+        if true_cfg:
             self._check_prompt_length("negative_prompt", request.negative_prompt)
         condition_images, vae_images, vae_sizes = self._prepare_images(images)
         width, height = self._output_size(request, images)
         prompt_embeds, prompt_mask = self._encode_prompt(request.prompt, condition_images)
         negative_embeds = negative_mask = None
-        if request.do_true_cfg:
+        if true_cfg:
             negative_embeds, negative_mask = self._encode_prompt(request.negative_prompt, condition_images)
         scale = self.pipe.vae_scale_factor * 2
         return Conditioning(
@@ -82,7 +78,7 @@ class QwenImageEdit(ModelFamily):
             width=width,
             seed=request.seed,
             num_inference_steps=request.num_inference_steps or self.spec.settings.default_num_inference_steps,
-            true_cfg_scale=float(request.true_cfg_scale),
+            guidance=guidance,
             output=request.output,
             timings=request.timings,
         )
@@ -149,6 +145,19 @@ class QwenImageEdit(ModelFamily):
 
     # ---- Denoiser ------------------------------------------------------------------------------
 
+    def warm_up_conditioning(self) -> Conditioning:
+        transformer = self.loaded["transformer"]
+        side = int(self.spec.settings.vae_image_area**0.5) // 16 * 16
+        grid = (1, side // 16, side // 16)
+        tokens, channels, width = grid[1] * grid[2], transformer.config.in_channels, transformer.config.joint_attention_dim
+        prompt, mask = torch.zeros(16, width, dtype=self.dtype), torch.ones(16, dtype=torch.long)
+        return Conditioning(
+            request_id="warm-up", prompt_embeds=prompt, prompt_embeds_mask=mask, negative_prompt_embeds=prompt,
+            negative_prompt_embeds_mask=mask, image_latents=torch.zeros(tokens, channels, dtype=self.dtype),
+            img_shapes=(grid, grid), height=side, width=side, seed=0, num_inference_steps=1,
+            guidance={"true_cfg_scale": 4.0}, output=OutputSpec(),
+        )
+
     def start(self, conditioning: Conditioning) -> DenoiseJob:
         transformer, template = self.loaded["transformer"], self.loaded["scheduler"]
         _, rows, cols = conditioning.img_shapes[0]
@@ -176,7 +185,7 @@ class QwenImageEdit(ModelFamily):
             for name in ("prompt_embeds", "prompt_embeds_mask", "negative_prompt_embeds", "negative_prompt_embeds_mask", "image_latents")
             if getattr(conditioning, name) is not None
         }
-        rows = 2 if conditioning.do_true_cfg else 1
+        rows = 2 if conditioning.guided else 1
         text = max(e.shape[0] for e in (conditioning.prompt_embeds, conditioning.negative_prompt_embeds) if e is not None)
         return DenoiseJob(
             conditioning=conditioning,
@@ -196,7 +205,7 @@ class QwenImageEdit(ModelFamily):
         rows = []
         for job in jobs:
             rows.append((job, "prompt_embeds"))
-            if job.conditioning.do_true_cfg:
+            if job.conditioning.guided:
                 rows.append((job, "negative_prompt_embeds"))
         embeds, mask = _pad_prompts(
             [job.device_inputs[name] for job, name in rows], [job.device_inputs[name + "_mask"] for job, name in rows]
@@ -221,8 +230,8 @@ class QwenImageEdit(ModelFamily):
         for job in jobs:
             prediction = noise_pred[row : row + 1]
             row += 1
-            if job.conditioning.do_true_cfg:
-                prediction = _true_cfg(prediction, noise_pred[row : row + 1], job.conditioning.true_cfg_scale)
+            if job.conditioning.guided:
+                prediction = _true_cfg(prediction, noise_pred[row : row + 1], job.conditioning.guidance["true_cfg_scale"])
                 row += 1
             predictions.append(prediction)
         return predictions
@@ -243,25 +252,6 @@ class QwenImageEdit(ModelFamily):
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(unpacked.device, unpacked.dtype)
         image = vae.decode(unpacked / inv_std + mean, return_dict=False)[0][:, :, 0]  # (1, 3, H, W) in [-1, 1]
         return self.pipe.image_processor.postprocess(image, output_type="np")[0]
-
-
-def _make_per_row_linears_batch_invariant(transformer: torch.nn.Module) -> None:
-    """Runs the transformer's per-row linears (timestep embedding, modulation: inputs (B, D)) one row
-    at a time. BLAS picks other kernels for 1 row than for several, so without this a request's
-    result would change in the last bits with whatever else shares its batch. The token-wise linears
-    (B, L, D) are large matmuls whose rows don't depend on the batch, and stay batched."""
-    for module in transformer.modules():
-        if isinstance(module, torch.nn.Linear):
-            module.forward = _row_by_row(module.forward)
-
-
-def _row_by_row(forward):
-    def run(x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2 and x.shape[0] > 1:
-            return torch.cat([forward(x[i : i + 1]) for i in range(x.shape[0])])
-        return forward(x)
-
-    return run
 
 
 def _true_cfg(positive: torch.Tensor, negative: torch.Tensor, scale: float) -> torch.Tensor:

@@ -83,6 +83,11 @@ def test_pinned_transfers_go_through_page_locked_memory():
     assert torch.equal(back, tensors[0])
 
 
+def test_a_forced_backend_is_refused_for_a_unet_which_has_no_dispatcher(stages):
+    with pytest.raises(ValueError, match="UNet2DConditionModel calls PyTorch SDPA directly"):
+        Denoiser(stages["ip2p"].model, fast_path=FastPath(attention_backend="_native_math"))
+
+
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="attention_backend must be one of"):
         FastPath(attention_backend="fastest")

@@ -26,6 +26,9 @@ def make(**overrides) -> EditRequest:
         ({"true_cfg_scale": math.inf}, "true_cfg_scale", "finite"),
         ({"true_cfg_scale": -1.0}, "true_cfg_scale", "[0, 100]"),
         ({"true_cfg_scale": "4"}, "true_cfg_scale", "finite number"),
+        ({"guidance_scale": math.nan}, "guidance_scale", "finite"),
+        ({"image_guidance_scale": -0.5}, "image_guidance_scale", "[0, 100]"),
+        ({"image_guidance_scale": True}, "image_guidance_scale", "finite number"),
         ({"seed": -1}, "seed", "integer in [0,"),
         ({"seed": 2**63}, "seed", "integer in [0,"),
         ({"images": ()}, "image", "1 to 3 images, got 0"),
@@ -55,10 +58,10 @@ def test_invalid_output_spec(kwargs, param):
     assert info.value.param == param
 
 
-def test_true_cfg_follows_diffusers_rule():
-    assert make(negative_prompt=" ", true_cfg_scale=4.0).do_true_cfg
-    assert not make(negative_prompt=None, true_cfg_scale=4.0).do_true_cfg
-    assert not make(negative_prompt="blurry", true_cfg_scale=1.0).do_true_cfg
+def test_given_reports_the_family_specific_fields_as_set():
+    assert make().given() == {"true_cfg_scale": None, "guidance_scale": None, "image_guidance_scale": None, "size": None}
+    assert make(guidance_scale=5, width=64, height=32).given()["guidance_scale"] == 5
+    assert make(width=64, height=32).given()["size"] == (64, 32)
 
 
 def test_valid_request_keeps_its_values():

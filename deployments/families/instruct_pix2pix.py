@@ -1,0 +1,206 @@
+"""InstructPix2Pix family math (StableDiffusionInstructPix2PixPipeline).
+
+Adapted from diffusers 0.42 `pipelines/stable_diffusion/pipeline_stable_diffusion_instruct_pix2pix.py`
+(`__call__` split into encode / start + predict / decode), calling the pipeline's own helpers where it
+has them. Dual classifier-free guidance, three UNet rows per guided request and step:
+
+    e = e(z, 0, 0) + s_I * (e(z, c_I, 0) - e(z, 0, 0)) + s_T * (e(z, c_I, c_T) - e(z, c_I, 0))
+
+with s_T = `guidance_scale`, s_I = `image_guidance_scale`. As in diffusers, guidance runs only when
+s_T > 1 and s_I >= 1; otherwise one row, e(z, c_I, c_T). Rows of many requests share one UNet batch.
+"""
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionInstructPix2PixPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_instruct_pix2pix import retrieve_latents
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from deployments.contracts import Conditioning, EditRequest, Latents, OutputSpec
+from deployments.errors import InvalidInputError, ModelLoadError
+from deployments.families.base import DenoiseJob, ModelFamily
+from deployments.families.batch_invariance import make_per_row_linears_batch_invariant
+from deployments.models import ModelSpec
+
+COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+# Previews need the clean sample each step predicts: x0 = x - sigma * eps, the k-diffusion form these use.
+SCHEDULERS = ("EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler")
+MIN_LATENT_SIDE = 8
+CLIP_TOKENS = 77  # every CLIP prompt is padded to this length
+
+
+class InstructPix2Pix(ModelFamily):
+    pipeline_classes = (StableDiffusionInstructPix2PixPipeline.__name__,)
+    components = {
+        "encode": ("tokenizer", "text_encoder", "vae"),
+        "denoise": ("unet", "scheduler"),
+        "decode": ("vae",),
+    }
+    denoising_model = "unet"
+
+    def __init__(self, spec: ModelSpec, loaded: dict[str, Any], *args, **kwargs):
+        super().__init__(spec, loaded, *args, **kwargs)
+        self.pipe = StableDiffusionInstructPix2PixPipeline(
+            **{name: loaded.get(name) for name in COMPONENTS},
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        scheduler = loaded.get("scheduler")
+        if scheduler is not None:
+            if type(scheduler).__name__ not in SCHEDULERS or scheduler.config.prediction_type != "epsilon":
+                raise ModelLoadError(
+                    f"{spec.model_id!r}: the scheduler is a {type(scheduler).__name__} predicting "
+                    f"{scheduler.config.prediction_type}; supported: {', '.join(SCHEDULERS)} with epsilon prediction"
+                )
+            make_per_row_linears_batch_invariant(loaded["unet"])
+
+    # ---- Encoder -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
+        guidance = self.parameters.guidance_of(request.given())
+        guided = guidance["guidance_scale"] > 1 and guidance["image_guidance_scale"] >= 1  # diffusers' rule
+        self._check_prompt_length("prompt", request.prompt)
+        if guided and request.negative_prompt is not None:
+            self._check_prompt_length("negative_prompt", request.negative_prompt)
+        image = images[0]
+        width, height = self._working_size(image)
+        pixels = self.pipe.image_processor.preprocess(image, height, width)  # (1, 3, H, W) in [-1, 1]
+        vae = self.loaded["vae"]
+        image_latents = retrieve_latents(vae.encode(pixels.to(self.device, vae.dtype)), sample_mode="argmax")
+        # [prompt] or, guided, [prompt, negative, negative] (the order diffusers batches them in)
+        embeds = self.pipe._encode_prompt(request.prompt, self.device, 1, guided, request.negative_prompt)
+        prompt_embeds, latents = self.to_host(embeds[0], image_latents[0])
+        negative_embeds = self.to_host(embeds[1])[0] if guided else None
+        grid = (1, latents.shape[1], latents.shape[2])
+        return Conditioning(
+            request_id=request.request_id,
+            prompt_embeds=prompt_embeds,
+            prompt_embeds_mask=None,
+            negative_prompt_embeds=negative_embeds,
+            negative_prompt_embeds_mask=None,
+            image_latents=latents,
+            img_shapes=(grid, grid),
+            height=height,
+            width=width,
+            seed=request.seed,
+            num_inference_steps=request.num_inference_steps or self.spec.settings.default_num_inference_steps,
+            guidance=guidance,
+            output=request.output,
+            timings=request.timings,
+        )
+
+    def _check_prompt_length(self, param: str, text: str) -> None:
+        """Refuses what CLIP would cut off (diffusers truncates silently, with a log line)."""
+        tokenizer = self.loaded["tokenizer"]
+        tokens = len(tokenizer(text).input_ids)
+        limit = min(tokenizer.model_max_length, self.spec.settings.max_prompt_tokens)
+        if tokens > limit:
+            raise InvalidInputError(param, f"may be at most {limit} tokens (start and end included), got {tokens}")
+
+    def _working_size(self, image: Image.Image) -> tuple[int, int]:
+        """The input's size (as diffusers, floored to the VAE's multiple), scaled down first if its
+        area exceeds the model's `vae_image_area`."""
+        width, height = image.width, image.height
+        area = self.spec.settings.vae_image_area
+        if width * height > area:
+            scale = math.sqrt(area / (width * height))
+            width, height = int(width * scale), int(height * scale)
+        multiple = self.pipe.vae_scale_factor
+        width, height = width - width % multiple, height - height % multiple
+        smallest = MIN_LATENT_SIDE * multiple
+        if min(width, height) < smallest:
+            raise InvalidInputError(
+                "image", f"{image.width}x{image.height} is too small or too elongated: after scaling to at most "
+                f"{area} pixels each side must be at least {smallest} pixels",
+            )
+        return width, height
+
+    # ---- Denoiser ------------------------------------------------------------------------------
+
+    def warm_up_conditioning(self) -> Conditioning:
+        unet = self.loaded["unet"]
+        side, width = unet.config.sample_size, unet.config.cross_attention_dim
+        prompt = torch.zeros(CLIP_TOKENS, width, dtype=self.dtype)
+        grid = (1, side, side)
+        return Conditioning(
+            request_id="warm-up", prompt_embeds=prompt, prompt_embeds_mask=None, negative_prompt_embeds=prompt,
+            negative_prompt_embeds_mask=None, image_latents=torch.zeros(4, side, side, dtype=self.dtype),
+            img_shapes=(grid, grid), height=side * 8, width=side * 8, seed=0, num_inference_steps=1,
+            guidance=dict(self.parameters.guidance), output=OutputSpec(),
+        )
+
+    def start(self, conditioning: Conditioning) -> DenoiseJob:
+        template = self.loaded["scheduler"]
+        scheduler = type(template).from_config(template.config)
+        scheduler.set_timesteps(conditioning.num_inference_steps, device=self.device)
+        scheduler.set_begin_index(0)  # what it would find itself on the first step, without a host sync
+        _, rows, cols = conditioning.img_shapes[0]
+        generator = torch.Generator("cpu").manual_seed(conditioning.seed)
+        channels = self.loaded["unet"].config.out_channels
+        noise = randn_tensor((1, channels, rows, cols), generator=generator, device=self.device, dtype=self.dtype)
+        device_inputs = {
+            name: self.to_device(getattr(conditioning, name))
+            for name in ("prompt_embeds", "negative_prompt_embeds", "image_latents")
+            if getattr(conditioning, name) is not None
+        }
+        guided_rows = 3 if conditioning.guided else 1
+        return DenoiseJob(
+            conditioning=conditioning,
+            latents=noise * scheduler.init_noise_sigma,
+            scheduler=scheduler,
+            timesteps=scheduler.timesteps,
+            generator=generator,
+            bucket=conditioning.img_shapes,  # one UNet batch needs one latent size
+            device_inputs=device_inputs,
+            rows=guided_rows,
+            tokens=guided_rows * (rows * cols + conditioning.prompt_embeds.shape[0]),
+            step_kwargs=self.pipe.prepare_extra_step_kwargs(generator, eta=0.0),  # ancestral noise from its seed
+        )
+
+    @torch.no_grad()
+    def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
+        samples, embeds, timesteps = [], [], []
+        for job in jobs:
+            inputs = job.device_inputs
+            image = inputs["image_latents"][None]
+            if job.conditioning.guided:  # rows: (image, text), (image, no text), (no image, no text)
+                sample = torch.cat([job.latents] * 3)
+                images = torch.cat([image, image, torch.zeros_like(image)])
+                texts = [inputs["prompt_embeds"], inputs["negative_prompt_embeds"], inputs["negative_prompt_embeds"]]
+            else:
+                sample, images, texts = job.latents, image, [inputs["prompt_embeds"]]
+            scaled = job.scheduler.scale_model_input(sample, job.timestep)
+            samples.append(torch.cat([scaled, images], dim=1))
+            embeds += texts
+            timesteps.append(job.timestep.expand(sample.shape[0]))
+        noise_pred = self.loaded["unet"](
+            torch.cat(samples), torch.cat(timesteps), encoder_hidden_states=torch.stack(embeds), return_dict=False
+        )[0]
+
+        predictions, row = [], 0
+        for job in jobs:
+            if job.conditioning.guided:
+                text, image, uncond = noise_pred[row : row + 3].chunk(3)
+                s_t, s_i = job.conditioning.guidance["guidance_scale"], job.conditioning.guidance["image_guidance_scale"]
+                predictions.append(uncond + s_t * (text - image) + s_i * (image - uncond))  # diffusers' order of terms
+                row += 3
+            else:
+                predictions.append(noise_pred[row : row + 1])
+                row += 1
+        return predictions
+
+    def predicted_clean(self, job: DenoiseJob, noise_pred: torch.Tensor) -> torch.Tensor:
+        return job.latents - job.scheduler.sigmas[job.step_index].to(job.latents.device) * noise_pred
+
+    # ---- Decoder -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode(self, latents: Latents) -> np.ndarray:
+        vae = self.loaded["vae"]
+        sample = self.to_device(latents.latents, vae.dtype)[None]  # (1, C, h, w)
+        image = vae.decode(sample / vae.config.scaling_factor, return_dict=False)[0]
+        return self.pipe.image_processor.postprocess(image, output_type="np", do_denormalize=[True])[0]
