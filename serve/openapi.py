@@ -13,7 +13,7 @@ EDIT_FORM = {
     "additionalProperties": False,  # any other field is refused with a 400 naming it
     "properties": {
         "image": {
-            "description": "1 image file (or 1-3 for Edit-Plus models, also as `image[]`): PNG, JPEG or WebP.",
+            "description": "1 image file (1-3 for Qwen-Image-Edit-Plus models, also as `image[]`): PNG, JPEG or WebP.",
             "oneOf": [
                 {"type": "string", "format": "binary"},
                 {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1, "maxItems": 3},
@@ -23,18 +23,26 @@ EDIT_FORM = {
         "prompt": {"type": "string", "minLength": 1, "description": "The edit instruction, in any language."},
         "n": {"type": "integer", "minimum": 1, "maximum": 4, "default": 1, "description": "Images to make; image i uses seed + i."},
         "size": {"type": "string", "pattern": "^(auto|[0-9]+x[0-9]+)$", "default": "auto",
-                 "description": "WIDTHxHEIGHT (multiples of the model's latent grid, 16 for real models) or auto."},
+                 "description": "WIDTHxHEIGHT (multiples of the model's latent grid, 16 for real models) or auto. "
+                 "InstructPix2Pix models take only auto: they edit at the input's size."},
         "response_format": {"type": "string", "enum": ["b64_json"], "default": "b64_json"},
         "output_format": {"type": "string", "enum": ["png", "jpeg", "webp"], "default": "png"},
         "output_compression": {"type": "integer", "minimum": 0, "maximum": 100, "default": 100,
                                "description": "JPEG/WebP quality; 100 is best. Ignored for PNG."},
         "model": {"type": "string", "description": "Optional; must name the served model (see /v1/models)."},
-        "negative_prompt": {"type": "string", "default": " ", "description": "What to steer away from (true CFG)."},
+        "negative_prompt": {"type": "string", "description": "What to steer away from. Default: ' ' for "
+                            "Qwen-Image-Edit (true CFG on), none (the empty prompt) for InstructPix2Pix."},
         "seed": {"type": "integer", "minimum": 0, "description": "Same seed and inputs give the same image; random if unset."},
         "num_inference_steps": {"type": "integer", "minimum": 1,
                                 "description": "Default: the model's; at most `limits.max_steps` (200)."},
         "true_cfg_scale": {"type": "number", "minimum": 0, "maximum": MAX_CFG_SCALE, "default": 4.0,
-                           "description": "True classifier-free guidance scale; <= 1 turns it off."},
+                           "description": "Qwen-Image-Edit only: true classifier-free guidance scale; <= 1 turns it off."},
+        "guidance_scale": {"type": "number", "minimum": 0, "maximum": MAX_CFG_SCALE, "default": 7.5,
+                           "description": "InstructPix2Pix only: text guidance s_T, how strongly the instruction "
+                           "applies (5-10 typical). Guidance runs when it is > 1 and image_guidance_scale >= 1."},
+        "image_guidance_scale": {"type": "number", "minimum": 0, "maximum": MAX_CFG_SCALE, "default": 1.5,
+                                 "description": "InstructPix2Pix only: image guidance s_I, how closely the output "
+                                 "follows the input image (1-1.5 typical)."},
         "timeout": {"type": "number", "minimum": 1, "description": "This request's deadline in seconds (504 past it)."},
         "stream": {"type": "boolean", "default": False, "description": "Answer as Server-Sent Events (n must be 1)."},
         "partial_images": {"type": "integer", "minimum": 0, "maximum": MAX_PARTIAL_IMAGES, "default": 0,

@@ -27,8 +27,10 @@ from cluster.bulk.stages import DecodeActor, DenoiseActor, EncodeActor
 from cluster.bulk.tally import Tally
 from deployments import metrics
 from deployments.contracts import OUTPUT_FORMATS
+from deployments.errors import InvalidInputError
 from deployments.fast_path import ATTENTION_BACKENDS, FastPath
 from deployments.models import model_name, resolve_model
+from deployments.parameters import PARAMETERS
 from deployments.settings import model_from_env
 
 
@@ -39,10 +41,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", required=True, type=Path, help="output directory OUT")
     p.add_argument("--model", default=None, help="checkpoint directory or hub id (default: $MODEL or the tiny model)")
     d = p.add_argument_group("defaults for the manifest's optional columns")
-    d.add_argument("--negative-prompt", default=" ")
+    d.add_argument("--negative-prompt", default=None,
+                   help="default: the model family's (' ' for Qwen-Image-Edit, none for InstructPix2Pix)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    d.add_argument("--cfg", type=float, default=4.0, help="true CFG scale")
+    d.add_argument("--cfg", type=float, default=None, help="Qwen-Image-Edit: true CFG scale (4.0)")
+    d.add_argument("--guidance-scale", type=float, default=None, help="InstructPix2Pix: text guidance s_T (7.5)")
+    d.add_argument("--image-guidance-scale", type=float, default=None, help="InstructPix2Pix: image guidance s_I (1.5)")
     d.add_argument("--output-format", choices=OUTPUT_FORMATS, default="png")
     d.add_argument("--size", default="auto", help="WIDTHxHEIGHT or auto")
     r = p.add_argument_group("resources (defaults fit one GPU, or this CPU machine)")
@@ -75,10 +80,16 @@ def main(argv=None) -> int:
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "results").mkdir(parents=True, exist_ok=True)
 
+    parameters = PARAMETERS[spec.pipeline_class]
+    flags = {"true_cfg_scale": args.cfg, "guidance_scale": args.guidance_scale, "image_guidance_scale": args.image_guidance_scale}
     manifest = pyarrow.dataset.dataset(args.manifest, format="parquet")
     try:
-        check_schema(manifest.schema)
+        parameters.check(flags)
+        check_schema(manifest.schema, parameters)
         check_ids(manifest.to_table(columns=["id"]).column("id"))
+    except InvalidInputError as e:
+        print(f"error: --{FLAGS[e.param]}: {e.message}", file=sys.stderr)
+        return 2
     except ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -86,9 +97,10 @@ def main(argv=None) -> int:
     removed = remove_partial_files(out)
     done = compact(out)
     print(f"resuming: {len(done)} id(s) already ok, {removed} partial file(s) removed", flush=True)
+    negative = parameters.default_negative_prompt if args.negative_prompt is None else args.negative_prompt
     defaults = Defaults(
-        negative_prompt=args.negative_prompt, seed=args.seed, true_cfg_scale=args.cfg, output_format=args.output_format,
-        size=args.size, num_inference_steps=args.steps or spec.settings.default_num_inference_steps,
+        negative_prompt=negative, seed=args.seed, output_format=args.output_format, size=args.size,
+        num_inference_steps=args.steps or spec.settings.default_num_inference_steps, **parameters.guidance_of(flags),
     )
     connect(args)
     tally = Tally(model=model_name(model), skipped=len(done))
@@ -98,6 +110,7 @@ def main(argv=None) -> int:
 
 
 STAGES = ("encoder", "denoiser", "decoder")
+FLAGS = {"true_cfg_scale": "cfg", "guidance_scale": "guidance-scale", "image_guidance_scale": "image-guidance-scale"}
 REQUESTS_CPUS = 0.25  # reading files and building requests is light work
 
 

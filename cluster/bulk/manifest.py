@@ -2,7 +2,9 @@
 
 Required columns: `id` (string, unique), `image` (a path/URI string, or a list of 1-3 for Edit-Plus
 models), `instruction` (string). Optional: `negative_prompt`, `seed`, `num_inference_steps`,
-`true_cfg_scale`, `output_format`, `size`; missing ones take the job's defaults.
+`output_format`, `size`, and the model family's guidance fields (`true_cfg_scale` for
+Qwen-Image-Edit; `guidance_scale`, `image_guidance_scale` for InstructPix2Pix); missing ones (and
+null values) take the job's defaults. A column of the other family's fields is refused.
 """
 
 from collections import Counter
@@ -10,12 +12,14 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from deployments.parameters import GUIDANCE_FIELDS, FamilyParameters
+
 REQUIRED = ("id", "image", "instruction")
 OPTIONAL_TYPES = {
     "negative_prompt": (pa.types.is_string, pa.types.is_large_string),
     "seed": (pa.types.is_integer,),
     "num_inference_steps": (pa.types.is_integer,),
-    "true_cfg_scale": (pa.types.is_floating, pa.types.is_integer),
+    **{name: (pa.types.is_floating, pa.types.is_integer) for name in GUIDANCE_FIELDS},
     "output_format": (pa.types.is_string, pa.types.is_large_string),
     "size": (pa.types.is_string, pa.types.is_large_string),
 }
@@ -36,9 +40,13 @@ def _is_image_column(t: pa.DataType) -> bool:
     return (pa.types.is_list(t) or pa.types.is_large_list(t)) and _is_string(t.value_type)
 
 
-def check_schema(schema: pa.Schema) -> None:
-    """Raises ManifestError naming each missing or wrongly typed column."""
+def check_schema(schema: pa.Schema, parameters: FamilyParameters) -> None:
+    """Raises ManifestError naming each missing, wrongly typed or (for the model's family) foreign column."""
     problems = [f"missing required column {name!r}" for name in REQUIRED if name not in schema.names]
+    problems += [
+        f"column {name!r} does not apply to {parameters.family} models (they take {', '.join(parameters.guidance)})"
+        for name in GUIDANCE_FIELDS if name in schema.names and name not in parameters.guidance
+    ]
     types = {field.name: field.type for field in schema}
     if "id" in types and not _is_string(types["id"]):
         problems.append(f"column 'id' must be string, got {types['id']}")

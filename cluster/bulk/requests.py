@@ -13,6 +13,7 @@ import pyarrow.fs
 
 from deployments.contracts import EditRequest, OutputSpec
 from deployments.errors import EditError, InvalidInputError
+from deployments.parameters import GUIDANCE_FIELDS
 
 SIZE_AUTO = "auto"
 
@@ -21,10 +22,12 @@ SIZE_AUTO = "auto"
 class Defaults:
     """Values for the manifest's optional columns, from the command line."""
 
-    negative_prompt: str = " "
+    negative_prompt: str | None = " "
     seed: int = 0
     num_inference_steps: int = 8
-    true_cfg_scale: float = 4.0
+    true_cfg_scale: float | None = None  # guidance fields: None where the model's family doesn't take them
+    guidance_scale: float | None = None
+    image_guidance_scale: float | None = None
     output_format: str = "png"
     size: str = SIZE_AUTO
 
@@ -60,7 +63,7 @@ class ToRequests:
             "negative_prompt": value("negative_prompt"),
             "seed": int(value("seed")),
             "num_inference_steps": int(value("num_inference_steps")),
-            "true_cfg_scale": float(value("true_cfg_scale")),
+            **{name: None if value(name) is None else float(value(name)) for name in GUIDANCE_FIELDS},
             "output_format": value("output_format"),
             "size": value("size"),
         }
@@ -74,7 +77,7 @@ class ToRequests:
             negative_prompt=params["negative_prompt"],
             seed=params["seed"],
             num_inference_steps=params["num_inference_steps"],
-            true_cfg_scale=params["true_cfg_scale"],
+            **{name: params[name] for name in GUIDANCE_FIELDS},
             width=width,
             height=height,
             output=OutputSpec(format=params["output_format"]),

@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster.bulk.outputs import write_atomic
+from deployments.parameters import GUIDANCE_FIELDS
 
 RESULT_COLUMNS = [
     "id", "status", "output", "error", "model", "instruction", "negative_prompt", "seed",
-    "num_inference_steps", "true_cfg_scale", "output_format", "size", "encode_s", "denoise_s", "decode_s",
+    "num_inference_steps", *GUIDANCE_FIELDS, "output_format", "size", "encode_s", "denoise_s", "decode_s",
     "started_at", "finished_at",
 ]
 STAGE_SECONDS = ("encode_s", "denoise_s", "decode_s")
@@ -67,4 +68,6 @@ def to_result_rows(batch: pd.DataFrame, model: str) -> pd.DataFrame:
             rows[column] = None
     for column in TIMES:
         rows[column] = pd.to_datetime(rows[column], unit="s", utc=True)
+    for column in GUIDANCE_FIELDS:  # float64 with NaN where the family takes no such field: one schema for all parts
+        rows[column] = rows[column].astype("float64")
     return rows[RESULT_COLUMNS]

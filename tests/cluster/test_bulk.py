@@ -139,3 +139,49 @@ def test_stage_actors_killed_mid_job_still_exactly_once(manifest, tiny_checkpoin
             os.killpg(job.pid, signal.SIGKILL)
     assert job.returncode == 1, output[-4000:]  # the bad rows; everything else was edited
     check_exactly_once(out, manifest)
+
+
+def ip2p_manifest(root: Path, **extra_columns) -> Path:
+    (root / "imgs").mkdir(parents=True)
+    rows = []
+    for i in range(6):
+        (root / "imgs" / f"{i}.png").write_bytes(image_bytes(random_image(48 + 8 * i, 40, seed=i)))
+        rows.append({"id": f"pix-{i}", "image": f"imgs/{i}.png", "instruction": f"make it snow, {i}", "seed": i,
+                     "guidance_scale": [None, 1.0, 9.0, 7.5, None, 5.0][i], "image_guidance_scale": [None, 1.5, 1.0, 2.0, 1.2, None][i],
+                     "size": "64x64" if i == 5 else None, **{name: value[i] for name, value in extra_columns.items()}})
+    path = root / "manifest.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_bulk_job_with_instruct_pix2pix_takes_its_guidance_per_row(tiny_checkpoints, tmp_path):
+    manifest, out, model = ip2p_manifest(tmp_path / "in"), tmp_path / "out", tiny_checkpoints["ip2p"]
+    done = subprocess.run(bulk_command(manifest, out, model), capture_output=True, text=True, timeout=480)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]  # the row asking for a size is an error
+    table = results(out).set_index("id").sort_index()
+    assert list(table["status"]) == ["ok"] * 5 + ["error"]
+    assert "size: InstructPix2Pix models edit at the input image's size" in table.loc["pix-5", "error"]
+    # Effective parameters: the row's own, else the family's defaults (7.5 and 1.5); no Qwen field.
+    assert list(table["guidance_scale"][:5]) == [7.5, 1.0, 9.0, 7.5, 7.5]
+    assert list(table["image_guidance_scale"][:5]) == [1.5, 1.5, 1.0, 2.0, 1.2]
+    assert table["true_cfg_scale"].isna().all() and table["negative_prompt"].isna().all()
+
+    # A row's image is the engine's (which equals diffusers', tests/engine/test_instruct_pix2pix.py).
+    request = EditRequest(images=((manifest.parent / "imgs" / "2.png").read_bytes(),), prompt="make it snow, 2", seed=2,
+                          num_inference_steps=2, guidance_scale=9.0, image_guidance_scale=1.0)
+    expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
+    bulk = np.asarray(Image.open(out / table.loc["pix-2", "output"]), dtype=np.int16)
+    assert bulk.shape == (40, 64, 3)  # the input's size
+    assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
+
+
+@pytest.mark.parametrize("extra, flags, fragment", [
+    ({"true_cfg_scale": [4.0] * 6}, [], "column 'true_cfg_scale' does not apply to InstructPix2Pix models"),
+    ({}, ["--cfg", "4"], "--cfg: true_cfg_scale: does not apply to InstructPix2Pix models"),
+])
+def test_bulk_job_refuses_the_other_family_s_fields_before_any_work(tiny_checkpoints, tmp_path, extra, flags, fragment):
+    manifest = ip2p_manifest(tmp_path / "in", **extra)
+    done = subprocess.run(bulk_command(manifest, tmp_path / "out", tiny_checkpoints["ip2p"]) + flags,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and fragment in done.stderr, done.stderr[-2000:]
+    assert not list((tmp_path / "out" / "results").glob("*.parquet"))

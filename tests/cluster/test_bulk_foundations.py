@@ -7,6 +7,9 @@ import pytest
 from cluster.bulk.manifest import ManifestError, check_ids, check_schema
 from cluster.bulk.outputs import TEMP_SUFFIX, inside, remove_partial_files, safe_name, write_atomic
 from cluster.bulk.tally import Tally
+from deployments.parameters import PARAMETERS
+
+QWEN, IP2P = PARAMETERS["QwenImageEditPlusPipeline"], PARAMETERS["StableDiffusionInstructPix2PixPipeline"]
 
 
 def schema(**columns) -> pa.Schema:
@@ -15,14 +18,22 @@ def schema(**columns) -> pa.Schema:
 
 
 def test_a_valid_schema_passes():
-    check_schema(schema(seed=pa.int64(), true_cfg_scale=pa.float32(), size=pa.string()))
-    check_schema(schema(image=pa.list_(pa.string())))  # Edit-Plus: 1-3 images per row
+    check_schema(schema(seed=pa.int64(), true_cfg_scale=pa.float32(), size=pa.string()), QWEN)
+    check_schema(schema(image=pa.list_(pa.string())), QWEN)  # Edit-Plus: 1-3 images per row
+    check_schema(schema(guidance_scale=pa.float64(), image_guidance_scale=pa.int32()), IP2P)
+
+
+def test_guidance_columns_of_the_other_family_are_refused():
+    with pytest.raises(ManifestError, match="column 'true_cfg_scale' does not apply to InstructPix2Pix models"):
+        check_schema(schema(true_cfg_scale=pa.float64()), IP2P)
+    with pytest.raises(ManifestError, match="column 'image_guidance_scale' does not apply to Qwen-Image-Edit"):
+        check_schema(schema(image_guidance_scale=pa.float64()), QWEN)
 
 
 def test_missing_and_mistyped_columns_are_all_named():
     bad = pa.schema([("id", pa.int64()), ("image", pa.int32()), ("seed", pa.string())])
     with pytest.raises(ManifestError) as info:
-        check_schema(bad)
+        check_schema(bad, QWEN)
     message = str(info.value)
     assert "missing required column 'instruction'" in message
     assert "'id' must be string, got int64" in message
