@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.contracts import EditRequest, OutputSpec
+from deployments.contracts import EditRequest
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
