@@ -76,13 +76,15 @@ def main() -> None:
         flush=True,
     )
 
+    # Ctrl-C and SIGTERM only ask for a stop: a KeyboardInterrupt raised inside Ray's shutdown calls
+    # would abandon it half-way (seen: the interrupted process then took a minute to go).
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
     print("Shutting down...", flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the shutdown either
     serve.shutdown()
     ray.shutdown()
 

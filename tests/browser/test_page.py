@@ -2,16 +2,14 @@
 `python -m serve` with the tiny model: upload, instruct, watch the progress bar and previews, get the
 result; an empty instruction shows its error by the field. Screenshots go to the test's temp dir."""
 
-import shutil
 import time
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from cluster.bench import served_app
+from tests.browser.support import shown
 from tests.helpers import image_bytes, random_image
 
 
@@ -19,19 +17,6 @@ from tests.helpers import image_bytes, random_image
 def page_url(tiny_checkpoints):
     with served_app(tiny_checkpoints["edit-plus"], continuous=True) as app:
         yield app.base + "/"
-
-
-@pytest.fixture
-def browser():
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "`make test` installs Debian's chromium and chromium-driver"
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1400"):
-        options.add_argument(argument)
-    session = webdriver.Chrome(service=Service(driver), options=options)  # a local driver: nothing is downloaded
-    yield session
-    session.quit()
 
 
 def test_edit_by_hand_with_progress_previews_and_result(page_url, browser, tmp_path):
@@ -76,40 +61,9 @@ def test_an_empty_instruction_shows_its_error_by_the_field(page_url, browser, tm
     assert browser.find_element(By.ID, "panes").get_attribute("hidden") is not None  # no result shown
 
 
-def shown(browser, name: str) -> bool:
-    return browser.find_element(By.NAME, name).is_displayed()
-
-
 def test_the_page_shows_the_fields_of_the_served_family(page_url, browser):
     browser.get(page_url)
     browser.find_element(By.TAG_NAME, "summary").click()
     WebDriverWait(browser, 30).until(lambda b: "Qwen-Image-Edit" in b.find_element(By.ID, "model").text)
     assert shown(browser, "true_cfg_scale") and shown(browser, "size")
     assert not shown(browser, "guidance_scale") and not shown(browser, "image_guidance_scale")
-
-
-@pytest.fixture(scope="module")
-def pix2pix_page_url(tiny_checkpoints):
-    with served_app(tiny_checkpoints["ip2p"], continuous=True) as app:
-        yield app.base + "/"
-
-
-def test_an_instruct_pix2pix_edit_by_hand(pix2pix_page_url, browser, tmp_path):
-    photo = tmp_path / "photo.png"
-    photo.write_bytes(image_bytes(random_image(80, 48, seed=4)))
-    browser.get(pix2pix_page_url)
-    browser.find_element(By.TAG_NAME, "summary").click()
-    WebDriverWait(browser, 30).until(lambda b: "InstructPix2Pix" in b.find_element(By.ID, "model").text)
-    assert shown(browser, "guidance_scale") and shown(browser, "image_guidance_scale")
-    assert not shown(browser, "true_cfg_scale") and not shown(browser, "size")  # it edits at the input's size
-    assert browser.find_element(By.NAME, "guidance_scale").get_attribute("placeholder") == "7.5"
-    browser.find_element(By.ID, "files").send_keys(str(photo))
-    browser.find_element(By.ID, "prompt").send_keys("make it snow")
-    browser.find_element(By.NAME, "num_inference_steps").send_keys("6")
-    browser.find_element(By.NAME, "guidance_scale").send_keys("6")
-    browser.find_element(By.ID, "submit").click()
-    WebDriverWait(browser, 120).until(lambda b: b.find_element(By.ID, "status").text.startswith("Done"))
-    browser.save_screenshot(str(tmp_path / "4-pix2pix.png"))
-    assert "80x48" in browser.find_element(By.ID, "status").text
-    params = browser.find_element(By.ID, "params").text
-    assert '"guidance_scale": "6"' in params and "size" not in params
