@@ -65,10 +65,14 @@ def test_saturation_answers_503_quickly_and_admitted_requests_finish(ray_cluster
             results = list(pool.map(one, range(10)))
     codes = [r.status_code for r, _ in results]
     assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 5, codes
+    # Refused without waiting for room: in well under the time an admitted edit takes. (Measured in the
+    # same run rather than in seconds: a refusal comes after encoding, ~2.6 s here alone, and a loaded
+    # 2-core machine stretches that; admitted edits took 10-17 s.)
+    fastest_admitted = min(seconds for response, seconds in results if response.status_code == 200)
     for response, seconds in results:
         if response.status_code == 503:
             assert response.headers["Retry-After"] == "2" and response.json()["error"]["type"] == "overloaded"
-            assert seconds < 5, f"a refusal took {seconds:.1f}s"
+            assert seconds < fastest_admitted / 2, f"a refusal took {seconds:.1f}s, an admitted edit {fastest_admitted:.1f}s"
 
 
 def test_deadline_answers_504_and_frees_the_work(client):
