@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from PIL import Image
 
 from cluster.bench import CONFIG, Job, input_image, run_served, served_app
@@ -40,10 +41,10 @@ from deployments.encoder import Encoder
 from deployments.fast_path import ATTENTION_BACKENDS, FastPath
 from deployments.models import default_device, default_dtype, load_components, resolve_model
 from deployments.settings import EngineSettings
-from serve.__main__ import load_config
 
 PROMPT = "change the red dress to a blue long-sleeved shirt"
 CONCURRENCY = (1, 2, 4)
+STAGES = ("encoder", "denoiser", "decoder")
 
 
 def sync(device: torch.device) -> None:
@@ -136,10 +137,15 @@ def run_staged(model: str, device: torch.device, image_bytes: bytes, size: int, 
     }
 
 
+def gpus_per_replica(config: Path) -> float:
+    """The most GPUs one replica of any stage in the Serve config file asks for (Serve's default: 0)."""
+    args = yaml.safe_load(config.read_text())["applications"][0].get("args") or {}
+    options = [((args.get(stage) or {}).get("deployment") or {}).get("ray_actor_options") or {} for stage in STAGES]
+    return max(float(option.get("num_gpus", 0)) for option in options)
+
+
 def run_endpoint(model: str, config: Path, size: int, steps: int, per_client: int, max_seconds: float) -> dict:
-    _, settings = load_config(config, port=None)
-    wanted = max(stage.deployment.ray_actor_options.num_gpus for stage in (settings.encoder, settings.denoiser, settings.decoder))
-    if wanted > torch.cuda.device_count():  # Ray would wait for them forever
+    if gpus_per_replica(config) > torch.cuda.device_count():  # Ray would wait for them forever
         raise SystemExit(f"{config} asks for GPUs and this machine has {torch.cuda.device_count()}; "
                          "give --serve-config serve/config.yaml on a CPU")
     image, results = input_image(size), {}

@@ -86,6 +86,27 @@ class ModelFamily(ABC):
     def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
         """Prompt embeddings (and negative ones with CFG) and image latents; tensors on the CPU."""
 
+    def _check_prompt_lengths(self, request: EditRequest, guided: bool, tokenizer, limit: int, counted: str = "") -> None:
+        """Refuses a prompt (and, when guidance uses it, a negative prompt) longer than `limit` tokens:
+        diffusers would cut it silently."""
+        texts = {"prompt": request.prompt, "negative_prompt": request.negative_prompt if guided else None}
+        for param, text in texts.items():
+            tokens = 0 if text is None else len(tokenizer(text).input_ids)
+            if tokens > limit:
+                raise InvalidInputError(param, f"may be at most {limit} tokens{counted}, got {tokens}")
+
+    def _conditioning(self, request: EditRequest, guidance: dict[str, float], **encoded) -> Conditioning:
+        """The Conditioning of `encoded` (tensors, shapes, output size) with what the request itself decides."""
+        return Conditioning(
+            request_id=request.request_id,
+            seed=request.seed,
+            num_inference_steps=request.num_inference_steps or self.spec.settings.default_num_inference_steps,
+            guidance=guidance,
+            output=request.output,
+            timings=request.timings,
+            **encoded,
+        )
+
     # Denoiser side
     @abstractmethod
     def warm_up_conditioning(self) -> Conditioning:

@@ -63,9 +63,9 @@ class InstructPix2Pix(ModelFamily):
     def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
         guidance = self.parameters.guidance_of(request.given())
         guided = guidance["guidance_scale"] > 1 and guidance["image_guidance_scale"] >= 1  # diffusers' rule
-        self._check_prompt_length("prompt", request.prompt)
-        if guided and request.negative_prompt is not None:
-            self._check_prompt_length("negative_prompt", request.negative_prompt)
+        tokenizer = self.loaded["tokenizer"]  # CLIP: what it would cut off, diffusers truncates with a log line
+        limit = min(tokenizer.model_max_length, self.spec.settings.max_prompt_tokens)
+        self._check_prompt_lengths(request, guided, tokenizer, limit, counted=" (start and end included)")
         image = images[0]
         width, height = self._working_size(image)
         pixels = self.pipe.image_processor.preprocess(image, height, width)  # (1, 3, H, W) in [-1, 1]
@@ -76,8 +76,9 @@ class InstructPix2Pix(ModelFamily):
         prompt_embeds, latents = self.to_host(embeds[0], image_latents[0])
         negative_embeds = self.to_host(embeds[1])[0] if guided else None
         grid = (1, latents.shape[1], latents.shape[2])
-        return Conditioning(
-            request_id=request.request_id,
+        return self._conditioning(
+            request,
+            guidance,
             prompt_embeds=prompt_embeds,
             prompt_embeds_mask=None,
             negative_prompt_embeds=negative_embeds,
@@ -86,20 +87,7 @@ class InstructPix2Pix(ModelFamily):
             img_shapes=(grid, grid),
             height=height,
             width=width,
-            seed=request.seed,
-            num_inference_steps=request.num_inference_steps or self.spec.settings.default_num_inference_steps,
-            guidance=guidance,
-            output=request.output,
-            timings=request.timings,
         )
-
-    def _check_prompt_length(self, param: str, text: str) -> None:
-        """Refuses what CLIP would cut off (diffusers truncates silently, with a log line)."""
-        tokenizer = self.loaded["tokenizer"]
-        tokens = len(tokenizer(text).input_ids)
-        limit = min(tokenizer.model_max_length, self.spec.settings.max_prompt_tokens)
-        if tokens > limit:
-            raise InvalidInputError(param, f"may be at most {limit} tokens (start and end included), got {tokens}")
 
     def _working_size(self, image: Image.Image) -> tuple[int, int]:
         """The input's size (as diffusers, floored to the VAE's multiple), scaled down first if its

@@ -56,9 +56,7 @@ class QwenImageEdit(ModelFamily):
     def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
         guidance = self.parameters.guidance_of(request.given())
         true_cfg = request.negative_prompt is not None and guidance["true_cfg_scale"] > 1  # diffusers' rule
-        self._check_prompt_length("prompt", request.prompt)
-        if true_cfg:
-            self._check_prompt_length("negative_prompt", request.negative_prompt)
+        self._check_prompt_lengths(request, true_cfg, self.pipe.processor.tokenizer, self.spec.settings.max_prompt_tokens)
         condition_images, vae_images, vae_sizes = self._prepare_images(images)
         width, height = self._output_size(request, images)
         prompt_embeds, prompt_mask = self._encode_prompt(request.prompt, condition_images)
@@ -66,8 +64,9 @@ class QwenImageEdit(ModelFamily):
         if true_cfg:
             negative_embeds, negative_mask = self._encode_prompt(request.negative_prompt, condition_images)
         scale = self.pipe.vae_scale_factor * 2
-        return Conditioning(
-            request_id=request.request_id,
+        return self._conditioning(
+            request,
+            guidance,
             prompt_embeds=prompt_embeds,
             prompt_embeds_mask=prompt_mask,
             negative_prompt_embeds=negative_embeds,
@@ -76,19 +75,7 @@ class QwenImageEdit(ModelFamily):
             img_shapes=((1, height // scale, width // scale), *[(1, h // scale, w // scale) for w, h in vae_sizes]),
             height=height,
             width=width,
-            seed=request.seed,
-            num_inference_steps=request.num_inference_steps or self.spec.settings.default_num_inference_steps,
-            guidance=guidance,
-            output=request.output,
-            timings=request.timings,
         )
-
-    def _check_prompt_length(self, param: str, text: str) -> None:
-        """Refuses a prompt longer than the engine's token limit (diffusers would silently cut it)."""
-        tokens = len(self.pipe.processor.tokenizer(text).input_ids)
-        limit = self.spec.settings.max_prompt_tokens
-        if tokens > limit:
-            raise InvalidInputError(param, f"may be at most {limit} tokens, got {tokens}")
 
     def _prepare_images(self, images: list[Image.Image]):
         """Condition image(s) for the VL encoder (PIL) and VAE image(s) (B, C, 1, H, W) with their sizes."""

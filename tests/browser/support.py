@@ -1,4 +1,14 @@
+"""Helpers shared by the page tests."""
+
 from selenium.webdriver.common.by import By
+
+from cluster.bench import served_app
+
+
+def served_page(model: str):
+    """For a module fixture: the page's URL on `python -m serve` with `model`, stopped afterwards."""
+    with served_app(model, continuous=True) as app:
+        yield app.base + "/"
 
 
 def shown(browser, name: str) -> bool:

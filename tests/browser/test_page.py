@@ -8,15 +8,13 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from cluster.bench import served_app
-from tests.browser.support import shown
+from tests.browser.support import served_page, shown
 from tests.helpers import image_bytes, random_image
 
 
 @pytest.fixture(scope="module")
 def page_url(tiny_checkpoints):
-    with served_app(tiny_checkpoints["edit-plus"], continuous=True) as app:
-        yield app.base + "/"
+    yield from served_page(tiny_checkpoints["edit-plus"])
 
 
 def test_edit_by_hand_with_progress_previews_and_result(page_url, browser, tmp_path):

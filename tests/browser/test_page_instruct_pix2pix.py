@@ -6,15 +6,13 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from cluster.bench import served_app
-from tests.browser.support import shown
+from tests.browser.support import served_page, shown
 from tests.helpers import image_bytes, random_image
 
 
 @pytest.fixture(scope="module")
 def page_url(tiny_checkpoints):
-    with served_app(tiny_checkpoints["ip2p"], continuous=True) as app:
-        yield app.base + "/"
+    yield from served_page(tiny_checkpoints["ip2p"])
 
 
 def test_an_instruct_pix2pix_edit_by_hand(page_url, browser, tmp_path):

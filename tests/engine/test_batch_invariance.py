@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from deployments.contracts import EditRequest
+from tests.engine.support import denoise_joining
 from tests.helpers import image_bytes, random_image
 
 SAME_SHAPE = image_bytes(random_image(96, 64, seed=1))
@@ -30,21 +31,9 @@ def test_batched_requests_match_solo(stages, conditionings):
     denoiser = stages["edit-plus"].denoiser
     solo = [denoiser.denoise([c])[0].latents for c in conditionings]
 
-    forwards = []
-    hook = denoiser.family.loaded["transformer"].register_forward_hook(lambda module, args, output: forwards.append(1))
-    try:
-        jobs, step = [], 0
-        while len(jobs) < len(REQUESTS) or any(not job.done for job in jobs):
-            jobs += [denoiser.start(c) for c, join in zip(conditionings, JOIN_AT_STEP) if join == step]
-            denoiser.step([job for job in jobs if not job.done])
-            step += 1
-    finally:
-        hook.remove()
-    batched = [denoiser.finish(job).latents for job in jobs]
-
-    order = sorted(range(len(REQUESTS)), key=lambda i: JOIN_AT_STEP[i])  # jobs were appended in join order
-    for job_index, request_index in enumerate(order):
-        assert torch.allclose(batched[job_index], solo[request_index], atol=1e-5, rtol=0), f"request {request_index}"
+    batched, forwards = denoise_joining(denoiser, conditionings, JOIN_AT_STEP)
+    for request_index, (together, alone) in enumerate(zip(batched, solo)):
+        assert torch.allclose(together, alone, atol=1e-5, rtol=0), f"request {request_index}"
 
     # Batching is real: one forward per shape bucket per step, not one per request.
     assert len(forwards) < sum(r["num_inference_steps"] for r in REQUESTS)

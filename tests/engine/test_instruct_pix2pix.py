@@ -13,6 +13,7 @@ from PIL import Image
 from deployments.contracts import EditRequest
 from deployments.errors import InvalidInputError
 from deployments.images import decode_image
+from tests.engine.support import denoise_joining
 from tests.helpers import image_bytes, random_image
 
 STEPS = 4
@@ -92,22 +93,11 @@ def test_batched_requests_with_different_guidance_match_solo(ip2p):
     denoiser = ip2p.denoiser
     solo = [denoiser.denoise([c])[0].latents for c in conditionings]
 
-    forwards = []
-    hook = denoiser.family.loaded["unet"].register_forward_hook(lambda module, args, output: forwards.append(args[0].shape[0]))
-    try:
-        jobs, step = [], 0
-        while len(jobs) < len(REQUESTS) or any(not job.done for job in jobs):
-            jobs += [denoiser.start(c) for c, join in zip(conditionings, JOIN_AT_STEP) if join == step]
-            denoiser.step([job for job in jobs if not job.done])
-            step += 1
-    finally:
-        hook.remove()
-    order = sorted(range(len(REQUESTS)), key=lambda i: JOIN_AT_STEP[i])
-    for job, request_index in zip(jobs, order):
+    batched, forwards = denoise_joining(denoiser, conditionings, JOIN_AT_STEP)
+    for request_index, (together, alone) in enumerate(zip(batched, solo)):
         # Equal to float32 rounding: oneDNN (like cuDNN) picks convolution kernels by batch size, so a
         # UNet row can differ in its last bits (seen: 3e-5 on latents of magnitude 64, a few ulp).
-        batched, alone = denoiser.finish(job).latents, solo[request_index]
-        assert (batched - alone).abs().max() <= 1e-6 * alone.abs().max(), f"request {request_index}"
+        assert (together - alone).abs().max() <= 1e-6 * alone.abs().max(), f"request {request_index}"
     assert max(forwards) == 3 + 1 + 3 + 3  # all four shared a forward: 3 rows guided, 1 unguided
 
 
