@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed-stamp
 install: $(STAMP)
 
 # pip (not uv/poetry): on the project's machines it takes torch/torchvision from local disk.
-$(STAMP): pyproject.toml
+# constraints.txt holds the versions the suite last passed with.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --constraint constraints.txt -e '.[test]'
 	touch $@
 
 # The online cluster in the foreground at http://127.0.0.1:$${PORT:-8000}, until Ctrl-C.
