@@ -1,8 +1,10 @@
-"""Small builders shared by tests: deterministic input images as encoded bytes."""
+"""Small helpers shared by tests: deterministic input images as encoded bytes, and the command lines
+of the processes Ray starts."""
 
 import io
 
 import numpy as np
+import psutil
 from PIL import Image
 
 
@@ -16,3 +18,12 @@ def image_bytes(image: Image.Image, format: str = "PNG", **save_args) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=format, **save_args)
     return buffer.getvalue()
+
+
+def command_line(process: psutil.Process) -> str:
+    """The process's command line, or "" when it ended (or is a zombie awaiting its parent) meanwhile:
+    Ray starts and reaps short-lived helper processes all the time."""
+    try:
+        return " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
+        return ""

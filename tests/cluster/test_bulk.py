@@ -20,7 +20,7 @@ from deployments.contracts import EditRequest
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
-from tests.helpers import image_bytes, random_image
+from tests.helpers import command_line, image_bytes, random_image
 
 GOOD_ROWS = 24  # enough that every fault below lands mid-job (~1.5 rows/s here)
 BAD_ROWS = {  # id -> (image, instruction, size, expected error fragment)
@@ -118,15 +118,6 @@ def test_killed_job_resumes_to_exactly_once(manifest, tiny_checkpoints, tmp_path
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=480)
     assert rerun.returncode == 1, rerun.stderr[-4000:]
     check_exactly_once(out, manifest)
-
-
-def command_line(process: psutil.Process) -> str:
-    """The process's command line, or "" when it ended (or is a zombie awaiting its parent) meanwhile:
-    Ray starts and reaps short-lived helper processes all the time."""
-    try:
-        return " ".join(process.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
-        return ""
 
 
 def test_stage_actors_killed_mid_job_still_exactly_once(manifest, tiny_checkpoints, tmp_path):

@@ -20,7 +20,7 @@ from deployments.encoder import Encoder
 from serve.app import build_app
 from serve.settings import DenoiserStage
 from serve.stages import DenoiserDeployment
-from tests.helpers import image_bytes, random_image
+from tests.helpers import command_line, image_bytes, random_image
 from tests.serve.support import APP, Client, app_settings
 
 PHOTO = image_bytes(random_image(64, 64, seed=5))
@@ -95,12 +95,7 @@ def test_a_client_that_goes_away_cancels_its_work(client):
 
 def replica_processes(app: str, deployment: str) -> list[psutil.Process]:
     title = f"ServeReplica:{app}:{deployment}"
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if any(title in part for part in process.info["cmdline"] or ()):
-                found.append(process)
-    return found
+    return [process for process in psutil.process_iter() if title in command_line(process)]
 
 
 def test_a_killed_replica_fails_fast_with_503_and_is_replaced(ray_cluster, tiny_checkpoints):
