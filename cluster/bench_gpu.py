@@ -130,10 +130,11 @@ def run_staged(model: str, device: torch.device, image_bytes: bytes, size: int, 
     total = time.perf_counter() - started
     step_ms = _median_ms(stamps)
     config = denoiser.family.loaded["transformer"].config
+    rows, tokens_per_row = job.footprint.rows, job.footprint.tokens // job.footprint.rows
     return {
         "end_to_end_s": round(total, 3), "ms_per_step": step_ms, "stage_s": stages, "peak_gib_per_stage": peaks,
-        "tokens_per_row": job.tokens // job.rows, "rows_per_step": job.rows,
-        "transformer_tflops": transformer_tflops(config, job.tokens // job.rows, job.rows, step_ms / 1000),
+        "tokens_per_row": tokens_per_row, "rows_per_step": rows,
+        "transformer_tflops": transformer_tflops(config, tokens_per_row, rows, step_ms / 1000),
     }
 
 

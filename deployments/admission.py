@@ -1,9 +1,11 @@
 """Which waiting requests join the denoising batch before the next step (continuous batching).
 
-One forward runs one latent shape (a "bucket"). Requests are admitted FIFO within the active
-bucket while the forward stays within a token budget (image + text tokens, CFG rows counted) and a
-row limit. Fairness across buckets by aging: once the oldest request of another bucket has waited
-`max_wait_steps` steps, the active bucket stops admitting and drains, and that bucket goes next.
+One engine step may hold several latent shapes ("buckets"); the Denoiser runs one forward per bucket.
+Requests are considered oldest first and admitted while the step stays within a token budget (image +
+text tokens, CFG rows counted, over all its buckets), a row limit and a limit on buckets per step.
+A younger request may pass one that does not fit (backfilling the room left), but not one that has
+waited `max_wait_steps` steps: from then on nothing younger is admitted, the batch drains until the
+starving request fits, and it goes next. A request larger than the budget on its own runs alone.
 """
 
 from collections.abc import Hashable, Sequence
@@ -12,8 +14,8 @@ from typing import Protocol, TypeVar
 
 
 class Candidate(Protocol):
-    bucket: Hashable
-    rows: int  # forward rows: 2 with true CFG, else 1
+    bucket: Hashable  # requests with equal buckets share one forward
+    rows: int  # forward rows: 2 with true CFG, else 1 (3 for guided InstructPix2Pix)
     tokens: int  # tokens across its rows per forward
     waited_steps: int  # engine steps it has spent waiting
 
@@ -27,30 +29,28 @@ class AdmissionPolicy:
     max_batch_rows: int
     max_wait_steps: int
     continuous: bool = True  # False: whole-request batching (admit only into an empty batch)
+    max_buckets_per_step: int = 4  # forwards per step; 1 = one latent shape at a time
 
     def admit(self, waiting: Sequence[T], active: Sequence[T]) -> list[T]:
         """The waiting requests (oldest first) to add to `active` before the next step."""
         if not waiting or (active and not self.continuous):
             return []
-        bucket = self._next_bucket(waiting, active)
-        if active and active[0].bucket != bucket:
-            return []  # drain the active bucket so a starving one can run
+        buckets = {r.bucket for r in active}
         rows = sum(r.rows for r in active)
         tokens = sum(r.tokens for r in active)
         admitted: list[T] = []
         for request in waiting:
-            if request.bucket != bucket:
-                continue
-            fits = rows + request.rows <= self.max_batch_rows and tokens + request.tokens <= self.token_budget
-            if not fits and (active or admitted):  # an oversized request still runs, alone
-                break
-            admitted.append(request)
-            rows += request.rows
-            tokens += request.tokens
+            fits = (
+                rows + request.rows <= self.max_batch_rows
+                and tokens + request.tokens <= self.token_budget
+                and len(buckets | {request.bucket}) <= self.max_buckets_per_step
+            )
+            alone = not active and not admitted  # an oversized request still runs, by itself
+            if fits or alone:
+                admitted.append(request)
+                buckets.add(request.bucket)
+                rows += request.rows
+                tokens += request.tokens
+            elif request.waited_steps >= self.max_wait_steps:
+                break  # starving: nobody younger passes it; the batch drains until it fits
         return admitted
-
-    def _next_bucket(self, waiting: Sequence[T], active: Sequence[T]) -> Hashable:
-        starving = next((r for r in waiting if r.waited_steps >= self.max_wait_steps), None)
-        if starving is not None:
-            return starving.bucket
-        return active[0].bucket if active else waiting[0].bucket

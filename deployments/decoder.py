@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from deployments.contracts import EditedImage, Latents
+from deployments.errors import EditError, each_or_error
 from deployments.fast_path import FastPath, prepare_vae
 from deployments.families import load_family
 from deployments.images import encode_image
@@ -35,5 +36,6 @@ class Decoder:
             timings=latents.timings,
         )
 
-    def decode_batch(self, batch: list[Latents]) -> list[EditedImage]:
-        return [self.decode(latents) for latents in batch]
+    def decode_batch(self, batch: list[Latents]) -> list[EditedImage | EditError]:
+        """Each request's image, or the error that request alone ended with."""
+        return each_or_error(self.decode, batch, "decoding")

@@ -5,14 +5,16 @@ config (never the VAE or the text encoder).
 Requests in one batch may differ in prompt and prompt length, seed, guidance on/off and scales, and may be
 at different steps: `start` admits a request at any time and `step` advances every given job by one
 step, so a caller can add and retire requests between steps. Jobs whose latent shapes differ are
-never mixed in one forward. Each request's result equals denoising it alone.
+never mixed in one forward (one forward per shape, in the same step). Each request's result equals
+denoising it alone, and one request's failure fails no other (a failed forward fails its shape's jobs).
 """
 
 import torch
 
 from deployments.contracts import Conditioning, Latents
+from deployments.errors import EditError, failed_alone
 from deployments.fast_path import FastPath, prepare_transformer
-from deployments.families import DenoiseJob, load_family
+from deployments.families import DenoiseJob, Footprint, load_family
 from deployments.settings import model_from_env
 
 
@@ -29,28 +31,69 @@ class Denoiser:
         self.denoise([self.family.warm_up_conditioning()])
 
     def denoise(self, batch: list[Conditioning]) -> list[Latents]:
-        jobs = [self.start(conditioning) for conditioning in batch]
-        while active := [job for job in jobs if not job.done]:
-            self.step(active)
-        return [self.finish(job) for job in jobs]
+        """Every request's Latents; raises the first request's error if any failed."""
+        results = self.denoise_batch(batch)
+        for result in results:
+            if isinstance(result, EditError):
+                raise result
+        return results
+
+    def denoise_batch(self, batch: list[Conditioning]) -> list[Latents | EditError]:
+        """Each request's Latents, or the error that request alone ended with (batched step by step)."""
+        results: dict[int, Latents | EditError] = {}
+        jobs: dict[DenoiseJob, int] = {}
+        for i, conditioning in enumerate(batch):
+            try:
+                jobs[self.start(conditioning)] = i
+            except Exception as error:
+                results[i] = failed_alone(error, "denoising", conditioning.request_id)
+        while active := [job for job, i in jobs.items() if not job.done and i not in results]:
+            for job, error in self.step(active).items():
+                results[jobs[job]] = failed_alone(error, "denoising", job.conditioning.request_id)
+        for job, i in jobs.items():
+            if i not in results:
+                try:
+                    results[i] = self.finish(job)
+                except Exception as error:
+                    results[i] = failed_alone(error, "denoising", job.conditioning.request_id)
+        return [results[i] for i in range(len(batch))]
+
+    def footprint(self, conditioning: Conditioning) -> Footprint:
+        """What the request costs per forward (bucket, rows, tokens), from shapes only: no device work."""
+        return self.family.footprint(conditioning)
 
     def start(self, conditioning: Conditioning) -> DenoiseJob:
         """Initial noise from the request's seed and its own sigma schedule; no model call yet."""
         return self.family.start(conditioning)
 
     @torch.no_grad()
-    def step(self, jobs: list[DenoiseJob]) -> None:
+    def step(self, jobs: list[DenoiseJob]) -> dict[DenoiseJob, Exception]:
         """Advances every job by one step: one model forward per latent-shape bucket, then each job's
-        own scheduler update."""
+        own scheduler update. Returns the jobs that failed, with their errors — a failed forward fails
+        its bucket, a failed update its job — and the others have advanced."""
         buckets: dict = {}
         for job in jobs:
             buckets.setdefault(job.bucket, []).append(job)
+        failed: dict[DenoiseJob, Exception] = {}
         for group in buckets.values():
-            for job, noise_pred in zip(group, self.family.predict(group)):
-                if job.step_index + 1 in job.preview_after:
-                    job.preview = self.family.predicted_clean(job, noise_pred)
-                job.latents = job.scheduler.step(noise_pred, job.timestep, job.latents, **job.step_kwargs, return_dict=False)[0]
-                job.step_index += 1
+            try:
+                predictions = self.family.predict(group)
+            except Exception as error:
+                failed.update(dict.fromkeys(group, error))
+                continue
+            for job, noise_pred in zip(group, predictions):
+                try:
+                    self._update(job, noise_pred)
+                except Exception as error:
+                    failed[job] = error
+        return failed
+
+    def _update(self, job: DenoiseJob, noise_pred: torch.Tensor) -> None:
+        """The job's own scheduler step (and its preview, when one was asked for after this step)."""
+        if job.step_index + 1 in job.preview_after:
+            job.preview = self.family.predicted_clean(job, noise_pred)
+        job.latents = job.scheduler.step(noise_pred, job.timestep, job.latents, **job.step_kwargs, return_dict=False)[0]
+        job.step_index += 1
 
     def finish(self, job: DenoiseJob) -> Latents:
         return self._as_latents(job, job.latents)

@@ -7,18 +7,14 @@ the negative prompt when guidance is on) and VAE-encodes the input image(s) into
 latents (deployments/families/). Output tensors are on the CPU.
 """
 
-import logging
-
 import torch
 
 from deployments.contracts import Conditioning, EditRequest
-from deployments.errors import EditError
+from deployments.errors import EditError, each_or_error
 from deployments.fast_path import FastPath, prepare_vae
 from deployments.families import load_family
 from deployments.images import decode_image
 from deployments.settings import model_from_env
-
-logger = logging.getLogger(__name__)
 
 
 class Encoder:
@@ -34,15 +30,5 @@ class Encoder:
 
     def encode_batch(self, requests: list[EditRequest]) -> list[Conditioning | EditError]:
         """Each request's Conditioning, or the error that request alone ended with."""
-        return [_or_error(self.encode, request) for request in requests]
+        return each_or_error(self.encode, requests, "encoding")
 
-
-def _or_error(fn, item):
-    """fn(item), or the error it ended with: a request's failure never fails its batch-mates."""
-    try:
-        return fn(item)
-    except EditError as e:
-        return e
-    except Exception as e:  # a bug or an input we failed to anticipate: this request alone gets a 500
-        logger.exception("encoding request %s failed", getattr(item, "request_id", "?"))
-        return EditError(f"internal error while encoding ({type(e).__name__}); the server logged the cause")

@@ -11,6 +11,7 @@ Labels stay small and fixed — never per request: `model` (served model name), 
 denoise, decode), `status`, `kind`, and for HTTP `route` and `code`.
 """
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -68,18 +69,30 @@ ALL = (
     BULK_ROWS_PER_SECOND,
 )
 
+logger = logging.getLogger(__name__)
+
 _backend = None
 _instruments: dict[str, object] = {}
+_gauges: dict[tuple, tuple[Metric, float, dict]] = {}  # (name, labels) -> the last value set, to re-record
 _lock = threading.Lock()
+# Ray drops a gauge from its export ~20-40 s after it was last recorded, so each process re-records
+# the gauges it set (and re-reads its memory) this often: an idle replica still shows its queue (0)
+# and memory on the dashboard.
+GAUGE_REFRESH_S = 10.0
+MEMORY_REPORT_INTERVAL_S = 5.0
+_last_memory_report: dict[str, float] = {}  # stage -> when its memory was last recorded
 
 
 def bind(backend) -> None:
-    """Records from now on through `backend` (a module with Ray's Counter, Gauge and Histogram)."""
+    """Records from now on through `backend` (a module with Ray's Counter, Gauge and Histogram), and
+    keeps this process's gauges fresh."""
     global _backend
     with _lock:
         if backend is not _backend:
             _backend = backend
             _instruments.clear()
+            _gauges.clear()
+            threading.Thread(target=_refresh_gauges, args=(backend,), name="metrics-gauge-refresh", daemon=True).start()
 
 
 def _record(metric: Metric, method: str, value: float, tags: dict) -> None:
@@ -87,11 +100,28 @@ def _record(metric: Metric, method: str, value: float, tags: dict) -> None:
         raise ValueError(f"{metric.name} takes labels {metric.tag_keys}, got {tuple(tags)}")
     if _backend is None:
         return
-    with _lock:
-        instrument = _instruments.get(metric.name)
-        if instrument is None:
-            instrument = _instruments[metric.name] = _create(metric)
-    getattr(instrument, method)(value, tags={key: str(v) for key, v in tags.items()})
+    with _lock:  # one lock for the instrument and the remembered value: a refresh never re-records a stale one
+        try:
+            instrument = _instruments.get(metric.name)
+            if instrument is None:
+                instrument = _instruments[metric.name] = _create(metric)
+            getattr(instrument, method)(value, tags={key: str(v) for key, v in tags.items()})
+        except Exception:  # observability never fails the work it observes
+            logger.exception("recording metric %s failed", metric.name)
+            return
+        if metric.kind == "gauge":
+            _gauges[(metric.name, *sorted(tags.items()))] = (metric, value, tags)
+
+
+def _refresh_gauges(backend) -> None:
+    while _backend is backend:
+        time.sleep(GAUGE_REFRESH_S)
+        for stage in list(_last_memory_report):
+            record_memory(stage, every_s=0)
+        with _lock:
+            remembered = list(_gauges.values())
+        for metric, value, tags in remembered:
+            metric.set(value, **tags)
 
 
 def _create(metric: Metric):
@@ -110,19 +140,14 @@ def record_batch(model: str, stage: str, size: int, seconds: float) -> None:
     record_memory(stage)
 
 
-_last_memory_report: dict[str, float] = {}
-MEMORY_REPORT_INTERVAL_S = 5.0
-
-
-def record_memory(stage: str) -> None:
+def record_memory(stage: str, every_s: float = MEMORY_REPORT_INTERVAL_S) -> None:
     """The process's memory (resident set; CUDA allocated and reserved when on a GPU), at most once
-    per interval: reading it is cheap, but it runs after every batch."""
+    per `every_s`: reading it is cheap, but it runs after every batch."""
     now = time.monotonic()
-    if _backend is None or now - _last_memory_report.get(stage, -MEMORY_REPORT_INTERVAL_S) < MEMORY_REPORT_INTERVAL_S:
+    if _backend is None or now - _last_memory_report.get(stage, -every_s) < every_s:
         return
     _last_memory_report[stage] = now
     MEMORY_BYTES.set(psutil.Process().memory_info().rss, stage=stage, kind="rss")
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         MEMORY_BYTES.set(torch.cuda.memory_allocated(), stage=stage, kind="gpu_allocated")
         MEMORY_BYTES.set(torch.cuda.memory_reserved(), stage=stage, kind="gpu_reserved")
-

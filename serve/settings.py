@@ -102,17 +102,30 @@ class DenoiserStage(_Settings):
     )
     max_batch_rows: int = Field(16, ge=1, description="Most rows per forward (a request with CFG takes 2).")
     max_waiting: int = Field(64, ge=1, description="Requests waiting in the loop before new ones get 503.")
+    max_buckets_per_step: int = Field(
+        4, ge=1,
+        description="Most latent shapes (aspect ratios / sizes) in one engine step, one forward each; 1 runs "
+        "one shape at a time.",
+    )
     max_wait_steps: int = Field(
-        32, ge=1, description="Aging: after waiting this many steps, a request's latent shape runs next."
+        32, ge=1,
+        description="Aging: once a request has waited this many steps, no younger request is admitted before it.",
     )
     wedged_after_s: float = Field(
         120, gt=0, description="A denoising step running longer than this marks the replica unhealthy."
+    )
+    unhealthy_after_failed_steps: int = Field(
+        3, ge=1,
+        description="This many engine steps in a row in which every request failed (e.g. a broken GPU) mark "
+        "the replica unhealthy, so Serve replaces it.",
     )
     fast_path: FastPathSettings = Field(default_factory=FastPathSettings)
     deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
 
     def policy(self) -> AdmissionPolicy:
-        return AdmissionPolicy(self.token_budget, self.max_batch_rows, self.max_wait_steps, self.continuous)
+        return AdmissionPolicy(
+            self.token_budget, self.max_batch_rows, self.max_wait_steps, self.continuous, self.max_buckets_per_step
+        )
 
 
 class IngressSettings(_Settings):

@@ -112,7 +112,9 @@ class DenoiserDeployment:
         metrics.bind(ray.util.metrics)
         self.model_name = served_name or model_name(model)
         denoiser = Denoiser(model, fast_path=settings.fast_path.engine())  # compiles and warms up if asked
-        self.loop = DenoiseLoop(denoiser, settings.policy(), settings.max_waiting, self.model_name)
+        self.loop = DenoiseLoop(
+            denoiser, settings.policy(), settings.max_waiting, self.model_name, settings.unhealthy_after_failed_steps
+        )
         self.wedged_after_s = settings.wedged_after_s
 
     async def denoise(self, conditioning: Conditioning, seed: int) -> Latents:
@@ -122,8 +124,10 @@ class DenoiserDeployment:
         return _stamp(latents, conditioning, "denoise", ticket.admitted_at, time.time(), self.model_name)
 
     async def denoise_stream(self, conditioning: Conditioning, seed: int, previews: int):
-        """Streams a request's denoising: `{"step", "total"}` after every step, `{"preview": Latents}`
-        (the predicted clean latents) after `previews` steps spread over the run, then the result."""
+        """Streams a request's denoising: ACCEPTED once it is in the loop (the encoding succeeded and
+        the queue had room: the caller may start answering), `{"step", "total"}` after every step,
+        `{"preview": Latents}` (the predicted clean latents) after `previews` steps spread over the
+        run, then the result."""
         conditioning = dataclasses.replace(conditioning, seed=seed)
         events: asyncio.Queue = asyncio.Queue()
         event_loop = asyncio.get_running_loop()
@@ -135,6 +139,7 @@ class DenoiserDeployment:
         # The end (result, failure or cancellation) follows the last step's event in the queue.
         ticket.future.add_done_callback(lambda _: event_loop.call_soon_threadsafe(events.put_nowait, None))
         try:
+            yield ACCEPTED
             while (event := await events.get()) is not None:
                 done, total, preview = event
                 yield {"step": done, "total": total}
@@ -149,13 +154,16 @@ class DenoiserDeployment:
         return dataclasses.asdict(self.loop.stats)
 
     def check_health(self) -> None:
-        if not self.loop.alive:
-            raise RuntimeError("the denoising engine loop has stopped")
-        if self.loop.step_running_for() > self.wedged_after_s:
-            raise RuntimeError(f"a denoising step has been running for over {self.wedged_after_s:.0f}s")
+        """Serve calls this periodically; raising marks the replica unhealthy and replaces it."""
+        problem = self.loop.health(self.wedged_after_s)
+        if problem is not None:
+            raise RuntimeError(problem)
 
     def __del__(self):
         self.loop.close()
+
+
+ACCEPTED = {"accepted": True}  # denoise_stream's first event
 
 
 def preview_steps(total: int, previews: int) -> frozenset[int]:

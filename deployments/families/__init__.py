@@ -2,7 +2,7 @@
 
 import torch
 
-from deployments.families.base import DenoiseJob, ModelFamily
+from deployments.families.base import DenoiseJob, Footprint, ModelFamily
 from deployments.families.instruct_pix2pix import InstructPix2Pix
 from deployments.families.qwen_image_edit import QwenImageEdit
 from deployments.models import default_device, default_dtype, load_components, resolve_model
@@ -10,7 +10,7 @@ from deployments.models import default_device, default_dtype, load_components, r
 FAMILIES: tuple[type[ModelFamily], ...] = (QwenImageEdit, InstructPix2Pix)
 FAMILY_OF = {name: family for family in FAMILIES for name in family.pipeline_classes}
 
-__all__ = ["DenoiseJob", "ModelFamily", "FAMILIES", "FAMILY_OF", "load_family"]
+__all__ = ["DenoiseJob", "Footprint", "ModelFamily", "FAMILIES", "FAMILY_OF", "load_family"]
 
 
 def load_family(

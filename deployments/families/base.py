@@ -6,6 +6,9 @@ scheduler set-up and latent decoding. A stage builds its family with only that s
 and calls only that stage's methods.
 """
 
+import functools
+import re
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -16,10 +19,23 @@ import torch
 from PIL import Image
 
 from deployments.contracts import Conditioning, EditRequest, Latents
-from deployments.errors import InvalidInputError
+from deployments.errors import InvalidInputError, ModelLoadError
 from deployments.models import ModelSpec
 from deployments.parameters import PARAMETERS
 from deployments.transfer import to_device, to_host
+
+MAX_PROBED_STEPS = 4
+PROBE_IMAGE_TOKENS = 4096  # the schedule's shift depends on the image's size; its finiteness doesn't
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one request costs each denoising forward, known from its Conditioning's shapes alone (no
+    device work): what admission decides with before the request is started."""
+
+    bucket: Hashable  # requests with equal buckets may share one model forward
+    rows: int  # model-forward rows per step (guidance rows included)
+    tokens: int  # tokens those rows put through each forward
 
 
 @dataclass(eq=False)
@@ -31,14 +47,16 @@ class DenoiseJob:
     scheduler: Any  # this request's own scheduler instance (schedulers keep a step index)
     timesteps: torch.Tensor  # (N,)
     generator: torch.Generator  # seeded with the request's seed
-    bucket: Hashable  # jobs with equal buckets may share one model forward
+    footprint: Footprint
     device_inputs: dict[str, torch.Tensor]  # conditioning tensors moved to the model's device
-    rows: int  # model-forward rows per step (guidance rows included)
-    tokens: int  # tokens those rows put through each forward
     step_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of its scheduler's step
     step_index: int = 0
     preview_after: frozenset[int] = frozenset()  # step counts after which to keep a preview
     preview: torch.Tensor | None = None  # (1, L, C) the predicted clean sample, when kept
+
+    @property
+    def bucket(self) -> Hashable:
+        return self.footprint.bucket
 
     @property
     def timestep(self) -> torch.Tensor:
@@ -65,6 +83,18 @@ class ModelFamily(ABC):
         self.dtype = dtype
         self.pinned_transfers = pinned_transfers
         self.parameters = PARAMETERS[spec.pipeline_class]
+        self.min_inference_steps = self._fewest_steps() if "scheduler" in loaded else 1
+
+    def _fewest_steps(self) -> int:
+        """The fewest denoising steps this checkpoint's scheduler runs with finite sigmas: Qwen's config
+        (`shift_terminal` set) gives NaN sigmas for 1 step — in diffusers' own pipeline too."""
+        for steps in range(1, MAX_PROBED_STEPS + 1):
+            with warnings.catch_warnings(), np.errstate(all="ignore"):  # the NaNs we are looking for warn
+                warnings.simplefilter("ignore", RuntimeWarning)
+                scheduler, _ = self.new_schedule(steps, PROBE_IMAGE_TOKENS, torch.device("cpu"))
+            if torch.isfinite(torch.as_tensor(scheduler.sigmas)).all():
+                return steps
+        raise ModelLoadError(f"{self.spec.model_id!r}: the scheduler gives no finite sigmas for 1 to {MAX_PROBED_STEPS} steps")
 
     def to_host(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """CPU copies of this stage's results for the next stage (deployments/transfer.py)."""
@@ -76,8 +106,14 @@ class ModelFamily(ABC):
 
     # Encoder side
     def check(self, request: EditRequest) -> None:
-        """Refuses what this model doesn't take: a guidance field or size of another family, too many images."""
+        """Refuses what this model doesn't take: a guidance field or size of another family, too many
+        images, fewer steps than its scheduler can run."""
         self.parameters.check(request.given())
+        steps = request.num_inference_steps
+        if steps is not None and steps < self.min_inference_steps:
+            raise InvalidInputError(
+                "num_inference_steps", f"this model's scheduler needs at least {self.min_inference_steps} steps, got {steps}"
+            )
         limit = self.parameters.max_input_images
         if len(request.images) > limit:
             raise InvalidInputError("image", f"{self.spec.pipeline_class} takes at most {limit} image(s), got {len(request.images)}")
@@ -86,12 +122,23 @@ class ModelFamily(ABC):
     def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
         """Prompt embeddings (and negative ones with CFG) and image latents; tensors on the CPU."""
 
-    def _check_prompt_lengths(self, request: EditRequest, guided: bool, tokenizer, limit: int, counted: str = "") -> None:
-        """Refuses a prompt (and, when guidance uses it, a negative prompt) longer than `limit` tokens:
-        diffusers would cut it silently."""
+    def _check_prompts(self, request: EditRequest, guided: bool, tokenizer, limit: int, counted: str = "") -> None:
+        """Refuses a prompt (and, when guidance uses it, a negative prompt) that holds one of the
+        tokenizer's special tokens — text such as `<|image_pad|>` or `<|im_end|>` would be read as
+        control tokens, miscounting the images or rewriting the chat template around the user's
+        text — or is longer than `limit` tokens (diffusers would cut it silently)."""
         texts = {"prompt": request.prompt, "negative_prompt": request.negative_prompt if guided else None}
+        special = _special_tokens(tokenizer)
         for param, text in texts.items():
-            tokens = 0 if text is None else len(tokenizer(text).input_ids)
+            if text is None:
+                continue
+            found = special.search(text)
+            if found:
+                raise InvalidInputError(
+                    param, f"contains {found.group()!r}, one of the text encoder's special tokens; they may not "
+                    "appear in a prompt",
+                )
+            tokens = len(tokenizer(text).input_ids)
             if tokens > limit:
                 raise InvalidInputError(param, f"may be at most {limit} tokens{counted}, got {tokens}")
 
@@ -110,7 +157,15 @@ class ModelFamily(ABC):
     # Denoiser side
     @abstractmethod
     def warm_up_conditioning(self) -> Conditioning:
-        """A synthetic one-step guided request at the model's usual size, for warming up compiled code."""
+        """A synthetic guided request of the fewest steps at the model's usual size, for warming up compiled code."""
+
+    @abstractmethod
+    def new_schedule(self, steps: int, image_tokens: int, device: torch.device) -> tuple[Any, torch.Tensor]:
+        """A fresh scheduler set for `steps` steps (for `image_tokens` latent tokens) and its timesteps."""
+
+    @abstractmethod
+    def footprint(self, conditioning: Conditioning) -> Footprint:
+        """The request's bucket, rows and tokens per forward, from shapes only (cheap, any thread)."""
 
     @abstractmethod
     def start(self, conditioning: Conditioning) -> DenoiseJob:
@@ -129,3 +184,10 @@ class ModelFamily(ABC):
     @abstractmethod
     def decode(self, latents: Latents) -> np.ndarray:
         """The (H, W, 3) float image in [0, 1], before 8-bit quantization."""
+
+
+@functools.cache
+def _special_tokens(tokenizer) -> re.Pattern:
+    """A pattern matching any special token of `tokenizer` (longest first; never matches if it has none)."""
+    tokens = {*tokenizer.all_special_tokens, *(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)}
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)) or "(?!)")

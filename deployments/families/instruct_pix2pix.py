@@ -22,7 +22,7 @@ from PIL import Image
 
 from deployments.contracts import Conditioning, EditRequest, Latents, OutputSpec
 from deployments.errors import InvalidInputError, ModelLoadError
-from deployments.families.base import DenoiseJob, ModelFamily
+from deployments.families.base import DenoiseJob, Footprint, ModelFamily
 from deployments.families.batch_invariance import make_per_row_linears_batch_invariant
 from deployments.models import ModelSpec
 
@@ -36,7 +36,7 @@ CLIP_TOKENS = 77  # every CLIP prompt is padded to this length
 class InstructPix2Pix(ModelFamily):
     pipeline_classes = (StableDiffusionInstructPix2PixPipeline.__name__,)
     components = {
-        "encode": ("tokenizer", "text_encoder", "vae"),
+        "encode": ("tokenizer", "text_encoder", "vae", "scheduler"),  # the scheduler's config: which step counts it runs
         "denoise": ("unet", "scheduler"),
         "decode": ("vae",),
     }
@@ -55,6 +55,7 @@ class InstructPix2Pix(ModelFamily):
                     f"{spec.model_id!r}: the scheduler is a {type(scheduler).__name__} predicting "
                     f"{scheduler.config.prediction_type}; supported: {', '.join(SCHEDULERS)} with epsilon prediction"
                 )
+        if "unet" in loaded:
             make_per_row_linears_batch_invariant(loaded["unet"])
 
     # ---- Encoder -------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ class InstructPix2Pix(ModelFamily):
         guided = guidance["guidance_scale"] > 1 and guidance["image_guidance_scale"] >= 1  # diffusers' rule
         tokenizer = self.loaded["tokenizer"]  # CLIP: what it would cut off, diffusers truncates with a log line
         limit = min(tokenizer.model_max_length, self.spec.settings.max_prompt_tokens)
-        self._check_prompt_lengths(request, guided, tokenizer, limit, counted=" (start and end included)")
+        self._check_prompts(request, guided, tokenizer, limit, counted=" (start and end included)")
         image = images[0]
         width, height = self._working_size(image)
         pixels = self.pipe.image_processor.preprocess(image, height, width)  # (1, 3, H, W) in [-1, 1]
@@ -117,35 +118,45 @@ class InstructPix2Pix(ModelFamily):
         return Conditioning(
             request_id="warm-up", prompt_embeds=prompt, prompt_embeds_mask=None, negative_prompt_embeds=prompt,
             negative_prompt_embeds_mask=None, image_latents=torch.zeros(4, side, side, dtype=self.dtype),
-            img_shapes=(grid, grid), height=side * 8, width=side * 8, seed=0, num_inference_steps=1,
+            img_shapes=(grid, grid), height=side * 8, width=side * 8, seed=0, num_inference_steps=self.min_inference_steps,
             guidance=dict(self.parameters.guidance), output=OutputSpec(),
         )
 
-    def start(self, conditioning: Conditioning) -> DenoiseJob:
+    def new_schedule(self, steps: int, image_tokens: int, device: torch.device):
         template = self.loaded["scheduler"]
         scheduler = type(template).from_config(template.config)
-        scheduler.set_timesteps(conditioning.num_inference_steps, device=self.device)
+        scheduler.set_timesteps(steps, device=device)
         scheduler.set_begin_index(0)  # what it would find itself on the first step, without a host sync
+        return scheduler, scheduler.timesteps
+
+    def footprint(self, conditioning: Conditioning) -> Footprint:
+        _, rows, cols = conditioning.img_shapes[0]
+        guidance_rows = 3 if conditioning.guided else 1
+        return Footprint(
+            bucket=conditioning.img_shapes,  # one UNet batch needs one latent size
+            rows=guidance_rows,
+            tokens=guidance_rows * (rows * cols + conditioning.prompt_embeds.shape[0]),
+        )
+
+    def start(self, conditioning: Conditioning) -> DenoiseJob:
         _, rows, cols = conditioning.img_shapes[0]
         generator = torch.Generator("cpu").manual_seed(conditioning.seed)
         channels = self.loaded["unet"].config.out_channels
         noise = randn_tensor((1, channels, rows, cols), generator=generator, device=self.device, dtype=self.dtype)
+        scheduler, timesteps = self.new_schedule(conditioning.num_inference_steps, rows * cols, self.device)
         device_inputs = {
             name: self.to_device(getattr(conditioning, name))
             for name in ("prompt_embeds", "negative_prompt_embeds", "image_latents")
             if getattr(conditioning, name) is not None
         }
-        guided_rows = 3 if conditioning.guided else 1
         return DenoiseJob(
             conditioning=conditioning,
             latents=noise * scheduler.init_noise_sigma,
             scheduler=scheduler,
-            timesteps=scheduler.timesteps,
+            timesteps=timesteps,
             generator=generator,
-            bucket=conditioning.img_shapes,  # one UNet batch needs one latent size
+            footprint=self.footprint(conditioning),
             device_inputs=device_inputs,
-            rows=guided_rows,
-            tokens=guided_rows * (rows * cols + conditioning.prompt_embeds.shape[0]),
             step_kwargs=self.pipe.prepare_extra_step_kwargs(generator, eta=0.0),  # ancestral noise from its seed
         )
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from deployments.contracts import Conditioning, EditRequest, Latents, OutputSpec
 from deployments.errors import InvalidInputError, ModelLoadError
-from deployments.families.base import DenoiseJob, ModelFamily
+from deployments.families.base import DenoiseJob, Footprint, ModelFamily
 from deployments.families.batch_invariance import make_per_row_linears_batch_invariant
 from deployments.models import ModelSpec
 
@@ -32,7 +32,7 @@ MAX_ASPECT_RATIO = 16  # beyond it an image's short side rounds to nothing at th
 class QwenImageEdit(ModelFamily):
     pipeline_classes = tuple(PIPELINES)
     components = {
-        "encode": ("processor", "text_encoder", "vae"),
+        "encode": ("processor", "text_encoder", "vae", "scheduler"),  # the scheduler's config: which step counts it runs
         "denoise": ("transformer", "scheduler"),
         "decode": ("vae",),
     }
@@ -56,7 +56,7 @@ class QwenImageEdit(ModelFamily):
     def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
         guidance = self.parameters.guidance_of(request.given())
         true_cfg = request.negative_prompt is not None and guidance["true_cfg_scale"] > 1  # diffusers' rule
-        self._check_prompt_lengths(request, true_cfg, self.pipe.processor.tokenizer, self.spec.settings.max_prompt_tokens)
+        self._check_prompts(request, true_cfg, self.pipe.processor.tokenizer, self.spec.settings.max_prompt_tokens)
         condition_images, vae_images, vae_sizes = self._prepare_images(images)
         width, height = self._output_size(request, images)
         prompt_embeds, prompt_mask = self._encode_prompt(request.prompt, condition_images)
@@ -141,22 +141,15 @@ class QwenImageEdit(ModelFamily):
         return Conditioning(
             request_id="warm-up", prompt_embeds=prompt, prompt_embeds_mask=mask, negative_prompt_embeds=prompt,
             negative_prompt_embeds_mask=mask, image_latents=torch.zeros(tokens, channels, dtype=self.dtype),
-            img_shapes=(grid, grid), height=side, width=side, seed=0, num_inference_steps=1,
+            img_shapes=(grid, grid), height=side, width=side, seed=0, num_inference_steps=self.min_inference_steps,
             guidance={"true_cfg_scale": 4.0}, output=OutputSpec(),
         )
 
-    def start(self, conditioning: Conditioning) -> DenoiseJob:
-        transformer, template = self.loaded["transformer"], self.loaded["scheduler"]
-        _, rows, cols = conditioning.img_shapes[0]
-        channels = transformer.config.in_channels // 4
-        generator = torch.Generator("cpu").manual_seed(conditioning.seed)
-        noise = randn_tensor((1, 1, channels, 2 * rows, 2 * cols), generator=generator, device=self.device, dtype=self.dtype)
-        latents = self.pipe._pack_latents(noise, 1, channels, 2 * rows, 2 * cols)  # (1, L, C)
-
-        steps = conditioning.num_inference_steps
+    def new_schedule(self, steps: int, image_tokens: int, device: torch.device):
+        template = self.loaded["scheduler"]
         config = template.config
         mu = calculate_shift(
-            latents.shape[1],
+            image_tokens,
             config.get("base_image_seq_len", 256),
             config.get("max_image_seq_len", 4096),
             config.get("base_shift", 0.5),
@@ -164,26 +157,43 @@ class QwenImageEdit(ModelFamily):
         )
         scheduler = type(template).from_config(config)
         sigmas = np.linspace(1.0, 1 / steps, steps)
-        timesteps, _ = retrieve_timesteps(scheduler, steps, self.device, sigmas=sigmas, mu=mu)
+        timesteps, _ = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
         scheduler.set_begin_index(0)
+        return scheduler, timesteps
+
+    def footprint(self, conditioning: Conditioning) -> Footprint:
+        _, rows, cols = conditioning.img_shapes[0]
+        guidance_rows = 2 if conditioning.guided else 1
+        text = max(e.shape[0] for e in (conditioning.prompt_embeds, conditioning.negative_prompt_embeds) if e is not None)
+        return Footprint(
+            bucket=conditioning.img_shapes,  # RoPE takes one set of image shapes per forward
+            rows=guidance_rows,
+            tokens=guidance_rows * (rows * cols + conditioning.image_latents.shape[0] + text),
+        )
+
+    def start(self, conditioning: Conditioning) -> DenoiseJob:
+        transformer = self.loaded["transformer"]
+        _, rows, cols = conditioning.img_shapes[0]
+        channels = transformer.config.in_channels // 4
+        generator = torch.Generator("cpu").manual_seed(conditioning.seed)
+        noise = randn_tensor((1, 1, channels, 2 * rows, 2 * cols), generator=generator, device=self.device, dtype=self.dtype)
+        latents = self.pipe._pack_latents(noise, 1, channels, 2 * rows, 2 * cols)  # (1, L, C)
+
+        scheduler, timesteps = self.new_schedule(conditioning.num_inference_steps, latents.shape[1], self.device)
 
         device_inputs = {
             name: self.to_device(getattr(conditioning, name))
             for name in ("prompt_embeds", "prompt_embeds_mask", "negative_prompt_embeds", "negative_prompt_embeds_mask", "image_latents")
             if getattr(conditioning, name) is not None
         }
-        rows = 2 if conditioning.guided else 1
-        text = max(e.shape[0] for e in (conditioning.prompt_embeds, conditioning.negative_prompt_embeds) if e is not None)
         return DenoiseJob(
             conditioning=conditioning,
             latents=latents,
             scheduler=scheduler,
             timesteps=timesteps,
             generator=generator,
-            bucket=conditioning.img_shapes,  # RoPE takes one set of image shapes per forward
+            footprint=self.footprint(conditioning),
             device_inputs=device_inputs,
-            rows=rows,
-            tokens=rows * (latents.shape[1] + conditioning.image_latents.shape[0] + text),
         )
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
-"""The continuous-batching engine loop: joining mid-way, cancellation, fairness across shapes."""
+"""The continuous-batching engine loop: joining mid-way, cancellation, shapes sharing a step, and a
+loop that no single request (or fault) can stop from serving the others."""
 
 import threading
 import time
@@ -9,34 +10,52 @@ import torch
 from deployments.admission import AdmissionPolicy
 from deployments.contracts import EditRequest
 from deployments.denoise_loop import DenoiseLoop
-from deployments.errors import OverloadedError
+from deployments.errors import EditError, EngineStoppedError, OverloadedError
 from tests.helpers import image_bytes, random_image
 
 WIDE = image_bytes(random_image(96, 64, seed=1))
 TALL = image_bytes(random_image(64, 96, seed=2))
 POLICY = AdmissionPolicy(token_budget=10**6, max_batch_rows=16, max_wait_steps=4)
+RESULT_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
 def encode(stages):
     encoder = stages["edit-plus"].encoder
-    return lambda **kwargs: encoder.encode(EditRequest(**{"images": (WIDE,), **kwargs}))
+    return lambda image=WIDE, **kwargs: encoder.encode(EditRequest(**{"images": (image,), **kwargs}))
 
 
 @pytest.fixture
-def loop(stages):
-    loop = DenoiseLoop(stages["edit-plus"].denoiser, POLICY, max_waiting=64)
+def denoiser(stages):
+    return stages["edit-plus"].denoiser
+
+
+@pytest.fixture
+def loop(denoiser):
+    loop = DenoiseLoop(denoiser, POLICY, max_waiting=64)
     yield loop
     loop.close()
 
 
-def solo(stages, conditioning) -> torch.Tensor:
-    return stages["edit-plus"].denoiser.denoise([conditioning])[0].latents
+def solo(denoiser, conditioning) -> torch.Tensor:
+    return denoiser.denoise([conditioning])[0].latents
 
 
-def test_a_request_joins_a_running_batch_and_both_match_solo(stages, encode, loop):
+def result(ticket) -> torch.Tensor:
+    return ticket.future.result(timeout=RESULT_TIMEOUT_S).latents
+
+
+def wait_until(condition, message: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.01)
+
+
+def test_a_request_joins_a_running_batch_and_both_match_solo(denoiser, encode, loop):
     long = encode(prompt="a long edit with many steps", negative_prompt=" ", seed=1, num_inference_steps=12)
     short = encode(prompt="short", seed=2, num_inference_steps=3)
+    tickets = []
     joined = threading.Event()
 
     def submit_short_midway(done: int, total: int, preview) -> None:
@@ -44,29 +63,165 @@ def test_a_request_joins_a_running_batch_and_both_match_solo(stages, encode, loo
             joined.set()
             tickets.append(loop.submit(short))
 
-    tickets = [loop.submit(long, on_step=submit_short_midway)]
-    long_latents = tickets[0].future.result(timeout=120).latents
-    short_latents = tickets[1].future.result(timeout=120).latents
+    tickets.insert(0, loop.submit(long, on_step=submit_short_midway))
+    long_latents = result(tickets[0])
+    short_latents = result(tickets[1])
 
     assert loop.stats.mixed_timestep_steps >= 1  # one forward held both, at different timesteps
     assert loop.stats.max_requests_in_a_step == 2
-    assert torch.allclose(long_latents, solo(stages, long), atol=1e-5, rtol=0)
-    assert torch.allclose(short_latents, solo(stages, short), atol=1e-5, rtol=0)
+    assert torch.allclose(long_latents, solo(denoiser, long), atol=1e-5, rtol=0)
+    assert torch.allclose(short_latents, solo(denoiser, short), atol=1e-5, rtol=0)
 
 
-def test_a_cancelled_request_leaves_without_disturbing_others(stages, encode, loop):
+def test_two_shapes_progress_in_the_same_step_and_match_solo(denoiser, encode, loop):
+    wide = encode(prompt="wide", negative_prompt="blurry", seed=3, num_inference_steps=5)
+    tall = encode(TALL, prompt="tall", seed=4, num_inference_steps=5)
+    assert wide.img_shapes != tall.img_shapes
+    tickets = [loop.submit(wide), loop.submit(tall)]
+    wide_latents, tall_latents = result(tickets[0]), result(tickets[1])
+    assert loop.stats.max_buckets_in_a_step == 2 and loop.stats.buckets_stepped == 2 * loop.stats.steps
+    assert loop.stats.steps == 5  # both ran all their steps side by side
+    assert torch.allclose(wide_latents, solo(denoiser, wide), atol=1e-5, rtol=0)
+    assert torch.allclose(tall_latents, solo(denoiser, tall), atol=1e-5, rtol=0)
+
+
+def test_a_cancelled_request_leaves_without_disturbing_others(denoiser, encode, loop):
     keep = encode(prompt="keep me", seed=3, num_inference_steps=8)
     drop = encode(prompt="drop me", negative_prompt="blurry", seed=4, num_inference_steps=8)
-    doomed = loop.submit(drop, on_step=lambda done, total, _: doomed.cancel() if done == 2 else None)
+    doomed = []  # filled before any step can call back: submit only enqueues
+
+    def cancel_after_two(done: int, total: int, preview) -> None:
+        if done == 2:
+            doomed[0].cancel()
+
+    doomed.append(loop.submit(drop, on_step=cancel_after_two))
     kept = loop.submit(keep)
-    assert torch.allclose(kept.future.result(timeout=120).latents, solo(stages, keep), atol=1e-5, rtol=0)
-    assert doomed.future.cancelled() and doomed.progress[0] < 8
+    assert torch.allclose(result(kept), solo(denoiser, keep), atol=1e-5, rtol=0)
+    assert doomed[0].future.cancelled() and doomed[0].progress[0] < 8
     assert loop.stats.cancelled == 1
 
 
-def test_a_rare_shape_is_served_while_a_common_shape_keeps_arriving(stages, encode, loop):
+def test_a_cancel_racing_the_final_result_leaves_the_loop_serving(denoiser, encode, loop, monkeypatch):
+    racing = encode(prompt="cancelled while finishing", seed=5, num_inference_steps=2)
+    real_finish = denoiser.finish
+    tickets = []
+
+    def finish_then_cancel(job):
+        latents = real_finish(job)
+        if job.conditioning is racing:
+            tickets[0].cancel()  # the client leaves between the last step and the result
+        return latents
+
+    monkeypatch.setattr(denoiser, "finish", finish_then_cancel)
+    tickets.append(loop.submit(racing))
+    wait_until(lambda: tickets[0].future.done(), "the racing request was never resolved")
+    assert tickets[0].future.cancelled()
+    after = encode(prompt="next", seed=6, num_inference_steps=2)
+    assert torch.allclose(result(loop.submit(after)), solo(denoiser, after), atol=1e-5, rtol=0)
+    assert loop.alive
+
+
+def test_an_on_step_that_raises_fails_only_its_request(denoiser, encode, loop):
+    bad = encode(prompt="bad listener", seed=7, num_inference_steps=3)
+    good = encode(prompt="good", seed=8, num_inference_steps=3)
+
+    def explode(done: int, total: int, preview) -> None:
+        raise RuntimeError("listener bug")
+
+    failing, fine = loop.submit(bad, on_step=explode), loop.submit(good)
+    with pytest.raises(EditError, match="RuntimeError"):
+        failing.future.result(timeout=RESULT_TIMEOUT_S)
+    assert torch.allclose(result(fine), solo(denoiser, good), atol=1e-5, rtol=0)
+    assert loop.stats.failed == 1 and loop.alive
+
+
+def test_a_step_that_fails_once_fails_its_requests_and_the_next_succeeds(denoiser, encode, loop, monkeypatch):
+    real_predict = denoiser.family.predict
+    failures = []
+
+    def predict_failing_once(jobs):
+        if not failures:
+            failures.append(len(jobs))
+            raise RuntimeError("CUDA error: an illegal memory access (simulated)")
+        return real_predict(jobs)
+
+    monkeypatch.setattr(denoiser.family, "predict", predict_failing_once)
+    first = loop.submit(encode(prompt="unlucky", seed=9, num_inference_steps=2))
+    with pytest.raises(EditError, match="RuntimeError"):
+        first.future.result(timeout=RESULT_TIMEOUT_S)
+    second = encode(prompt="lucky", seed=10, num_inference_steps=2)
+    assert torch.allclose(result(loop.submit(second)), solo(denoiser, second), atol=1e-5, rtol=0)
+    assert loop.stats.failed_steps == 1 and loop.stats.consecutive_failed_steps == 0
+    assert loop.health(wedged_after_s=60) is None
+
+
+def test_steps_that_keep_failing_make_the_loop_unhealthy(denoiser, encode, monkeypatch):
+    loop = DenoiseLoop(denoiser, POLICY, max_waiting=64, unhealthy_after_failed_steps=3)
+    try:
+        def broken(jobs):
+            raise RuntimeError("CUDA error: device-side assert (simulated)")
+
+        monkeypatch.setattr(denoiser.family, "predict", broken)
+        for seed in range(3):
+            assert loop.health(wedged_after_s=60) is None
+            ticket = loop.submit(encode(prompt="doomed", seed=seed, num_inference_steps=2))
+            with pytest.raises(EditError):
+                ticket.future.result(timeout=RESULT_TIMEOUT_S)
+        assert loop.health(wedged_after_s=60) == "the last 3 denoising steps all failed"
+    finally:
+        loop.close()
+
+
+def test_a_fault_of_the_loop_itself_fails_everyone_with_a_retryable_error(denoiser, encode, monkeypatch):
+    class BrokenPolicy:
+        def admit(self, waiting, active):
+            raise RuntimeError("policy bug")
+
+    loop = DenoiseLoop(denoiser, BrokenPolicy(), max_waiting=64)
+    try:
+        ticket = loop.submit(encode(prompt="caught in a fault", seed=11, num_inference_steps=2))
+        with pytest.raises(EngineStoppedError):
+            ticket.future.result(timeout=RESULT_TIMEOUT_S)
+        assert loop.alive  # it goes on serving: the next request meets the same fault, not a hang
+        monkeypatch.setattr(loop, "policy", POLICY)
+        after = encode(prompt="after the fault", seed=12, num_inference_steps=2)
+        assert torch.allclose(result(loop.submit(after)), solo(denoiser, after), atol=1e-5, rtol=0)
+    finally:
+        loop.close()
+
+
+def test_close_fails_waiting_and_running_requests_and_refuses_new_ones(denoiser, encode):
+    loop = DenoiseLoop(denoiser, AdmissionPolicy(10**6, 16, 4, continuous=False), max_waiting=8)
+    long = encode(prompt="running", seed=13, num_inference_steps=200)
+    tickets = [loop.submit(long)]
+    wait_until(lambda: loop.stats.active_requests == 1, "the first request never started")
+    tickets.append(loop.submit(long))  # waits: whole-request batching
+    loop.close()
+    for ticket in tickets:
+        with pytest.raises(EngineStoppedError) as info:
+            ticket.future.result(timeout=5)
+        assert info.value.status == 503
+    with pytest.raises(EngineStoppedError):
+        loop.submit(long)
+    assert not loop.alive
+
+
+def test_submit_only_enqueues(denoiser, encode, monkeypatch):
+    """Starting a request (noise, schedule, device copies) happens on the loop's thread, never the caller's."""
+    threads = []
+    real_start = denoiser.start
+    monkeypatch.setattr(denoiser, "start", lambda c: threads.append(threading.current_thread().name) or real_start(c))
+    loop = DenoiseLoop(denoiser, POLICY, max_waiting=8)
+    try:
+        result(loop.submit(encode(prompt="where do I start", seed=14, num_inference_steps=2)))
+    finally:
+        loop.close()
+    assert threads == ["denoise-loop"]
+
+
+def test_a_rare_shape_is_served_while_a_common_shape_keeps_arriving(denoiser, encode, loop):
     common = encode(prompt="common", seed=5, num_inference_steps=6)
-    rare = stages["edit-plus"].encoder.encode(EditRequest(images=(TALL,), prompt="rare", seed=6, num_inference_steps=2))
+    rare = encode(TALL, prompt="rare", seed=6, num_inference_steps=2)
     stop = threading.Event()
     submitted = []
 
@@ -79,9 +234,9 @@ def test_a_rare_shape_is_served_while_a_common_shape_keeps_arriving(stages, enco
     feeder = threading.Thread(target=keep_common_arriving)
     feeder.start()
     try:
-        time.sleep(0.5)  # a common-shape batch is running and its queue is never empty
+        wait_until(lambda: loop.stats.steps >= 2 and loop.stats.waiting_requests > 0, "the common shape never queued")
         rare_ticket = loop.submit(rare)
-        rare_ticket.future.result(timeout=120)
+        rare_ticket.future.result(timeout=RESULT_TIMEOUT_S)
     finally:
         stop.set()
         feeder.join()
@@ -90,28 +245,28 @@ def test_a_rare_shape_is_served_while_a_common_shape_keeps_arriving(stages, enco
     assert len(submitted) > 3  # the common shape kept arriving meanwhile
 
 
-def test_waiting_queue_is_bounded(stages, encode):
-    loop = DenoiseLoop(stages["edit-plus"].denoiser, AdmissionPolicy(10**6, 16, 4, continuous=False), max_waiting=1)
+def test_waiting_queue_is_bounded(denoiser, encode):
+    loop = DenoiseLoop(denoiser, AdmissionPolicy(10**6, 16, 4, continuous=False), max_waiting=1)
     try:
         conditioning = encode(prompt="x", seed=7, num_inference_steps=20)
         first = loop.submit(conditioning)
-        time.sleep(0.2)  # first is running; the next one waits
-        loop.submit(conditioning)
+        wait_until(lambda: loop.stats.active_requests == 1, "the first request never started")
+        loop.submit(conditioning)  # the next one waits
         with pytest.raises(OverloadedError):
             loop.submit(conditioning)
-        first.future.result(timeout=120)
+        first.future.result(timeout=RESULT_TIMEOUT_S)
     finally:
         loop.close()
 
 
-def test_previews_arrive_after_the_asked_steps_and_change_nothing(stages, encode, loop):
+def test_previews_arrive_after_the_asked_steps_and_change_nothing(denoiser, encode, loop):
     conditioning = encode(prompt="show me", negative_prompt="blurry", seed=9, num_inference_steps=6)
     previews = {}
     ticket = loop.submit(conditioning, on_step=lambda done, total, p: previews.update({done: p}) if p else None,
                          preview_after=frozenset({2, 6}))
-    final = ticket.future.result(timeout=120).latents
+    final = result(ticket)
     assert set(previews) == {2, 6}
-    assert torch.allclose(final, solo(stages, conditioning), atol=1e-5, rtol=0)
+    assert torch.allclose(final, solo(denoiser, conditioning), atol=1e-5, rtol=0)
     # After the last step nothing is left to remove: the predicted clean sample is the result.
     assert torch.allclose(previews[6].latents, final, atol=1e-5, rtol=0)
     assert previews[2].latents.shape == final.shape and not torch.allclose(previews[2].latents, final)

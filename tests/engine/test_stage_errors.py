@@ -10,7 +10,7 @@ GOOD = image_bytes(random_image(64, 64))
 
 
 def encode_error(stages, variant, **kwargs) -> InvalidInputError:
-    request = EditRequest(**{"prompt": "make it blue", "num_inference_steps": 1, **kwargs})
+    request = EditRequest(**{"prompt": "make it blue", "num_inference_steps": 2, **kwargs})
     with pytest.raises(InvalidInputError) as info:
         stages[variant].encoder.encode(request)
     return info.value
@@ -47,15 +47,15 @@ def test_an_unexpected_failure_fails_only_its_request(stages, monkeypatch):
         return real(request, images)
 
     monkeypatch.setattr(encoder.family, "encode", flaky)
-    requests = [EditRequest(images=(GOOD,), prompt=p, num_inference_steps=1) for p in ("ok", "boom", "fine")]
+    requests = [EditRequest(images=(GOOD,), prompt=p, num_inference_steps=2) for p in ("ok", "boom", "fine")]
     results = encoder.encode_batch(requests)
     assert [type(r).__name__ for r in results] == ["Conditioning", "EditError", "Conditioning"]
     assert results[1].status == 500 and "RuntimeError" in results[1].message
 
 
 def test_a_bad_request_fails_alone_in_a_batch(stages):
-    good = EditRequest(images=(GOOD,), prompt="ok", num_inference_steps=1)
-    bad = EditRequest(images=(b"junk",), prompt="ok", num_inference_steps=1)
+    good = EditRequest(images=(GOOD,), prompt="ok", num_inference_steps=2)
+    bad = EditRequest(images=(b"junk",), prompt="ok", num_inference_steps=2)
     results = stages["edit-plus"].encoder.encode_batch([good, bad, good])
     assert [isinstance(r, EditError) for r in results] == [False, True, False]
     assert results[1].param == "image"

@@ -1,4 +1,4 @@
-"""Admission policy: FIFO within a bucket, token and row budgets, aging across buckets, fallback mode."""
+"""Admission policy: oldest first across shapes, token/row/bucket budgets, backfill, aging, fallback mode."""
 
 from dataclasses import dataclass
 
@@ -21,39 +21,50 @@ def names(requests):
     return [r.name for r in requests]
 
 
-def test_admits_fifo_within_budget_and_rows():
+def test_admits_oldest_first_within_budget_and_rows():
     waiting = [R("1"), R("2"), R("3"), R("4")]
     assert names(POLICY.admit(waiting, [])) == ["1", "2", "3"]  # 6 rows max
     assert names(POLICY.admit(waiting, [R("x", tokens=250)])) == ["1"]  # 400-token budget
 
 
-def test_only_the_active_bucket_joins():
+def test_several_shapes_share_a_step():
+    waiting = [R("b1", bucket="b"), R("a1"), R("c1", bucket="c", rows=1)]
+    assert names(POLICY.admit(waiting, [R("running")])) == ["b1", "a1"]  # 6 rows: c1 does not fit
+    assert names(POLICY.admit(waiting, [R("running", rows=1)])) == ["b1", "a1", "c1"]
+
+
+def test_buckets_per_step_are_capped():
+    one_shape = AdmissionPolicy(token_budget=10_000, max_batch_rows=100, max_wait_steps=5, max_buckets_per_step=1)
     waiting = [R("b1", bucket="b"), R("a1"), R("b2", bucket="b"), R("a2")]
-    assert names(POLICY.admit(waiting, [R("running")])) == ["a1", "a2"]
-    assert names(POLICY.admit(waiting, [])) == ["b1", "b2"]  # empty batch: the oldest request's bucket
+    assert names(one_shape.admit(waiting, [R("running")])) == ["a1", "a2"]  # the running shape only
+    assert names(one_shape.admit(waiting, [])) == ["b1", "b2"]  # empty batch: the oldest request's shape
 
 
-def test_strict_fifo_stops_at_the_first_that_does_not_fit():
+def test_a_younger_request_backfills_room_an_older_one_does_not_fit():
     waiting = [R("big", tokens=350), R("small", tokens=10)]
-    assert names(POLICY.admit(waiting, [R("running", tokens=100)])) == []
+    assert names(POLICY.admit(waiting, [R("running", tokens=100)])) == ["small"]
+
+
+def test_nobody_passes_a_starving_request():
+    waiting = [R("big", tokens=350, waited_steps=5), R("small", tokens=10)]
+    assert POLICY.admit(waiting, [R("running", tokens=100)]) == []  # the batch drains...
+    assert names(POLICY.admit(waiting, [])) == ["big", "small"]  # ...then it goes first
+
+
+def test_aging_drains_the_running_shape_when_shapes_are_capped():
+    one_shape = AdmissionPolicy(token_budget=400, max_batch_rows=6, max_wait_steps=5, max_buckets_per_step=1)
+    starving = R("b", bucket="b", waited_steps=5)
+    assert one_shape.admit([starving, R("a-new")], [R("running")]) == []  # stop feeding shape a
+    assert names(one_shape.admit([starving, R("a-new")], [])) == ["b"]  # then shape b goes first
+    young = R("b", bucket="b", waited_steps=4)
+    assert names(one_shape.admit([young, R("a1")], [R("running")])) == ["a1"]  # a young one does not block
 
 
 def test_an_oversized_request_runs_alone():
-    assert names(POLICY.admit([R("huge", tokens=10_000, rows=9)], [])) == ["huge"]
-
-
-def test_aging_drains_the_active_bucket_for_a_starving_one():
-    starving = R("b", bucket="b", waited_steps=5)
-    waiting = [starving, R("a-new")]
-    assert POLICY.admit(waiting, [R("running")]) == []  # stop feeding bucket a
-    assert names(POLICY.admit(waiting, [])) == ["b"]  # then bucket b goes first
-
-
-def test_young_other_bucket_does_not_block():
-    assert names(POLICY.admit([R("b", bucket="b", waited_steps=4), R("a1")], [R("running")])) == ["a1"]
+    assert names(POLICY.admit([R("huge", tokens=10_000, rows=9), R("small")], [])) == ["huge"]
 
 
 def test_whole_request_batching_admits_only_into_an_empty_batch():
     policy = AdmissionPolicy(token_budget=400, max_batch_rows=6, max_wait_steps=5, continuous=False)
     assert policy.admit([R("1")], [R("running")]) == []
-    assert names(policy.admit([R("1"), R("2")], [])) == ["1", "2"]
+    assert names(policy.admit([R("1"), R("2", bucket="b")], [])) == ["1", "2"]
