@@ -8,14 +8,19 @@
 2. Head-of-line blocking: half 4-step, half 24-step requests, 8 clients, with the Denoiser's
    continuous (step-level) admission on and off. Final line: short_p50_ratio=<on/off> of the 4-step
    requests' median latency.
+3. Mixed aspect ratios: inputs of 4 aspect ratios at size auto (4 latent shapes), 8 clients, with
+   several shapes per engine step (the default, `max_buckets_per_step: 4`) and with one shape at a
+   time (`max_buckets_per_step: 1`). Final line: mixed_shapes_p95_ratio=<several/one>.
 
 Each served run starts the app with `python -m serve` on a free loopback port (serve/config.yaml
-with the denoiser's `continuous` switched as needed) and stops it afterwards. Requests and time are
-bounded. The JSON report holds throughput (images/s), p50/p95/p99 latency and mean rows per forward.
+with the denoiser's settings switched as needed) and stops it afterwards. Requests and time are
+bounded. The JSON report holds throughput (images/s), p50/p95/p99 latency, and mean rows and latent
+shapes (forwards) per engine step.
 """
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -43,20 +48,25 @@ CONFIG = Path(__file__).resolve().parents[1] / "serve" / "config.yaml"
 APP = "edit"
 
 
+# Inputs of four aspect ratios (1:1, 5:3, 3:5, 16:9 roughly): at size auto, four latent shapes.
+MIXED_INPUTS = ((128, 128), (160, 96), (96, 160), (176, 96))
+
+
 @dataclass(frozen=True)
 class Job:
     """One edit of a workload."""
 
-    size: int
+    size: int | None  # output width and height; None: size auto (the model's area at the input's aspect)
     steps: int
     seed: int
+    input_size: tuple[int, int] | None = None  # (width, height) of its own input image; None: the workload's
 
     def form(self) -> dict[str, str]:
         return {
             "prompt": "change the red dress to a blue long-sleeved shirt",
             "negative_prompt": "blurry",
             "true_cfg_scale": "4.0",
-            "size": f"{self.size}x{self.size}",
+            "size": "auto" if self.size is None else f"{self.size}x{self.size}",
             "num_inference_steps": str(self.steps),
             "seed": str(self.seed),
         }
@@ -71,8 +81,9 @@ def tiny_at_working_size(size: int) -> Path:
     return path
 
 
-def input_image(size: int = 128) -> bytes:
-    pixels = np.random.RandomState(0).randint(0, 256, (size, size, 3), dtype=np.uint8)
+@functools.cache
+def input_image(width: int = 128, height: int | None = None) -> bytes:
+    pixels = np.random.RandomState(0).randint(0, 256, (height or width, width, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -109,12 +120,13 @@ def run_in_process(stages, image: bytes, jobs: list[Job]) -> dict:
 
 
 @contextlib.contextmanager
-def served_app(model: str, continuous: bool = True, config_path: Path = CONFIG):
-    """Runs `python -m serve` with `config_path` (model and denoiser.continuous set) on a free port."""
+def served_app(model: str, config_path: Path = CONFIG, **denoiser):
+    """Runs `python -m serve` with `config_path` (the model and the `denoiser` settings given set) on a
+    free port."""
     config = yaml.safe_load(config_path.read_text())
     args = config["applications"][0]["args"]
     args["model"] = model
-    args.setdefault("denoiser", {})["continuous"] = continuous
+    args.setdefault("denoiser", {}).update(denoiser)
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -183,8 +195,9 @@ def run_served(app: ServedApp, image: bytes, jobs: list[Job], clients: int, max_
         if time.monotonic() > deadline:
             return job, None
         t = time.perf_counter()
+        data = image if job.input_size is None else input_image(*job.input_size)
         response = sessions[index % clients].post(
-            f"{base}/v1/images/edits", files={"image": ("in.png", image, "image/png")}, data=job.form(), timeout=600
+            f"{base}/v1/images/edits", files={"image": ("in.png", data, "image/png")}, data=job.form(), timeout=600
         )
         response.raise_for_status()
         stage_times.append(response.json()["timings"])
@@ -197,7 +210,8 @@ def run_served(app: ServedApp, image: bytes, jobs: list[Job], clients: int, max_
     after = app.denoiser_stats()
     steps = after["steps"] - before["steps"]
     summary = summarize([latency for _, latency in results], wall)
-    summary["mean_rows_per_forward"] = round((after["rows_stepped"] - before["rows_stepped"]) / max(steps, 1), 3)
+    summary["mean_rows_per_step"] = round((after["rows_stepped"] - before["rows_stepped"]) / max(steps, 1), 3)
+    summary["mean_shapes_per_step"] = round((after["buckets_stepped"] - before["buckets_stepped"]) / max(steps, 1), 3)
     summary["clients"] = clients
     summary["mean_stage_s"] = {name: round(float(np.mean([t[name] for t in stage_times])), 4) for name in stage_times[0]}
     return summary | {"by_job": results}
@@ -222,6 +236,7 @@ def main() -> None:
     latency_jobs = [Job(128, 8, seed) for seed in range(16 // scale)]
     large_jobs = [Job(256, 8, seed) for seed in range(16 // scale)]
     mixed_jobs = [Job(128, 4 if i % 2 == 0 else 24, i) for i in range(48 // scale)]
+    shape_jobs = [Job(None, 8, i, MIXED_INPUTS[i % len(MIXED_INPUTS)]) for i in range(48 // scale)]
 
     stages = (Encoder(model), Denoiser(model), Decoder(model))
     run_in_process(stages, image, throughput_jobs[:2])  # warm-up
@@ -230,13 +245,18 @@ def main() -> None:
     report["baseline_256"] = run_in_process(stages, image, large_jobs)
     del stages
 
-    with served_app(model, continuous=True) as app:
+    with served_app(model) as app:
         run_served(app, image, throughput_jobs[:8], 8, args.max_seconds)  # warm-up
         print("served: continuous batching", flush=True)
         report["served_128_c8"] = run_served(app, image, throughput_jobs, 8, args.max_seconds)
         report["served_128_c1"] = run_served(app, image, latency_jobs, 1, args.max_seconds)
         report["served_256_c8"] = run_served(app, image, large_jobs, 8, args.max_seconds)
         report["mixed_continuous"] = run_served(app, image, mixed_jobs, 8, args.max_seconds)
+        report["shapes_several_per_step"] = run_served(app, image, shape_jobs, 8, args.max_seconds)
+    with served_app(model, max_buckets_per_step=1) as app:
+        run_served(app, image, shape_jobs[:8], 8, args.max_seconds)  # warm-up
+        print("served: one latent shape per step", flush=True)
+        report["shapes_one_per_step"] = run_served(app, image, shape_jobs, 8, args.max_seconds)
     with served_app(model, continuous=False) as app:
         run_served(app, image, throughput_jobs[:8], 8, args.max_seconds)  # warm-up
         print("served: whole-request batching", flush=True)
@@ -246,7 +266,7 @@ def main() -> None:
         by_job = report[name].pop("by_job")
         report[name]["short_p50_s"] = round(float(np.median([t for job, t in by_job if job.steps == 4])), 4)
         report[name]["long_p50_s"] = round(float(np.median([t for job, t in by_job if job.steps == 24])), 4)
-    for name in ("served_128_c8", "served_128_c1", "served_256_c8"):
+    for name in ("served_128_c8", "served_128_c1", "served_256_c8", "shapes_several_per_step", "shapes_one_per_step"):
         report[name].pop("by_job")
 
     ratios = {
@@ -254,11 +274,19 @@ def main() -> None:
         "throughput_ratio_256": report["served_256_c8"]["images_per_s"] / report["baseline_256"]["images_per_s"],
         "serving_overhead_c1": report["served_128_c1"]["p50_s"] / report["baseline_128"]["p50_s"],
         "short_p50_ratio": report["mixed_continuous"]["short_p50_s"] / report["mixed_whole_request"]["short_p50_s"],
+        "mixed_shapes_p50_ratio": report["shapes_several_per_step"]["p50_s"] / report["shapes_one_per_step"]["p50_s"],
+        "mixed_shapes_p95_ratio": report["shapes_several_per_step"]["p95_s"] / report["shapes_one_per_step"]["p95_s"],
+        "mixed_shapes_throughput_ratio": (
+            report["shapes_several_per_step"]["images_per_s"] / report["shapes_one_per_step"]["images_per_s"]
+        ),
     }
     report["ratios"] = {name: round(value, 3) for name, value in ratios.items()}
     args.report.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
-    for name in ("serving_overhead_c1", "throughput_ratio_256", "short_p50_ratio", "throughput_ratio"):
+    for name in (
+        "serving_overhead_c1", "throughput_ratio_256", "short_p50_ratio", "mixed_shapes_throughput_ratio",
+        "mixed_shapes_p50_ratio", "mixed_shapes_p95_ratio", "throughput_ratio",
+    ):
         print(f"{name}={report['ratios'][name]}")
 
 

@@ -73,7 +73,7 @@ def main() -> None:
     jobs = [Job(128, 8, seed) for seed in range(args.rows)]
 
     report = {"model": model, "cpu_count": os.cpu_count(), "bulk": run_bulk(model, jobs, image)}
-    with served_app(model, continuous=True) as app:
+    with served_app(model) as app:
         run_served(app, image, jobs[:8], 8, 300)  # warm-up
         report["online_c8"] = run_served(app, image, jobs, 8, 600)
         report["online_c8"].pop("by_job")

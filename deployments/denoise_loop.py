@@ -200,13 +200,14 @@ class DenoiseLoop:
     def step(self) -> None:
         """One engine step for every admitted request, each at its own timestep."""
         start_failures = self._admit()
-        if not self._active:
-            if start_failures:  # nothing could even start: as telling as a failed forward
-                self._count_step(succeeded=False)
-            return
-        failed = self._forward()
-        self._update(failed)
-        self._resolve()
+        if self._active:
+            failed = self._forward()
+            self._update(failed)
+            self._resolve()
+        elif start_failures:  # nothing could even start: as telling as a failed forward
+            self._count_step(succeeded=False)
+        self.stats.active_requests = len(self._active)
+        metrics.DENOISE_ACTIVE.set(len(self._active), model=self.model_name)
 
     def _admit(self) -> int:
         """Drops cancelled requests, lets the policy pick waiting ones, and starts them; returns how
@@ -270,8 +271,6 @@ class DenoiseLoop:
                 self._retire(ticket, error=error)
             else:
                 self._retire(ticket, result)
-        self.stats.active_requests = len(self._active)
-        metrics.DENOISE_ACTIVE.set(len(self._active), model=self.model_name)
 
     def _retire(self, ticket: Ticket, result: Latents | None = None, error: Exception | None = None) -> None:
         """Takes `ticket` out of the running batch and delivers its outcome — once: a no-op for a ticket

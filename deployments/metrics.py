@@ -92,6 +92,7 @@ def bind(backend) -> None:
             _backend = backend
             _instruments.clear()
             _gauges.clear()
+            _last_memory_report.clear()
             threading.Thread(target=_refresh_gauges, args=(backend,), name="metrics-gauge-refresh", daemon=True).start()
 
 

@@ -84,7 +84,8 @@ class Ingress:
             images_asked = len(parsed.seeds)
             timeout = parsed.timeout_s or self.settings.request_timeout_s
             if parsed.stream:
-                events = self._stream(request, parsed, timeout, started)
+                steps = await asyncio.wait_for(self._start_stream(request, parsed), timeout)
+                events = self._stream(steps, parsed, timeout - (time.time() - started), started)
                 return StreamingResponse(events, media_type="text/event-stream", headers=headers)
             images = await asyncio.wait_for(self._run(request, parsed.seeds), timeout)
         except Exception as e:  # every failure becomes an OpenAI-shaped error, never a stack trace
@@ -122,13 +123,24 @@ class Ingress:
         finally:  # on error, timeout or client disconnect, stop the work still queued or running
             _cancel(conditioning, *latents, *images)
 
-    async def _stream(self, request: EditRequest, parsed: EditForm, timeout: float, started: float):
+    async def _start_stream(self, request: EditRequest, parsed: EditForm):
+        """The Denoiser's event stream for `request`, once the request is in its loop: whatever the
+        Encoder refuses (or an overloaded Denoiser) fails here, before any response has started, so a
+        streaming client gets the same 4xx / 503 as a non-streaming one."""
+        conditioning = self.encoder.encode.remote(request)
+        steps = self.denoiser.options(stream=True).denoise_stream.remote(conditioning, parsed.seeds[0], parsed.partial_images)
+        try:
+            await steps.__anext__()  # the stream's first event says the request is in the loop (ACCEPTED)
+        except BaseException:  # refused, failed, timed out, or the client went away
+            _cancel(conditioning, steps)
+            raise
+        return steps
+
+    async def _stream(self, steps, parsed: EditForm, timeout: float, started: float):
         """Server-Sent Events in OpenAI's shapes: `image_edit.partial_image` previews (the Denoiser's
         predicted clean latents, decoded as small JPEGs), then `image_edit.completed`; with
         `stream_progress`, an `image_edit.progress` event per step (an extension). A failure after the
         stream has started is an `error` event."""
-        conditioning = self.encoder.encode.remote(request)
-        steps = self.denoiser.options(stream=True).denoise_stream.remote(conditioning, parsed.seeds[0], parsed.partial_images)
         partial_index = 0
         try:
             async with asyncio.timeout(timeout):
@@ -148,7 +160,7 @@ class Ingress:
         except Exception as e:  # the response has started: the error travels as an event
             yield _sse("error", {"error": error_body(self._failed(e, 1))})
         finally:  # also when the client disconnects: the request leaves the denoising batch
-            _cancel(conditioning, steps)
+            _cancel(steps)
 
     def _edit_response(self, images: list[EditedImage], total_s: float, headers: dict) -> Response:
         timings = {name: round(value, 4) for name, value in images[0].timings.items() if name != "sent_at"}
@@ -174,10 +186,13 @@ class Ingress:
         return JSONResponse({"object": "list", "data": [model]})
 
     async def healthz(self, http: Request) -> Response:
-        app = serve.get_replica_context().app_name
-        status = await asyncio.to_thread(serve.status)  # a controller call; keep the event loop free
-        deployments = status.applications[app].deployments
-        states = {name: deployments[name].status.value for name in STAGES}
+        """200 when every stage can serve, else 503 — never an error of its own: while the app is being
+        (re)deployed Serve's status may lack the app or a stage, or the controller may not answer."""
+        try:
+            states = await asyncio.to_thread(_stage_states)  # a controller call; keep the event loop free
+        except Exception as e:
+            logger.warning("health check could not read Serve's status: %r", e)
+            return error_response(OverloadedError(f"the stages' status is unavailable ({type(e).__name__}); retry shortly"))
         unhealthy = [name for name, state in states.items() if state not in SERVING_STATES]
         if unhealthy:
             return error_response(OverloadedError(f"stage(s) {unhealthy} cannot serve now: {states}"))
@@ -195,6 +210,13 @@ NO_TOKEN_USAGE = {  # the SDK's completed event carries token usage; this model 
     "input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
     "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
 }
+
+
+def _stage_states() -> dict[str, str]:
+    """Each stage deployment's Serve status (HEALTHY, UPDATING, ...) in this replica's app."""
+    app = serve.get_replica_context().app_name
+    deployments = serve.status().applications[app].deployments
+    return {name: deployments[name].status.value for name in STAGES}
 
 
 def _image_event(image: EditedImage) -> dict:

@@ -20,7 +20,8 @@ EDIT_FORM = {
             ],
         },
         "image[]": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1, "maxItems": 3},
-        "prompt": {"type": "string", "minLength": 1, "description": "The edit instruction, in any language."},
+        "prompt": {"type": "string", "minLength": 1, "description": "The edit instruction, in any language. The text "
+                   "encoder's special tokens (e.g. <|image_pad|>, <|im_end|>) are refused."},
         "n": {"type": "integer", "minimum": 1, "maximum": 4, "default": 1, "description": "Images to make; image i uses seed + i."},
         "size": {"type": "string", "pattern": "^(auto|[0-9]+x[0-9]+)$", "default": "auto",
                  "description": "WIDTHxHEIGHT (multiples of the model's latent grid, 16 for real models) or auto. "
@@ -34,7 +35,8 @@ EDIT_FORM = {
                             "Qwen-Image-Edit (true CFG on), none (the empty prompt) for InstructPix2Pix."},
         "seed": {"type": "integer", "minimum": 0, "description": "Same seed and inputs give the same image; random if unset."},
         "num_inference_steps": {"type": "integer", "minimum": 1,
-                                "description": "Default: the model's; at most `limits.max_steps` (200)."},
+                                "description": "Default: the model's; at most `limits.max_steps` (200); at least what "
+                                "the model's scheduler can run (2 for Qwen-Image-Edit's)."},
         "true_cfg_scale": {"type": "number", "minimum": 0, "maximum": MAX_CFG_SCALE, "default": 4.0,
                            "description": "Qwen-Image-Edit only: true classifier-free guidance scale; <= 1 turns it off."},
         "guidance_scale": {"type": "number", "minimum": 0, "maximum": MAX_CFG_SCALE, "default": 7.5,
@@ -44,7 +46,8 @@ EDIT_FORM = {
                                  "description": "InstructPix2Pix only: image guidance s_I, how closely the output "
                                  "follows the input image (1-1.5 typical)."},
         "timeout": {"type": "number", "minimum": 1, "description": "This request's deadline in seconds (504 past it)."},
-        "stream": {"type": "boolean", "default": False, "description": "Answer as Server-Sent Events (n must be 1)."},
+        "stream": {"type": "boolean", "default": False, "description": "Answer as Server-Sent Events (n must be 1). "
+                   "Invalid input is refused with the same JSON 4xx as without streaming, before any event."},
         "partial_images": {"type": "integer", "minimum": 0, "maximum": MAX_PARTIAL_IMAGES, "default": 0,
                            "description": "Previews streamed before the final image."},
         "stream_progress": {"type": "boolean", "default": False,

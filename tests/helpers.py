@@ -1,7 +1,8 @@
-"""Small helpers shared by tests: deterministic input images as encoded bytes, and the command lines
-of the processes Ray starts."""
+"""Small helpers shared by tests: deterministic input images as encoded bytes, the command lines of
+the processes Ray starts, and waiting on a condition (never a sleep standing in for one)."""
 
 import io
+import time
 
 import numpy as np
 import psutil
@@ -27,3 +28,11 @@ def command_line(process: psutil.Process) -> str:
         return " ".join(process.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
         return ""
+
+
+def wait_until(condition, message: str, timeout_s: float = 60, poll_s: float = 0.05) -> None:
+    """Returns as soon as `condition()` holds; fails with `message` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(poll_s)

@@ -18,7 +18,7 @@ from deployments import metrics
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
-from deployments.errors import EditError
+from deployments.errors import EditError, each_or_error
 from deployments.fast_path import FastPath
 from deployments.models import model_name
 
@@ -73,7 +73,7 @@ class DenoiseActor(StageActor):
     engine_class = Denoiser
 
     def run(self, items):
-        return self.engine.denoise(items)
+        return self.engine.denoise_batch(items)
 
 
 class DecodeActor(StageActor):
@@ -87,7 +87,7 @@ class DecodeActor(StageActor):
         self.output_dir = Path(output_dir)
 
     def run(self, items):
-        return [self._write(self.engine.decode(latents)) for latents in items]
+        return each_or_error(lambda latents: self._write(self.engine.decode(latents)), items, "decoding")
 
     def _write(self, edited) -> str:
         extension = "jpg" if edited.format == "jpeg" else edited.format

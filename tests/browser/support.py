@@ -7,7 +7,7 @@ from cluster.bench import served_app
 
 def served_page(model: str):
     """For a module fixture: the page's URL on `python -m serve` with `model`, stopped afterwards."""
-    with served_app(model, continuous=True) as app:
+    with served_app(model) as app:
         yield app.base + "/"
 
 

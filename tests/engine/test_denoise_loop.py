@@ -11,7 +11,7 @@ from deployments.admission import AdmissionPolicy
 from deployments.contracts import EditRequest
 from deployments.denoise_loop import DenoiseLoop
 from deployments.errors import EditError, EngineStoppedError, OverloadedError
-from tests.helpers import image_bytes, random_image
+from tests.helpers import image_bytes, random_image, wait_until
 
 WIDE = image_bytes(random_image(96, 64, seed=1))
 TALL = image_bytes(random_image(64, 96, seed=2))
@@ -43,13 +43,6 @@ def solo(denoiser, conditioning) -> torch.Tensor:
 
 def result(ticket) -> torch.Tensor:
     return ticket.future.result(timeout=RESULT_TIMEOUT_S).latents
-
-
-def wait_until(condition, message: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.01)
 
 
 def test_a_request_joins_a_running_batch_and_both_match_solo(denoiser, encode, loop):

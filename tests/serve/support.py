@@ -1,8 +1,11 @@
-"""Helpers shared by the serve/ tests: the test app's settings, an HTTP client, a free port."""
+"""Helpers shared by the serve/ tests: the test app's settings, deploying an extra app for one test,
+an HTTP client, a free port, the Denoiser's counters."""
 
+import contextlib
 import socket
 
 import requests
+from ray import serve
 
 from serve.settings import AppSettings
 
@@ -38,3 +41,19 @@ class Client:
 
     def post(self, path: str, **kwargs) -> requests.Response:
         return self.session.post(self.base_url + path, timeout=120, **kwargs)
+
+
+def denoiser_stats(app: str = APP) -> dict:
+    """The engine-loop counters of `app`'s Denoiser (one replica)."""
+    return serve.get_deployment_handle("Denoiser", app).stats.remote().result(timeout_s=60)
+
+
+@contextlib.contextmanager
+def deployed(app, name: str, route_prefix: str | None):
+    """`app` running under `name` for the duration (deleted however the test ends, so a failed test
+    leaves no replicas taking the shared cluster's CPUs); yields its handle."""
+    handle = serve.run(app, name=name, route_prefix=route_prefix)
+    try:
+        yield handle
+    finally:
+        serve.delete(name)

@@ -1,5 +1,7 @@
 """The metrics module: one prefix, fixed labels, recording through whatever backend is bound."""
 
+import time
+
 import pytest
 
 from deployments import metrics
@@ -66,3 +68,34 @@ def test_a_batch_records_its_size_and_each_items_stage_time(recorder):
     metrics.record_batch("m", "decode", 3, 0.5)
     assert [r for r in recorder.records if r[0] == "image_edit_batch_size"] == [("image_edit_batch_size", 3, {"model": "m", "stage": "decode"})]
     assert [r[1] for r in recorder.records if r[0] == "image_edit_stage_seconds"] == [0.5, 0.5, 0.5]
+
+
+def test_gauges_are_re_recorded_while_nothing_changes(monkeypatch):
+    """Ray drops a gauge from its export soon after its last recording: each process re-records its own."""
+    monkeypatch.setattr(metrics, "GAUGE_REFRESH_S", 0.05)
+    backend = Recorder()
+    metrics.bind(backend)
+    try:
+        metrics.DENOISE_WAITING.set(3, model="m")
+        metrics.DENOISE_WAITING.set(0, model="m")  # the last value is the one kept fresh
+        recorded = lambda: [r[1:] for r in backend.records if r[0] == "image_edit_denoise_waiting_requests"]  # noqa: E731
+        deadline = time.monotonic() + 10
+        while len(recorded()) < 5:
+            assert time.monotonic() < deadline, "the gauge was not re-recorded"
+            time.sleep(0.01)
+        assert recorded()[:5] == [(3, {"model": "m"})] + [(0, {"model": "m"})] * 4
+    finally:
+        metrics.bind(None)
+
+
+def test_a_failing_backend_never_fails_the_work(recorder, caplog):
+    class Broken(Recorder):
+        def _factory(self, kind):
+            def create(*args, **kwargs):
+                raise RuntimeError("metrics agent unreachable")
+
+            return create
+
+    metrics.bind(Broken())
+    metrics.ERRORS.inc(kind="internal")  # logged, not raised
+    assert "recording metric errors failed" in caplog.text
