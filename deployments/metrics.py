@@ -101,17 +101,23 @@ def _record(metric: Metric, method: str, value: float, tags: dict) -> None:
         raise ValueError(f"{metric.name} takes labels {metric.tag_keys}, got {tuple(tags)}")
     if _backend is None:
         return
-    with _lock:  # one lock for the instrument and the remembered value: a refresh never re-records a stale one
-        try:
-            instrument = _instruments.get(metric.name)
-            if instrument is None:
-                instrument = _instruments[metric.name] = _create(metric)
-            getattr(instrument, method)(value, tags={key: str(v) for key, v in tags.items()})
-        except Exception:  # observability never fails the work it observes
-            logger.exception("recording metric %s failed", metric.name)
-            return
-        if metric.kind == "gauge":
+    with _lock:  # one lock for recording and remembering: a refresh never re-records a stale value
+        if _apply(metric, method, value, tags) and metric.kind == "gauge":
             _gauges[(metric.name, *sorted(tags.items()))] = (metric, value, tags)
+
+
+def _apply(metric: Metric, method: str, value: float, tags: dict) -> bool:
+    """Records through the backend (under _lock); False if it failed — observability never fails the
+    work it observes."""
+    try:
+        instrument = _instruments.get(metric.name)
+        if instrument is None:
+            instrument = _instruments[metric.name] = _create(metric)
+        getattr(instrument, method)(value, tags={key: str(v) for key, v in tags.items()})
+        return True
+    except Exception:
+        logger.exception("recording metric %s failed", metric.name)
+        return False
 
 
 def _refresh_gauges(backend) -> None:
@@ -120,9 +126,8 @@ def _refresh_gauges(backend) -> None:
         for stage in list(_last_memory_report):
             record_memory(stage, every_s=0)
         with _lock:
-            remembered = list(_gauges.values())
-        for metric, value, tags in remembered:
-            metric.set(value, **tags)
+            for metric, value, tags in _gauges.values():
+                _apply(metric, "set", value, tags)
 
 
 def _create(metric: Metric):

@@ -104,8 +104,9 @@ class DenoiserStage(_Settings):
     max_waiting: int = Field(64, ge=1, description="Requests waiting in the loop before new ones get 503.")
     max_buckets_per_step: int = Field(
         4, ge=1,
-        description="Most latent shapes (aspect ratios / sizes) in one engine step, one forward each; 1 runs "
-        "one shape at a time.",
+        description="Most latent shapes (aspect ratios / sizes) in one engine step, one forward each. More "
+        "shapes: a waiting request of another shape joins at the next step; 1: one shape at a time (fewer, "
+        "fuller forwards; requests of other shapes wait for it to drain).",
     )
     max_wait_steps: int = Field(
         32, ge=1,
