@@ -6,7 +6,7 @@ any stage sees it, and the bulk job checks its manifest's columns before any wor
 
 from dataclasses import dataclass
 
-from deployments.errors import InvalidInputError, ModelLoadError
+from deployments.errors import InvalidInputError
 
 GUIDANCE_FIELDS = ("true_cfg_scale", "guidance_scale", "image_guidance_scale")
 
@@ -53,9 +53,3 @@ PARAMETERS = {
     ),
 }
 
-
-def parameters_for(pipeline_class: str) -> FamilyParameters:
-    try:
-        return PARAMETERS[pipeline_class]
-    except KeyError:
-        raise ModelLoadError(f"the model is a {pipeline_class}; supported pipelines are {sorted(PARAMETERS)}") from None

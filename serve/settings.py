@@ -100,7 +100,9 @@ class DenoiserStage(_Settings):
     token_budget: int = Field(
         65536, ge=1, description="Most tokens per transformer forward: image + text tokens, CFG rows counted."
     )
-    max_batch_rows: int = Field(16, ge=1, description="Most rows per forward (a request with CFG takes 2).")
+    max_batch_rows: int = Field(
+        16, ge=1, description="Most rows per step (a guided request takes 2 with Qwen-Image-Edit, 3 with InstructPix2Pix)."
+    )
     max_waiting: int = Field(64, ge=1, description="Requests waiting in the loop before new ones get 503.")
     max_buckets_per_step: int = Field(
         4, ge=1,

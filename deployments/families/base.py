@@ -46,7 +46,6 @@ class DenoiseJob:
     latents: torch.Tensor  # (1, L, C) the current sample, packed
     scheduler: Any  # this request's own scheduler instance (schedulers keep a step index)
     timesteps: torch.Tensor  # (N,)
-    generator: torch.Generator  # seeded with the request's seed
     footprint: Footprint
     device_inputs: dict[str, torch.Tensor]  # conditioning tensors moved to the model's device
     step_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of its scheduler's step

@@ -154,7 +154,6 @@ class InstructPix2Pix(ModelFamily):
             latents=noise * scheduler.init_noise_sigma,
             scheduler=scheduler,
             timesteps=timesteps,
-            generator=generator,
             footprint=self.footprint(conditioning),
             device_inputs=device_inputs,
             step_kwargs=self.pipe.prepare_extra_step_kwargs(generator, eta=0.0),  # ancestral noise from its seed

@@ -191,7 +191,6 @@ class QwenImageEdit(ModelFamily):
             latents=latents,
             scheduler=scheduler,
             timesteps=timesteps,
-            generator=generator,
             footprint=self.footprint(conditioning),
             device_inputs=device_inputs,
         )
