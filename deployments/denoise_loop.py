@@ -309,7 +309,6 @@ class DenoiseLoop:
         """The step's counters and metrics."""
         batch = self._active
         s = self.stats
-        s.active_requests = len(batch)
         s.active_rows = sum(t.rows for t in batch)
         s.last_forward_tokens = sum(t.tokens for t in batch)
         s.last_step_s = seconds

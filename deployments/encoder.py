@@ -31,4 +31,3 @@ class Encoder:
     def encode_batch(self, requests: list[EditRequest]) -> list[Conditioning | EditError]:
         """Each request's Conditioning, or the error that request alone ended with."""
         return each_or_error(self.encode, requests, "encoding")
-
