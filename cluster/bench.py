@@ -42,6 +42,7 @@ from deployments.contracts import EditRequest
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
+from deployments.parameters import parse
 from deployments.tiny import write_checkpoint
 
 CONFIG = Path(__file__).resolve().parents[1] / "serve" / "config.yaml"
@@ -64,8 +65,7 @@ class Job:
     def form(self) -> dict[str, str]:
         return {
             "prompt": "change the red dress to a blue long-sleeved shirt",
-            "negative_prompt": "blurry",
-            "true_cfg_scale": "4.0",
+            "negative_prompt": "blurry",  # true CFG at its default scale
             "size": "auto" if self.size is None else f"{self.size}x{self.size}",
             "num_inference_steps": str(self.steps),
             "seed": str(self.seed),
@@ -107,10 +107,7 @@ def run_in_process(stages, image: bytes, jobs: list[Job]) -> dict:
     latencies, started = [], time.perf_counter()
     for job in jobs:
         t = time.perf_counter()
-        request = EditRequest(
-            images=(image,), prompt=job.form()["prompt"], negative_prompt="blurry", true_cfg_scale=4.0,
-            width=job.size, height=job.size, num_inference_steps=job.steps, seed=job.seed,
-        )
+        request = EditRequest(parse(encoder.family.spec.request_model(), {**job.form(), "image": [image]}))
         decoder.decode(denoiser.denoise([encoder.encode(request)])[0])
         latencies.append(time.perf_counter() - t)
     return summarize(latencies, time.perf_counter() - started)

@@ -41,7 +41,7 @@ def run_bulk(model: str, jobs: list[Job], image: bytes) -> dict:
         pq.write_table(table, root / "manifest.parquet")
         command = [
             sys.executable, "-m", "cluster.bulk", "--manifest", str(root / "manifest.parquet"), "--output", str(root / "out"),
-            "--model", model, "--steps", first["num_inference_steps"], "--cfg", first["true_cfg_scale"],
+            "--model", model, "--num-inference-steps", first["num_inference_steps"],
             "--negative-prompt", first["negative_prompt"], "--size", first["size"],
         ]
         started = time.perf_counter()

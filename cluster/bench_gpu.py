@@ -39,7 +39,9 @@ from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from deployments.fast_path import ATTENTION_BACKENDS, FastPath
+from deployments.generated import ensure_generated
 from deployments.models import default_device, default_dtype, load_components, resolve_model
+from deployments.parameters import parse
 from deployments.settings import EngineSettings
 
 PROMPT = "change the red dress to a blue long-sleeved shirt"
@@ -101,8 +103,8 @@ def run_diffusers(model: str, device: torch.device, image, size: int, steps: int
 
 def run_staged(model: str, device: torch.device, image_bytes: bytes, size: int, steps: int, fast: FastPath) -> dict:
     encoder, denoiser, decoder = Encoder(model, device, fast), Denoiser(model, device, fast), Decoder(model, device, fast)
-    request = EditRequest(images=(image_bytes,), prompt=PROMPT, negative_prompt=" ", true_cfg_scale=4.0, seed=0,
-                          num_inference_steps=steps, width=size, height=size)
+    values = {"image": [image_bytes], "prompt": PROMPT, "seed": 0, "num_inference_steps": steps, "size": f"{size}x{size}"}
+    request = EditRequest(parse(encoder.family.spec.request_model(), values))  # true CFG 4 with " ": the defaults
     stages, peaks, stamps = {}, {}, []
     sync(device)
     started = time.perf_counter()
@@ -180,6 +182,7 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=Path("bench-gpu.json"))
     args = parser.parse_args()
     device = default_device()
+    ensure_generated(args.model)  # a random preset's configs, on first use
     data = input_image(args.size)
     report = {
         "model": args.model, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -10,7 +10,7 @@ import torch
 from deployments.contracts import EditedImage, Latents
 from deployments.errors import EditError, each_or_error
 from deployments.fast_path import FastPath, prepare_vae
-from deployments.families import load_family
+from deployments.families.loading import load_family
 from deployments.images import encode_image
 from deployments.settings import model_from_env
 

@@ -35,7 +35,7 @@ from deployments.admission import AdmissionPolicy
 from deployments.contracts import Conditioning, Latents
 from deployments.denoiser import Denoiser
 from deployments.errors import EngineStoppedError, OverloadedError, failed_alone
-from deployments.families import DenoiseJob, Footprint
+from deployments.families.base import DenoiseJob, Footprint
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ import torch
 from deployments.contracts import Conditioning, Latents
 from deployments.errors import EditError, failed_alone
 from deployments.fast_path import FastPath, prepare_transformer
-from deployments.families import DenoiseJob, Footprint, load_family
+from deployments.families.base import DenoiseJob, Footprint
+from deployments.families.loading import load_family
 from deployments.settings import model_from_env
 
 
@@ -89,10 +90,12 @@ class Denoiser:
         return failed
 
     def _update(self, job: DenoiseJob, noise_pred: torch.Tensor) -> None:
-        """The job's own scheduler step (and its preview, when one was asked for after this step)."""
+        """The job's own scheduler step (and its preview, when one was asked for after this step), then the
+        family's hook on the job's own state."""
         if job.step_index + 1 in job.preview_after:
             job.preview = self.family.predicted_clean(job, noise_pred)
         job.latents = job.scheduler.step(noise_pred, job.timestep, job.latents, **job.step_kwargs, return_dict=False)[0]
+        self.family.after_step(job, noise_pred)
         job.step_index += 1
 
     def finish(self, job: DenoiseJob) -> Latents:

@@ -2,8 +2,10 @@
 
     python -m deployments.edit IMAGE [IMAGE ...] --prompt "make the sky pink" --out edited.png
 
-With no MODEL set this uses the tiny default checkpoint (generated on first use), whose random
-weights produce noise: it shows the plumbing works, not what a real model would draw.
+The parameter flags (--num-inference-steps, --true-cfg-scale, ...) are the model family's declared
+request fields, validated as the HTTP API validates them. With no MODEL set this uses the tiny default
+checkpoint (generated on first use), whose random weights produce noise: it shows the plumbing
+works, not what a real model would draw.
 """
 
 import argparse
@@ -11,52 +13,42 @@ import logging
 import time
 from pathlib import Path
 
-from deployments.contracts import EditRequest, OutputSpec
+from deployments.contracts import EditRequest
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from deployments.errors import EditError
+from deployments.generated import ensure_generated
 from deployments.models import resolve_model
-from deployments.parameters import PARAMETERS
+from deployments.parameter_flags import add_parameter_flags, given
+from deployments.parameters import parse
 from deployments.settings import model_from_env
 
 logger = logging.getLogger(__name__)
+NOT_FLAGS = ("image", "prompt", "n", "output_format")  # positional, --prompt, one image, from --out's suffix
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", type=Path, help="input image(s); 1-3 for Edit-Plus models, else 1")
     parser.add_argument("--prompt", required=True, help="the edit instruction")
-    parser.add_argument("--negative-prompt", default=None,
-                        help="default: the family's (' ' for Qwen-Image-Edit, as its examples; none for InstructPix2Pix)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    parser.add_argument("--cfg", type=float, default=None, help="Qwen-Image-Edit: true CFG scale (4.0); <= 1 turns CFG off")
-    parser.add_argument("--guidance-scale", type=float, default=None, help="InstructPix2Pix: text guidance s_T (7.5)")
-    parser.add_argument("--image-guidance-scale", type=float, default=None, help="InstructPix2Pix: image guidance s_I (1.5)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True, help="where to write the edited image")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the edited image (.png, .jpg, .webp)")
     parser.add_argument("--model", default=None, help="checkpoint directory or hub id (default: $MODEL or the tiny model)")
+    flags = add_parameter_flags(parser.add_argument_group("request parameters"), NOT_FLAGS, {"seed": 0})
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     model = args.model or model_from_env()
     output_format = args.out.suffix.lstrip(".").lower().replace("jpg", "jpeg") or "png"
     try:
-        parameters = PARAMETERS[resolve_model(model).pipeline_class]
-        request = EditRequest(
-            images=tuple(path.read_bytes() for path in args.images),
-            prompt=args.prompt,
-            negative_prompt=parameters.default_negative_prompt if args.negative_prompt is None else args.negative_prompt,
-            seed=args.seed,
-            num_inference_steps=args.steps,
-            true_cfg_scale=args.cfg,
-            guidance_scale=args.guidance_scale,
-            image_guidance_scale=args.image_guidance_scale,
-            output=OutputSpec(format=output_format),
-        )
+        ensure_generated(model)
+        spec = resolve_model(model)
+        values = {"seed": 0, **given(args, flags), "output_format": output_format}
+        images = [path.read_bytes() for path in args.images]
+        parameters = parse(spec.request_model(), {**values, "prompt": args.prompt, "image": images})
         encoder, denoiser, decoder = Encoder(model), Denoiser(model), Decoder(model)
         start = time.perf_counter()
-        edited = decoder.decode(denoiser.denoise([encoder.encode(request)])[0])
+        edited = decoder.decode(denoiser.denoise([encoder.encode(EditRequest(parameters))])[0])
     except EditError as e:
         parser.exit(2, f"error: {e.message}\n")
     args.out.write_bytes(edited.data)

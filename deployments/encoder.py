@@ -2,7 +2,7 @@
 
 Loads: the text encoder (Qwen2.5-VL with its processor, or CLIP with its tokenizer) and the VAE,
 never the denoising model. Decodes the uploaded bytes (EXIF orientation applied, any mode to RGB),
-refuses fields the model's family doesn't take, resizes as diffusers does, embeds the prompt (and
+refuses what only the loaded model can tell (fewer steps than its scheduler runs), resizes as diffusers does, embeds the prompt (and
 the negative prompt when guidance is on) and VAE-encodes the input image(s) into the family's
 latents (deployments/families/). Output tensors are on the CPU.
 """
@@ -12,7 +12,7 @@ import torch
 from deployments.contracts import Conditioning, EditRequest
 from deployments.errors import EditError, each_or_error
 from deployments.fast_path import FastPath, prepare_vae
-from deployments.families import load_family
+from deployments.families.loading import load_family
 from deployments.images import decode_image
 from deployments.settings import model_from_env
 
@@ -24,8 +24,8 @@ class Encoder:
 
     def encode(self, request: EditRequest) -> Conditioning:
         self.family.check(request)
-        single = len(request.images) == 1
-        images = [decode_image(data, "image" if single else f"image[{i}]") for i, data in enumerate(request.images)]
+        uploads = request.parameters.image
+        images = [decode_image(data, "image" if len(uploads) == 1 else f"image[{i}]") for i, data in enumerate(uploads)]
         return self.family.encode(request, images)
 
     def encode_batch(self, requests: list[EditRequest]) -> list[Conditioning | EditError]:

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 
 from deployments.errors import ModelLoadError
-from deployments.parameters import PARAMETERS
-from deployments.settings import ENGINE_SETTINGS_FILE, EngineSettings
-from deployments.random_models import build_module, ensure_preset, is_preset_dir, is_random
-from deployments.tiny import ensure_tiny_checkpoint
+from deployments.families import declaration
+from deployments.limits import Limits
+from deployments.parameters import EditParameters, request_model
+from deployments.random_models import build_module, is_preset_dir, is_random, preset_dir
+from deployments.settings import ENGINE_SETTINGS_FILE, TINY_MODEL_DIRS, EngineSettings
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +37,24 @@ class ModelSpec:
     settings: EngineSettings
     random_weights: bool = False  # a full-size random preset: modules are built from their configs
 
+    @property
+    def declared(self) -> type[EditParameters]:
+        """What requests to this model may set: its family's declaration."""
+        return declaration(self.pipeline_class)
+
+    def request_model(self, limits: Limits = Limits()) -> type[EditParameters]:
+        """The family's declaration bound to `limits` and this checkpoint's defaults: what edges validate with."""
+        return request_model(self.declared, limits, self.settings)
+
 
 def resolve_model(model: str, components: tuple[str, ...] = ()) -> ModelSpec:
-    """Finds `model` locally or in the hub cache (downloading only `components` when online)."""
-    path = ensure_preset(model) if is_random(model) else Path(model)
-    if not is_random(model) and not ensure_tiny_checkpoint(path) and not path.is_dir():
+    """Finds `model` locally or in the hub cache (downloading only `components` when online). Reads
+    only: the generated checkpoints must have been written first (deployments/generated.py)."""
+    path = preset_dir(model) if is_random(model) else Path(model)
+    generated = is_random(model) or path.resolve() in TINY_MODEL_DIRS
+    if generated and not path.is_dir():
+        raise ModelLoadError(f"{model!r} is generated on first use: call deployments.generated.ensure_generated first")
+    if not path.is_dir():
         path = _download(model, components)
     index_file = path / "model_index.json"
     if not index_file.is_file():
@@ -50,15 +64,13 @@ def resolve_model(model: str, components: tuple[str, ...] = ()) -> ModelSpec:
         name: tuple(value) for name, value in index.items()
         if not name.startswith("_") and isinstance(value, list) and value[0] is not None
     }
-    if index.get("_class_name") not in PARAMETERS:
-        raise ModelLoadError(f"{model!r} is a {index.get('_class_name')}; supported pipelines are {sorted(PARAMETERS)}")
-    parameters = PARAMETERS[index["_class_name"]]
+    declared = declaration(index.get("_class_name"))  # refuses a pipeline no family serves (before any loading)
     return ModelSpec(
         model_id=model,
         path=path,
         pipeline_class=index["_class_name"],
         component_classes=component_classes,
-        settings=EngineSettings.for_model(path, default_num_inference_steps=parameters.default_num_inference_steps),
+        settings=EngineSettings.for_model(path, default_num_inference_steps=declared.default_num_inference_steps),
         random_weights=is_preset_dir(path),
     )
 

@@ -1,55 +1,247 @@
-"""What a request may set for each model family, and the defaults for what it leaves out.
+"""What an edit request may set, declared once: the fields every model family shares here, each
+family's own (guidance scales, ...) in a subclass beside its math (deployments/families/).
 
-Kept free of torch and diffusers: the HTTP layer checks a request against its model's family before
-any stage sees it, and the bulk job checks its manifest's columns before any work starts.
+Every edge is derived from these declarations: the HTTP form and its OpenAPI document (serve/), the
+bulk job's manifest columns and flags (cluster/bulk/), `python -m deployments.edit`'s flags and the
+page's fields. `request_model` binds a family's declaration to the engine's limits and a checkpoint's
+defaults; `parse` validates values with it and turns any refusal into one InvalidInputError whose
+message is the same wherever the values came from. Kept free of torch and diffusers: the HTTP layer
+and the bulk job check requests before any stage sees them.
 """
 
-from dataclasses import dataclass
+import functools
+import random
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import model_validator
+from pydantic_core import PydanticCustomError
 
 from deployments.errors import InvalidInputError
+from deployments.limits import HARD_MAX_N, HARD_MAX_STEPS, Limits
+from deployments.settings import EngineSettings
 
-GUIDANCE_FIELDS = ("true_cfg_scale", "guidance_scale", "image_guidance_scale")
-
-
-@dataclass(frozen=True)
-class FamilyParameters:
-    family: str  # what users call it, for messages and /v1/models
-    guidance: dict[str, float]  # the guidance fields this family takes -> their defaults
-    default_negative_prompt: str | None  # what a request without one gets
-    max_input_images: int
-    explicit_size: bool  # whether a request may ask for an output size
-    size_rule: str = ""  # how the output size is chosen when it may not be asked for
-    default_num_inference_steps: int = 50  # diffusers' default for the pipeline (a checkpoint may record its own)
-
-    def check(self, given: dict[str, object]) -> None:
-        """Refuses, naming the field, anything in `given` (field -> value, None = not given) that
-        this family does not take."""
-        for name in GUIDANCE_FIELDS:
-            if given.get(name) is not None and name not in self.guidance:
-                takes = " and ".join(self.guidance) or "no guidance field"
-                raise InvalidInputError(name, f"does not apply to {self.family} models; they take {takes}")
-        if not self.explicit_size and given.get("size") is not None:
-            raise InvalidInputError("size", f"{self.family} models {self.size_rule}; leave size out or give 'auto'")
-
-    def guidance_of(self, given: dict[str, object]) -> dict[str, float]:
-        """This family's guidance values: the given ones, the defaults for the rest."""
-        return {name: float(given[name]) if given.get(name) is not None else default for name, default in self.guidance.items()}
+MAX_SEED = 2**63 - 1
+SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
 
-QWEN_IMAGE_EDIT = dict(
-    family="Qwen-Image-Edit", guidance={"true_cfg_scale": 4.0}, default_negative_prompt=" ", explicit_size=True
-)
-PARAMETERS = {
-    "QwenImageEditPipeline": FamilyParameters(**QWEN_IMAGE_EDIT, max_input_images=1),
-    "QwenImageEditPlusPipeline": FamilyParameters(**QWEN_IMAGE_EDIT, max_input_images=3),
-    "StableDiffusionInstructPix2PixPipeline": FamilyParameters(
-        family="InstructPix2Pix",
-        guidance={"guidance_scale": 7.5, "image_guidance_scale": 1.5},
-        default_negative_prompt=None,  # diffusers then uses the empty prompt
-        max_input_images=1,
-        explicit_size=False,
-        size_rule="edit at the input image's size (multiples of 8, scaled down to the model's largest area)",
-        default_num_inference_steps=100,
-    ),
-}
+def _instruction(text: str) -> str:
+    if not text.strip():
+        raise PydanticCustomError("empty_prompt", "must be a non-empty instruction")
+    return _text(text)
 
+
+def _text(text: str | None) -> str | None:
+    if text is not None and "\x00" in text:
+        raise PydanticCustomError("nul", "must not contain NUL characters")
+    return text
+
+
+# Types a family's own fields are declared with.
+GuidanceScale = Annotated[float, Field(ge=0, le=20)]
+NegativePrompt = Annotated[
+    str | None,
+    Field(title="Negative prompt", description="What to steer away from; without one, the family's default."),
+    AfterValidator(_text),
+]
+
+
+def _only_auto_size(schema: dict, model: type) -> None:
+    """In the JSON schema of a family whose requests may not choose a size, size's one allowed value."""
+    if model.size_rule is not None:
+        schema["properties"]["size"]["enum"] = ["auto"]
+
+
+class EditParameters(BaseModel):
+    """The fields of every family's requests. A family subclasses it with its own fields and sets the
+    class variables; `request_model` then binds it to the limits and a checkpoint's defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, json_schema_extra=_only_auto_size)
+
+    family: ClassVar[str]  # what users call it, in messages and /v1/models
+    pipeline: ClassVar[str]  # the diffusers pipeline class (model_index.json's `_class_name`)
+    max_input_images: ClassVar[int] = 1
+    size_rule: ClassVar[str | None] = None  # set when a request may not choose its output size: how it is chosen
+    default_num_inference_steps: ClassVar[int] = 50  # diffusers' default for the pipeline
+    # Set by request_model:
+    declaration: ClassVar[type["EditParameters"] | None] = None  # the family's declared class
+    limits: ClassVar[Limits] = Limits()
+    default_area: ClassVar[int] = 1024 * 1024  # output pixels of size=auto (for the work bound)
+
+    image: list[bytes] = Field(
+        min_length=1, description="The image(s) to edit: PNG, JPEG or WebP files (several as `image[]`)."
+    )
+    prompt: Annotated[str, AfterValidator(_instruction)] = Field(
+        description="The edit instruction, in any language. The text encoder's special tokens (e.g. "
+        "<|image_pad|>, <|im_end|>) are refused."
+    )
+    negative_prompt: NegativePrompt = None
+    n: int = Field(1, ge=1, le=HARD_MAX_N, description="Images to make; image i uses seed + i.")
+    seed: int = Field(
+        default_factory=lambda: random.randrange(2**31), ge=0, le=MAX_SEED,
+        description="Same seed and inputs give the same image; random if unset.",
+    )
+    size: str = Field(
+        "auto", description="WIDTHxHEIGHT (multiples of the model's latent grid, 16 for Qwen-Image-Edit) or "
+        "auto: the model's area at the aspect ratio of the (last) input image."
+    )
+    num_inference_steps: int = Field(
+        default_num_inference_steps, ge=1, le=HARD_MAX_STEPS, title="Steps",  # request_model sets the checkpoint's default
+        description="Denoising steps (at least what the model's scheduler can run, 2 for Qwen-Image-Edit's).",
+    )
+    output_format: Literal["png", "jpeg", "webp"] = Field("png", title="Output format", description="The edited image's file format.")
+    output_compression: int = Field(100, ge=0, le=100, title="Quality", description="JPEG/WebP quality; 100 is best. Ignored for PNG.")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, size: str) -> str:
+        if size == "auto":
+            return size
+        if cls.size_rule is not None:
+            raise PydanticCustomError("size", "{rule}; leave size out or give 'auto'", {"rule": f"{cls.family} models {cls.size_rule}"})
+        match = SIZE.match(size)
+        if not match:
+            raise PydanticCustomError("size", "must be 'auto' or WIDTHxHEIGHT (e.g. 1024x768), got {size}", {"size": repr(size)})
+        width, height = int(match.group(1)), int(match.group(2))
+        if width == 0 or height == 0 or width * height > cls.limits.max_output_pixels:
+            raise PydanticCustomError(
+                "size", "must be at least 1x1 and at most {most} pixels in all, got {size}",
+                {"most": cls.limits.max_output_pixels, "size": size},
+            )
+        return size
+
+    @model_validator(mode="after")
+    def _bounded_work(self):
+        if self.seed > MAX_SEED - (self.n - 1):
+            raise refused("seed", f"must be at most {MAX_SEED - (self.n - 1)} with n={self.n} (image i uses seed + i)")
+        work = self.n * self.num_inference_steps * (self.default_area if self.output_size is None else self.output_size[0] * self.output_size[1])
+        if work > self.limits.max_work:
+            raise refused(
+                "n", f"n x num_inference_steps x output pixels may be at most {self.limits.max_work}, got {work}; ask "
+                "for fewer images, fewer steps or a smaller size",
+            )
+        return self
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """(width, height) asked for, or None for auto."""
+        match = SIZE.match(self.size)
+        return None if match is None else (int(match.group(1)), int(match.group(2)))
+
+    @classmethod
+    def family_fields(cls) -> tuple[str, ...]:
+        """The fields this family adds to the shared ones (e.g. its guidance scales)."""
+        return tuple(name for name in cls.model_fields if name not in EditParameters.model_fields)
+
+    def family_values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.family_fields()}
+
+
+def refused(param: str, message: str) -> PydanticCustomError:
+    """A model-level refusal that names its field (pydantic reports model validators at the root)."""
+    return PydanticCustomError("refused", "{message}", {"param": param, "message": message})
+
+
+@functools.cache
+def request_model(
+    declared: type[EditParameters], limits: Limits = Limits(), settings: EngineSettings | None = None
+) -> type[EditParameters]:
+    """`declared` bound to `limits` and a checkpoint's `settings` (its default steps, and the output
+    area of size=auto; without them, the family's): the model every edge validates with, whose JSON
+    schema states the ranges and defaults the server enforces."""
+    fields = declared.model_fields
+    bounds = {
+        "image": Field(max_length=declared.max_input_images),
+        "prompt": Field(max_length=limits.max_prompt_chars),
+        "negative_prompt": Field(max_length=limits.max_prompt_chars),
+        "n": Field(le=limits.max_n),
+        "num_inference_steps": Field(le=limits.max_steps),
+    }
+    settings = settings or EngineSettings(default_num_inference_steps=declared.default_num_inference_steps)
+    steps, default_area = settings.default_num_inference_steps, settings.vae_image_area
+    defaults = {"num_inference_steps": steps}
+    overrides = {
+        name: (Annotated[fields[name].annotation, fields[name], bound], defaults.get(name, fields[name].default))
+        for name, bound in bounds.items()
+        if name != "image"
+    }
+    overrides["image"] = (Annotated[fields["image"].annotation, fields["image"], bounds["image"]], ...)
+    model = create_model(declared.__name__, __base__=declared, __module__=declared.__module__, **overrides)
+    model.declaration, model.limits, model.default_area = declared, limits, default_area
+    model.default_num_inference_steps = steps
+    return model
+
+
+def parse(model: type[EditParameters], values: dict[str, Any]) -> EditParameters:
+    """`values` validated by `model` (from request_model) as the family's declared parameters."""
+    return as_declared(validate(model, values))
+
+
+def validate(model: type[BaseModel], values: dict[str, Any]) -> BaseModel:
+    """`values` validated by `model`; a refusal is an InvalidInputError naming the field."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        raise invalid_input(e, model) from None
+
+
+def as_declared(validated: EditParameters) -> EditParameters:
+    """A validated request as an instance of its family's declared class, with only its fields:
+    picklable by reference (it crosses process boundaries), unlike the bound model's."""
+    declared = validated.declaration or type(validated)
+    return declared.model_construct(**{name: getattr(validated, name) for name in declared.model_fields})
+
+
+def invalid_input(error: ValidationError, model: type[BaseModel]) -> InvalidInputError:
+    """The first problem of `error` as an InvalidInputError: the field it is about and, from the field's
+    declaration, what is allowed."""
+    problem = error.errors(include_url=False)[0]
+    kind, value = problem["type"], problem.get("input")
+    if kind == "refused":
+        return InvalidInputError(problem["ctx"]["param"], problem["ctx"]["message"])
+    param = str(problem["loc"][0]) if problem["loc"] else "body"
+    field = model.model_fields.get(param)
+    if kind == "extra_forbidden":
+        return InvalidInputError(param, _not_a_field(param, model))
+    if kind == "missing":
+        return InvalidInputError(param, "is required")
+    if field is None or kind in ("empty_prompt", "nul", "size"):
+        return InvalidInputError(param, problem["msg"])
+    if kind == "literal_error":
+        return InvalidInputError(param, f"must be one of {problem['ctx']['expected']}, got {value!r}")
+    if param == "image" and kind in ("too_long", "too_short"):
+        most = _range(field, "max_length")[1]
+        return InvalidInputError(param, f"give 1 to {most} image(s) to {model.family} models, got {len(value)}")
+    if kind in ("too_long", "string_too_long"):
+        return InvalidInputError(param, f"may be at most {problem['ctx']['max_length']} characters, got {len(value)}")
+    if kind.startswith("bool"):
+        return InvalidInputError(param, f"must be true or false, got {value!r}")
+    low, high = _range(field, "ge", "le")
+    if low is not None or high is not None:
+        kind_name = "an integer" if _numeric(field) is int else "a finite number"
+        allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        return InvalidInputError(param, f"must be {kind_name} {allowed}, got {value!r}")
+    return InvalidInputError(param, f"{problem['msg'].lower()}, got {value!r}")
+
+
+def _not_a_field(param: str, model: type[BaseModel]) -> str:
+    from deployments.families import DECLARATIONS  # the other families' fields, for a better message
+
+    family = getattr(model, "family", None)
+    if family and any(param in other.model_fields for other in DECLARATIONS.values()):
+        own = model.family_fields()
+        return f"does not apply to {family} models; they take {' and '.join(own) or 'no such field'}"
+    return f"is not a field of this API; the fields are {', '.join(model.model_fields)}"
+
+
+def _range(field, low: str = "min_length", high: str = "max_length") -> tuple[Any, Any]:
+    """The tightest bounds named `low` and `high` (e.g. ge, le) among the field's constraints."""
+    lows = [getattr(m, low) for m in field.metadata if hasattr(m, low)]
+    highs = [getattr(m, high) for m in field.metadata if hasattr(m, high)]
+    return (max(lows) if lows else None), (min(highs) if highs else None)
+
+
+def _numeric(field) -> type:
+    annotation = field.annotation
+    return int if annotation is int or annotation == (int | None) else float

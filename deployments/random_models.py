@@ -18,12 +18,9 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from deployments.errors import ModelLoadError
 from deployments.settings import ENGINE_SETTINGS_FILE, MODELS_DIR, EngineSettings
-from deployments.tiny import SCHEDULER_CONFIG, build_processor, build_tokenizer, ensure_generated, qwen25_vl_config
 
 PREFIX = "random:"
 PRESETS = {"qwen-image-edit": "QwenImageEditPipeline", "qwen-image-edit-2509": "QwenImageEditPlusPipeline"}
@@ -55,18 +52,25 @@ def is_preset_dir(path: Path) -> bool:
     return (path / MARKER).is_file()
 
 
-def ensure_preset(model: str) -> Path:
-    """The weightless directory of preset `random:NAME`, written under models/ on first use (atomically:
-    several replicas may start at once)."""
+def preset_name(model: str) -> str:
     name = model[len(PREFIX):]
     if name not in PRESETS:
         raise ModelLoadError(f"unknown random preset {model!r}; the presets are {', '.join(PREFIX + p for p in PRESETS)}")
-    path = MODELS_DIR / f"random-{name}"
-    ensure_generated(path, MARKER, PRESET_BUILD, lambda out: _write_preset(out, PRESETS[name]))
-    return path
+    return name
 
 
-def _write_preset(out: Path, pipeline_class: str) -> None:
+def preset_dir(model: str) -> Path:
+    """Where the weightless directory of preset `random:NAME` lives (deployments/generated.py writes it)."""
+    return MODELS_DIR / f"random-{preset_name(model)}"
+
+
+def write_preset(out: Path, name: str) -> None:
+    # Imported here: resolving a model (e.g. in the bulk job's light request workers) needs none of it.
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+
+    from deployments.tiny import SCHEDULER_CONFIG, build_processor, build_tokenizer, qwen25_vl_config
+
+    pipeline_class = PRESETS[name]
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(out / "tokenizer")
     build_processor(tokenizer).save_pretrained(out / "processor")
@@ -95,6 +99,8 @@ def _write_json(path: Path, data: dict) -> None:
 
 def build_module(cls: type, folder: Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """`cls` from the config in `folder` with random weights, allocated directly on `device` in `dtype`."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
     if device.type == "cpu":
         raise ModelLoadError("random presets are full-size (~29B parameters): run them on a CUDA device")
     with torch.device(device), _default_dtype(dtype):

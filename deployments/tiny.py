@@ -14,9 +14,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,7 +34,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from deployments.settings import ENGINE_SETTINGS_FILE, TINY_MODEL_DIRS, EngineSettings
+from deployments.settings import ENGINE_SETTINGS_FILE, EngineSettings
 from deployments.tiny_ip2p import build_ip2p_pipeline
 
 logger = logging.getLogger(__name__)
@@ -45,7 +42,8 @@ logger = logging.getLogger(__name__)
 PIPELINES = {"edit": QwenImageEditPipeline, "edit-plus": QwenImageEditPlusPipeline}
 VARIANTS = (*PIPELINES, "ip2p")
 
-# Bump when the builder's output changes, so generated default checkpoints are rebuilt on next use.
+# Bump when the builder's output changes, so generated default checkpoints are rebuilt on next use
+# (deployments/generated.py).
 TINY_BUILD = 2
 BUILD_MARKER = "tiny_build.txt"
 
@@ -188,41 +186,6 @@ def write_checkpoint(out_dir: str | Path, variant: str = "edit-plus", **engine_s
     (out_dir / ENGINE_SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
     logger.info("wrote tiny %s checkpoint to %s", variant, out_dir)
     return out_dir
-
-
-def ensure_tiny_checkpoint(path: Path) -> bool:
-    """Generates one of the project's tiny default checkpoints at `path` if it is missing or was
-    written by an older version of this builder. Returns whether `path` is a tiny default."""
-    path = Path(path).resolve()
-    variant = TINY_MODEL_DIRS.get(path)
-    if variant is None:
-        return False
-    ensure_generated(path, BUILD_MARKER, TINY_BUILD, lambda out: write_checkpoint(out, variant))
-    return True
-
-
-def ensure_generated(path: Path, marker: str, build: int, write: Callable[[Path], object]) -> None:
-    """Makes sure the generated directory `path` exists as build `build` (recorded in its file
-    `marker`), calling `write(directory)` to (re)generate it.
-
-    Several replicas may start at once: each writes a private copy and renames it into place, so a
-    reader never sees a half-written directory.
-    """
-    marker_file = path / marker
-    if marker_file.is_file() and marker_file.read_text().strip() == str(build):
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    write(scratch)
-    (scratch / marker).write_text(f"{build}\n")
-    if path.is_dir():  # stale: move it aside first (rename, so readers never see a mix)
-        stale = path.parent / f".{path.name}.{os.getpid()}.stale"
-        path.rename(stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        scratch.rename(path)
-    except OSError:  # another process got there first; its copy is identical
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main() -> None:

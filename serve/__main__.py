@@ -2,8 +2,9 @@
 
     python -m serve [--config serve/config.yaml]      # PORT and MODEL from the environment
 
-Reads the same config file `serve run` / `serve deploy` take, so what runs here is what runs on a
-cluster.
+Deploys the config file exactly as `serve run` / `serve deploy` do (its HTTP, proxy, gRPC and
+controller options, every application with its `args`, `deployments` overrides, runtime_env and
+logging config), so what runs here is what runs on a cluster.
 """
 
 import argparse
@@ -18,22 +19,26 @@ from pathlib import Path
 import ray
 import yaml
 from ray import serve
+from ray.serve._private import api as serve_api
+from ray.serve.config import gRPCOptions
 from ray.serve.schema import ServeDeploySchema
 
-from serve.app import build_app
 from serve.settings import AppSettings
 
 logger = logging.getLogger("serve")
 CONFIG = Path(__file__).with_name("config.yaml")
 
 
-def load_config(path: Path, port: int | None) -> tuple[ServeDeploySchema, AppSettings]:
+def load_config(path: Path, port: int | None) -> ServeDeploySchema:
+    """The config file, validated by Ray's schema and each application's `args` by AppSettings (so a bad
+    value stops here, before a cluster starts); PORT overrides the HTTP port."""
     schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     if port is not None:
         schema.http_options.port = port
-    if len(schema.applications) != 1:
-        raise SystemExit(f"{path}: expected one application, found {len(schema.applications)}")
-    return schema, AppSettings.model_validate(schema.applications[0].args or {})
+    for app in schema.applications:
+        if app.import_path == "serve.app:build_app":
+            AppSettings.model_validate(app.args or {})
+    return schema
 
 
 def wait_healthy(url: str, timeout_s: float) -> None:
@@ -56,8 +61,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     port = int(os.environ["PORT"]) if os.environ.get("PORT") else None
-    schema, settings = load_config(args.config, port)
-    app = schema.applications[0]
+    schema = load_config(args.config, port)
     http = schema.http_options
 
     # Logical CPUs: enough for every stage of the config on one machine, whatever its core count
@@ -65,10 +69,16 @@ def main() -> None:
     # The dashboard (on loopback) keeps the metrics service-discovery file that Prometheus reads
     # (cluster/monitoring/prometheus.yml) and takes `ray job submit` for bulk jobs.
     context = ray.init(num_cpus=max(8, os.cpu_count() or 1), include_dashboard=True, dashboard_host="127.0.0.1")
-    serve.start(http_options={"host": http.host, "port": http.port}, proxy_location=schema.proxy_location)
-    serve.run(build_app(settings), name=app.name, route_prefix=app.route_prefix, blocking=False)
+    # What `serve run CONFIG` does (ray/serve/scripts.py): start Serve with the file's options, then
+    # have the controller deploy the file's applications.
+    client = serve_api.serve_start(
+        http_options=http.model_dump(), proxy_location=schema.proxy_location,
+        grpc_options=gRPCOptions(**schema.grpc_options.model_dump()), controller_options=schema.controller_options,
+    )
+    client.deploy_apps(schema, _blocking=False)
     base = f"http://{http.host}:{http.port}"
-    wait_healthy(f"{base}/healthz", timeout_s=300)
+    first = schema.applications[0]
+    wait_healthy(f"{base}{(first.route_prefix or '/').rstrip('/')}/healthz", timeout_s=300)
     print(
         f"\nReady: editing at {base}/v1/images/edits (OpenAPI: {base}/openapi.json). Ctrl-C stops.\n"
         f"Ray dashboard and jobs: http://{context.dashboard_url}; metrics: "

@@ -6,8 +6,8 @@ at start-up with a message naming it.
 
 from ray.serve import Application
 
+from deployments.generated import ensure_generated
 from deployments.models import model_name, resolve_model
-from deployments.parameters import PARAMETERS
 from deployments.settings import model_from_env
 from serve.ingress import Ingress
 from serve.schema import ServedModel
@@ -17,11 +17,11 @@ from serve.stages import DecoderDeployment, DenoiserDeployment, EncoderDeploymen
 
 def build_app(settings: AppSettings) -> Application:
     model = model_from_env(settings.model)
-    # Fail here, once and clearly, on a model that can't be found, rather than in every replica;
-    # this also writes the tiny default checkpoint once instead of in each stage at the same time.
+    # Fail here, once and clearly, on a model that can't be found, rather than in every replica.
+    ensure_generated(model)  # the tiny default on first use (each stage's node makes sure again)
     spec = resolve_model(model)
     name = settings.served_model_name or model_name(model)
-    served = ServedModel(name, spec.settings, PARAMETERS[spec.pipeline_class])
+    served = ServedModel(name, spec)
     stage = {}
     for key, deployment in (("encoder", EncoderDeployment), ("denoiser", DenoiserDeployment), ("decoder", DecoderDeployment)):
         stage_settings = getattr(settings, key)

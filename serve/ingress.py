@@ -28,9 +28,10 @@ from deployments import metrics
 from deployments.contracts import EditedImage, EditRequest, OutputSpec
 from deployments.errors import EditError, InvalidInputError, OverloadedError, PayloadTooLargeError
 from serve.errors import as_edit_error, error_body, error_response
-from serve.openapi import OPENAPI
+from serve.openapi import openapi_document
 from serve.schema import EditForm, ServedModel, parse_edit_form, read_uploads
 from serve.settings import AppSettings
+from serve.stages import DEFAULT_OPTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ PAGE = (Path(__file__).parent / "web" / "index.html").read_text()  # the editing
 SERVING_STATES = ("HEALTHY", "UPSCALING", "DOWNSCALING")
 
 
-@serve.deployment(name="Ingress")
+@serve.deployment(name="Ingress", **DEFAULT_OPTIONS)
 @serve.ingress()
 class Ingress:
     def __init__(
@@ -56,6 +57,8 @@ class Ingress:
         self.settings = settings
         self.served = served
         self.served_model = served.name
+        self.form_model = served.form_model(settings.limits, settings.request_timeout_s)
+        self.openapi_document = openapi_document(self.form_model)
         self.created = int(time.time())
 
     def __serve_build_asgi_app__(self) -> Starlette:
@@ -76,8 +79,8 @@ class Ingress:
         try:
             form = await self._read_form(http)
             try:
-                uploads = await read_uploads(form, self.settings.limits)
-                parsed = parse_edit_form(form, uploads, self.settings.limits, self.served, self.settings.request_timeout_s)
+                uploads = await read_uploads(form, self.settings.limits, self.served.spec.declared.max_input_images)
+                parsed = parse_edit_form(form, uploads, self.form_model)
             finally:
                 await form.close()
             request = dataclasses.replace(parsed.request, request_id=request_id, timings={"sent_at": time.time()})
@@ -176,12 +179,11 @@ class Ingress:
         return JSONResponse(body, headers=headers)
 
     async def models(self, http: Request) -> Response:
-        parameters = self.served.parameters
         model = {
             "id": self.served_model, "object": "model", "created": self.created, "owned_by": "qwen-edit-cluster",
-            # extensions: what this model's requests may set (the page shows only those fields)
-            "family": parameters.family, "guidance": parameters.guidance, "max_input_images": parameters.max_input_images,
-            "explicit_size": parameters.explicit_size,
+            # extensions: the family and the JSON schema of what its requests may set (the page's fields)
+            "family": self.served.spec.declared.family,
+            "parameters": self.served.spec.request_model(self.settings.limits).model_json_schema(),
         }
         return JSONResponse({"object": "list", "data": [model]})
 
@@ -199,7 +201,7 @@ class Ingress:
         return JSONResponse({"status": "ok", "model": self.served_model, "stages": states})
 
     async def openapi(self, http: Request) -> Response:
-        return JSONResponse(OPENAPI)
+        return JSONResponse(self.openapi_document)
 
     async def page(self, http: Request) -> Response:
         return HTMLResponse(PAGE)

@@ -1,31 +1,58 @@
-"""The `POST /v1/images/edits` form: OpenAI's Images edit fields plus our extensions, parsed into an
-EditRequest. Every refusal names the field and what is allowed.
+"""The `POST /v1/images/edits` form: the served family's declared parameters (OpenAI's Images edit
+fields and the family's own, deployments/parameters.py) plus the options of the HTTP call itself,
+parsed into an EditRequest. The form's fields, ranges and defaults, its OpenAPI schema and the page's
+fields all come from one model, `ServedModel.form_model`. Every refusal names the field.
 """
 
-import math
-import random
-import re
+import functools
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from starlette.datastructures import FormData, UploadFile
 
-from deployments.contracts import MAX_INPUT_IMAGES, EditRequest, OutputSpec
+from deployments.contracts import EditRequest
 from deployments.errors import InvalidInputError, PayloadTooLargeError
 from deployments.images import inspect_image
-from deployments.parameters import GUIDANCE_FIELDS, FamilyParameters
-from deployments.settings import EngineSettings
-from serve.settings import Limits
+from deployments.limits import Limits
+from deployments.models import ModelSpec
+from deployments.parameters import EditParameters, as_declared, refused, validate
 
-# Fields OpenAI's SDK may send that don't change what this server computes; accepted and ignored.
-IGNORED_FIELDS = ("background", "quality", "user", "input_fidelity", "moderation")
-FIELDS = (
-    "image", "image[]", "prompt", "negative_prompt", "n", "seed", "size", "num_inference_steps", *GUIDANCE_FIELDS,
-    "output_format", "output_compression", "response_format", "model", "timeout", "mask", "stream", "partial_images",
-    "stream_progress", *IGNORED_FIELDS,
-)
-MAX_PARTIAL_IMAGES = 3
-MAX_CFG_SCALE = 20.0
-SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+IMAGE_FIELDS = ("image", "image[]")  # OpenAI's SDK sends several images as `image[]`
+IGNORED = "Accepted for OpenAI compatibility; ignored."
+
+
+class CallOptions(BaseModel):
+    """The HTTP call's own fields: how to answer, not what to compute."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    served_name: ClassVar[str] = ""
+
+    model: str | None = Field(None, description="Optional; must name the served model (see /v1/models).")
+    response_format: Literal["b64_json"] = "b64_json"
+    timeout: float | None = Field(None, ge=1, description="This request's deadline in seconds (504 past it).")
+    stream: bool = Field(
+        False, description="Answer as Server-Sent Events (n must be 1). Invalid input is refused with the same "
+        "JSON 4xx as without streaming, before any event."
+    )
+    partial_images: int = Field(0, ge=0, le=3, description="Previews streamed before the final image.")
+    stream_progress: bool = Field(False, description="Also stream an image_edit.progress event per denoising step.")
+    background: str | None = Field(None, description=IGNORED)
+    quality: str | None = Field(None, description=IGNORED)
+    user: str | None = Field(None, description=IGNORED)
+    input_fidelity: str | None = Field(None, description=IGNORED)
+    moderation: str | None = Field(None, description=IGNORED)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.model is not None and self.model != self.served_name:
+            raise refused("model", f"this server serves {self.served_name!r}, got {self.model!r}")
+        n = getattr(self, "n", 1)  # a field of the parameters this is combined with
+        if self.stream and n != 1:
+            raise refused("n", f"must be 1 when streaming, got {n}")
+        if not self.stream and self.partial_images:
+            raise refused("partial_images", "needs stream=true")
+        return self
 
 
 @dataclass(frozen=True)
@@ -33,13 +60,27 @@ class ServedModel:
     """What the ingress knows of the model it serves, without loading it."""
 
     name: str  # in /v1/models and the `model` field
-    engine: EngineSettings  # its defaults: output area of size=auto, steps (for the work bound)
-    parameters: FamilyParameters  # what its family's requests may set
+    spec: ModelSpec  # its family's request declaration and the checkpoint's defaults
+
+    def form_model(self, limits: Limits, timeout_s: float) -> type[BaseModel]:
+        """Everything the edit form may hold: the family's bound parameters and the call's options."""
+        return _form_model(self.spec.request_model(limits), self.name, timeout_s)
+
+
+@functools.cache
+def _form_model(parameters: type[EditParameters], served_name: str, timeout_s: float) -> type[BaseModel]:
+    timeout = CallOptions.model_fields["timeout"]
+    model = create_model(
+        "EditForm", __base__=(parameters, CallOptions), __module__=__name__,
+        timeout=(timeout.annotation, Field(None, ge=1, le=timeout_s, description=timeout.description)),
+    )
+    model.served_name = served_name
+    return model
 
 
 @dataclass(frozen=True)
 class EditForm:
-    """A parsed edit call: the request for the engine, how many images, and the response format."""
+    """A parsed edit call: the request for the engine, how many images, and how to answer."""
 
     request: EditRequest
     n: int
@@ -50,12 +91,13 @@ class EditForm:
     stream_progress: bool = False  # also stream an `image_edit.progress` event per denoising step
 
 
-async def read_uploads(form: FormData, limits: Limits) -> tuple[bytes, ...]:
-    files = [*form.getlist("image"), *form.getlist("image[]")]
+async def read_uploads(form: FormData, limits: Limits, max_images: int) -> list[bytes]:
+    """The uploaded image files, refused early (before decoding) when too many, too large or not images."""
+    files = [file for name in IMAGE_FIELDS for file in form.getlist(name)]
     if not files:
-        raise InvalidInputError("image", "upload 1 to 3 image files as `image` (or `image[]`)")
-    if len(files) > MAX_INPUT_IMAGES:
-        raise InvalidInputError("image", f"give 1 to {MAX_INPUT_IMAGES} images, got {len(files)}")
+        raise InvalidInputError("image", f"upload 1 to {max_images} image files as `image` (or `image[]`)")
+    if len(files) > max_images:
+        raise InvalidInputError("image", f"give 1 to {max_images} image(s), got {len(files)}")
     uploads = []
     for i, file in enumerate(files):
         param = "image" if len(files) == 1 else f"image[{i}]"
@@ -66,132 +108,32 @@ async def read_uploads(form: FormData, limits: Limits) -> tuple[bytes, ...]:
         data = await file.read()
         inspect_image(data, param, limits.max_image_pixels)  # format and size from the header: refuse early
         uploads.append(data)
-    return tuple(uploads)
+    return uploads
 
 
-def parse_edit_form(
-    form: FormData, uploads: tuple[bytes, ...], limits: Limits, served: ServedModel, timeout_s: float
-) -> EditForm:
-    """The form as an EditRequest for `served`'s family; `timeout_s` is the server's deadline."""
-    unknown = sorted(set(form.keys()) - set(FIELDS))
-    if unknown:
-        raise InvalidInputError(unknown[0], f"is not a field of this API; the fields are {', '.join(FIELDS)}")
+def parse_edit_form(form: FormData, uploads: list[bytes], form_model: type[BaseModel]) -> EditForm:
+    """The form's text fields and `uploads` validated by `form_model` (ServedModel.form_model)."""
     if form.get("mask") is not None:
         raise InvalidInputError("mask", "masks are not supported; describe the region in the prompt instead")
-    response_format = _text(form, "response_format") or "b64_json"
-    if response_format != "b64_json":
-        raise InvalidInputError("response_format", f"only b64_json is supported, got {response_format!r}")
-    model = _text(form, "model")
-    if model is not None and model != served.name:
-        raise InvalidInputError("model", f"this server serves {served.name!r}, got {model!r}")
-    size = _text(form, "size")
-    given = {name: _float(form, name, None, 0.0, MAX_CFG_SCALE) for name in GUIDANCE_FIELDS}
-    served.parameters.check({**given, "size": None if size in (None, "", "auto") else size})
-    if len(uploads) > served.parameters.max_input_images:
-        raise InvalidInputError(
-            "image", f"{served.name} takes at most {served.parameters.max_input_images} image(s), got {len(uploads)}"
-        )
-
-    n = _int(form, "n", 1, limits.max_n) or 1
-    stream = _bool(form, "stream")
-    partial_images = _int(form, "partial_images", 0, MAX_PARTIAL_IMAGES) or 0
-    if stream and n != 1:
-        raise InvalidInputError("n", f"must be 1 when streaming, got {n}")
-    if not stream and partial_images:
-        raise InvalidInputError("partial_images", "needs stream=true")
-    seed = _int(form, "seed", 0, 2**63 - n)
-    seed = random.randrange(2**31) if seed is None else seed
-    width, height = _size(size, limits)
-    steps = _int(form, "num_inference_steps", 1, limits.max_steps)
-    engine = served.engine  # size=auto: at most the model's area
-    work = n * (steps or engine.default_num_inference_steps) * (width * height if width else engine.vae_image_area)
-    if work > limits.max_work:
-        raise InvalidInputError(
-            "n", f"n x num_inference_steps x output pixels may be at most {limits.max_work}, got {work}; ask for "
-            "fewer images, fewer steps or a smaller size",
-        )
-    output_format = _text(form, "output_format") or "png"
-    compression = _int(form, "output_compression", 0, 100)
-    request = EditRequest(
-        images=uploads,
-        prompt=_prompt(form, "prompt", limits) or "",
-        negative_prompt=_prompt(form, "negative_prompt", limits, served.parameters.default_negative_prompt),
-        seed=seed,
-        num_inference_steps=steps,
-        **given,
-        width=width,
-        height=height,
-        output=OutputSpec(format=output_format, compression=100 if compression is None else compression),
-    )
-    own_timeout = _float(form, "timeout", None, 1.0, timeout_s)
+    values: dict[str, object] = {"image": uploads}
+    for name in form.keys():
+        if name in IMAGE_FIELDS:
+            continue
+        given = form.getlist(name)
+        if len(given) > 1:
+            raise InvalidInputError(name, f"give it once, got {len(given)} values")
+        if not isinstance(given[0], str):
+            raise InvalidInputError(name, "must be a text field, not a file")
+        if given[0] != "":  # an empty field means: not given (HTML forms send empty inputs)
+            values[name] = given[0]
+    validated = validate(form_model, values)
+    parameters = as_declared(validated)
     return EditForm(
-        request=request, n=n, seeds=tuple(seed + i for i in range(n)), timeout_s=own_timeout, stream=stream,
-        partial_images=partial_images, stream_progress=_bool(form, "stream_progress"),
+        request=EditRequest(parameters),
+        n=parameters.n,
+        seeds=tuple(parameters.seed + i for i in range(parameters.n)),
+        timeout_s=validated.timeout,
+        stream=validated.stream,
+        partial_images=validated.partial_images,
+        stream_progress=validated.stream_progress,
     )
-
-
-def _bool(form: FormData, name: str) -> bool:
-    text = (_text(form, name) or "false").lower()
-    if text not in ("true", "false", "1", "0"):
-        raise InvalidInputError(name, f"must be true or false, got {text!r}")
-    return text in ("true", "1")
-
-
-def _prompt(form: FormData, name: str, limits: Limits, default: str | None = None) -> str | None:
-    text = _text(form, name, strip=False)
-    if text is None:
-        return default
-    if len(text) > limits.max_prompt_chars:
-        raise InvalidInputError(name, f"may be at most {limits.max_prompt_chars} characters, got {len(text)}")
-    if "\x00" in text:
-        raise InvalidInputError(name, "must not contain NUL characters")
-    return text
-
-
-def _text(form: FormData, name: str, strip: bool = True) -> str | None:
-    value = form.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInputError(name, "must be a text field, not a file")
-    return value.strip() if strip else value
-
-
-def _int(form: FormData, name: str, low: int, high: int) -> int | None:
-    text = _text(form, name)
-    if text is None or text == "":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise InvalidInputError(name, f"must be an integer in [{low}, {high}], got {text!r}") from None
-    if not low <= value <= high:
-        raise InvalidInputError(name, f"must be an integer in [{low}, {high}], got {value}")
-    return value
-
-
-def _float(form: FormData, name: str, default: float | None, low: float, high: float) -> float | None:
-    text = _text(form, name)
-    if text is None or text == "":
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise InvalidInputError(name, f"must be a number in [{low}, {high}], got {text!r}") from None
-    if not math.isfinite(value) or not low <= value <= high:
-        raise InvalidInputError(name, f"must be a finite number in [{low}, {high}], got {text!r}")
-    return value
-
-
-def _size(text: str | None, limits: Limits) -> tuple[int | None, int | None]:
-    if text is None or text in ("", "auto"):
-        return None, None
-    match = SIZE.match(text)
-    if not match:
-        raise InvalidInputError("size", f"must be 'auto' or WIDTHxHEIGHT (e.g. 1024x768), got {text!r}")
-    width, height = int(match.group(1)), int(match.group(2))
-    if width == 0 or height == 0 or width * height > limits.max_output_pixels:
-        raise InvalidInputError(
-            "size", f"must be at least 1x1 and at most {limits.max_output_pixels} pixels in all, got {width}x{height}"
-        )
-    return width, height

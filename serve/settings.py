@@ -1,63 +1,46 @@
 """The online app's settings: the typed `args` of serve/config.yaml, each with a default and a description.
 
 Ray Serve validates the YAML `args` against `AppSettings` before it builds the app, so a bad value
-stops the deployment with a message naming the field, the value and what is allowed.
+stops the deployment with a message naming the field, the value and what is allowed. Each stage's
+`deployment` is Ray Serve's own deployment schema; `limits` are the engine's (deployments/limits.py).
 """
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from ray.serve.config import AutoscalingConfig
+from ray.serve.schema import DeploymentSchema
 
 from deployments.admission import AdmissionPolicy
 from deployments.fast_path import ATTENTION_BACKENDS, FastPath
+from deployments.limits import Limits
 
 
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ActorOptions(_Settings):
-    num_cpus: float = Field(0.5, ge=0, description="Logical CPUs each replica reserves.")
-    num_gpus: float = Field(
-        0, ge=0, description="GPUs each replica reserves; a fraction (e.g. 0.25) lets small stages share a card."
-    )
+class DeploymentOptions(DeploymentSchema):
+    """Ray Serve's own options of one stage deployment, as a Serve config's `deployments:` entries take
+    them (ray.serve.schema.DeploymentSchema): all of `ray_actor_options` (num_cpus, num_gpus, memory,
+    resources, accelerator_type, runtime_env, ...), `autoscaling_config` (checked by Ray's
+    AutoscalingConfig), health checks, max_replicas_per_node, placement groups. What a config leaves
+    unset keeps the stage's defaults (serve/stages.py)."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-class Autoscaling(_Settings):
-    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 scales the stage to zero when idle.")
-    initial_replicas: int | None = Field(None, ge=0, description="Replicas at start-up (default: min_replicas).")
-    max_replicas: int = Field(1, ge=1, description="Most replicas.")
-    target_ongoing_requests: float = Field(2, gt=0, description="Requests per replica the autoscaler aims for.")
-    upscale_delay_s: float = Field(5, ge=0, description="How long load must stay high before adding replicas.")
-    downscale_delay_s: float = Field(60, ge=0, description="How long load must stay low before removing replicas.")
-    look_back_period_s: float = Field(30, gt=0, description="Window the autoscaler averages load over.")
+    name: str = Field("", description="Not set here: the stage's deployment name is fixed (Encoder, ...).")
 
-    @model_validator(mode="after")
-    def _ordered(self):
-        initial = self.min_replicas if self.initial_replicas is None else self.initial_replicas
-        if not self.min_replicas <= initial <= self.max_replicas:
-            raise ValueError(
-                "need min_replicas <= initial_replicas <= max_replicas, got "
-                f"{self.min_replicas} <= {initial} <= {self.max_replicas}"
-            )
-        return self
-
-
-class DeploymentSettings(_Settings):
-    """Ray Serve options of one deployment."""
-
-    ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
-    max_ongoing_requests: int = Field(8, ge=1, description="Requests a replica works on at once.")
-    max_queued_requests: int = Field(
-        64, ge=1, description="Requests waiting for a replica before callers get 'overloaded' (429/503)."
-    )
-    autoscaling_config: Autoscaling = Field(default_factory=Autoscaling)
-    health_check_period_s: float = Field(10, gt=0, description="How often Serve checks each replica.")
-    health_check_timeout_s: float = Field(30, gt=0, description="How long a health check may take.")
+    @field_validator("autoscaling_config")
+    @classmethod
+    def _ray_autoscaling(cls, value):
+        if isinstance(value, dict):
+            AutoscalingConfig.model_validate(value)  # Ray's schema ignores unknown autoscaling fields; so do we
+        return value
 
     def options(self) -> dict:
-        """Keyword arguments for `Deployment.options`."""
-        return self.model_dump(exclude_none=True)
+        """Keyword arguments for `Deployment.options`: what the config set."""
+        return self.model_dump(exclude_unset=True, exclude={"name"})
 
 
 class FastPathSettings(_Settings):
@@ -86,7 +69,7 @@ class BatchedStage(_Settings):
         300, gt=0, description="A batch running longer than this marks the replica unhealthy (Serve replaces it)."
     )
     fast_path: FastPathSettings = Field(default_factory=FastPathSettings)
-    deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
 
 class DenoiserStage(_Settings):
@@ -123,7 +106,7 @@ class DenoiserStage(_Settings):
         "the replica unhealthy, so Serve replaces it.",
     )
     fast_path: FastPathSettings = Field(default_factory=FastPathSettings)
-    deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
     def policy(self) -> AdmissionPolicy:
         return AdmissionPolicy(
@@ -132,28 +115,7 @@ class DenoiserStage(_Settings):
 
 
 class IngressSettings(_Settings):
-    deployment: DeploymentSettings = Field(default_factory=DeploymentSettings)
-
-
-class Limits(_Settings):
-    max_request_bytes: int = Field(
-        50 * 2**20, ge=1024, description="Largest request body accepted; larger ones get 413."
-    )
-    max_image_bytes: int = Field(20 * 2**20, ge=1024, description="Largest single uploaded image; larger get 413.")
-    max_n: int = Field(4, ge=1, le=16, description="Most images one request may ask for (`n`).")
-    max_image_pixels: int = Field(
-        25_000_000, ge=64 * 64, le=64_000_000,
-        description="Largest input image in pixels, read from its header before decoding; larger get 400.",
-    )
-    max_prompt_chars: int = Field(4000, ge=1, description="Longest prompt or negative prompt, in characters.")
-    max_steps: int = Field(200, ge=1, le=1000, description="Most denoising steps a request may ask for.")
-    max_output_pixels: int = Field(
-        2048 * 2048, ge=64 * 64, description="Largest output image (width x height) a request may ask for."
-    )
-    max_work: int = Field(
-        4 * 50 * 1024 * 1024, ge=1,
-        description="Most n x steps x output pixels one request may ask for: bounds what one request can cost.",
-    )
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
 
 class AppSettings(_Settings):

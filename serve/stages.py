@@ -21,6 +21,11 @@ from deployments.models import model_name
 from serve.settings import BatchedStage, DenoiserStage
 
 
+# What a stage deployment gets where its config leaves an option unset (Ray's defaults otherwise): a
+# bounded queue, so that overload is a fast 503 rather than an ever longer wait.
+DEFAULT_OPTIONS = {"ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 8, "max_queued_requests": 64}
+
+
 class BatchingReplica:
     """Collects concurrent calls into batches (`@serve.batch`) and runs each batch off the event loop,
     so the replica keeps answering health checks and accepting requests while the model works."""
@@ -90,7 +95,7 @@ def _stamp(result, item, stage: str, started: float, finished: float, served_nam
     return dataclasses.replace(result, timings=timings)
 
 
-@serve.deployment(name="Encoder")
+@serve.deployment(name="Encoder", **DEFAULT_OPTIONS)
 class EncoderDeployment(BatchingReplica):
     stage = "encode"
     engine_class = Encoder
@@ -102,7 +107,7 @@ class EncoderDeployment(BatchingReplica):
         return await self.submit(request)
 
 
-@serve.deployment(name="Denoiser")
+@serve.deployment(name="Denoiser", **DEFAULT_OPTIONS)
 class DenoiserDeployment:
     """Runs the engine's continuous-batching loop on its own thread; each call waits for its request
     while the replica's event loop stays free. A call that is cancelled (client gone, deadline hit)
@@ -171,7 +176,7 @@ def preview_steps(total: int, previews: int) -> frozenset[int]:
     return frozenset(round(total * (i + 1) / (previews + 1)) for i in range(previews)) - {0, total}
 
 
-@serve.deployment(name="Decoder")
+@serve.deployment(name="Decoder", **DEFAULT_OPTIONS)
 class DecoderDeployment(BatchingReplica):
     stage = "decode"
     engine_class = Decoder

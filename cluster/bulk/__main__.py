@@ -1,12 +1,16 @@
 """Bulk re-editing of a Parquet manifest with Ray Data, through the online app's own stage classes:
 
-    python -m cluster.bulk --manifest IN.parquet --output OUT [--model M] [--steps 8] ...
+    python -m cluster.bulk --manifest IN.parquet --output OUT [--model M] [--num-inference-steps 8] ...
     ray job submit -- python -m cluster.bulk --manifest s3://bucket/manifest/ --output /mnt/out
 
 read_parquet -> read images + build requests -> Encoder pool -> Denoiser pool (batched) -> Decoder
 pool (writes OUT/images/<safe-id>.<ext> atomically) -> OUT/results/ (Parquet, one row per id).
 Re-running the same command skips ids already `ok` and retries the rest; exit code 0 only when
 every row is `ok`. With no cluster address (RAY_ADDRESS) it starts a local Ray cluster.
+
+The manifest's optional columns and their flags are the model family's declared request fields
+(cluster/bulk/manifest.py); rows are held to the same limits, with the same messages, as online
+requests (`--limits`).
 """
 
 import argparse
@@ -18,20 +22,25 @@ from pathlib import Path
 import pyarrow.dataset
 import ray
 import ray.util.metrics
+import yaml
 
-from cluster.bulk.manifest import ManifestError, check_ids, check_schema
+from cluster.bulk.manifest import NOT_COLUMNS, ManifestError, check_ids, check_schema
 from cluster.bulk.outputs import remove_partial_files
+from cluster.bulk.requests import ToRequests
 from cluster.bulk.results import compact, to_result_rows, write_part
-from cluster.bulk.requests import Defaults, ToRequests
 from cluster.bulk.stages import DecodeActor, DenoiseActor, EncodeActor
 from cluster.bulk.tally import Tally
 from deployments import metrics
-from deployments.contracts import OUTPUT_FORMATS
 from deployments.errors import InvalidInputError
 from deployments.fast_path import ATTENTION_BACKENDS, FastPath
-from deployments.models import model_name, resolve_model
-from deployments.parameters import PARAMETERS
+from deployments.generated import ensure_generated
+from deployments.limits import Limits
+from deployments.models import ModelSpec, model_name, resolve_model
+from deployments.parameter_flags import add_parameter_flags, given, parameter_fields
+from deployments.parameters import parse
 from deployments.settings import model_from_env
+
+BULK_DEFAULTS = {"seed": 0}  # unlike online (random), so that re-running a job draws the same images
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,16 +49,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--manifest", required=True, help="Parquet file or directory (local or any pyarrow URI, e.g. s3://)")
     p.add_argument("--output", required=True, type=Path, help="output directory OUT")
     p.add_argument("--model", default=None, help="checkpoint directory or hub id (default: $MODEL or the tiny model)")
-    d = p.add_argument_group("defaults for the manifest's optional columns")
-    d.add_argument("--negative-prompt", default=None,
-                   help="default: the model family's (' ' for Qwen-Image-Edit, none for InstructPix2Pix)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    d.add_argument("--cfg", type=float, default=None, help="Qwen-Image-Edit: true CFG scale (4.0)")
-    d.add_argument("--guidance-scale", type=float, default=None, help="InstructPix2Pix: text guidance s_T (7.5)")
-    d.add_argument("--image-guidance-scale", type=float, default=None, help="InstructPix2Pix: image guidance s_I (1.5)")
-    d.add_argument("--output-format", choices=OUTPUT_FORMATS, default="png")
-    d.add_argument("--size", default="auto", help="WIDTHxHEIGHT or auto")
+    p.add_argument("--limits", type=Path, default=None,
+                   help="a Serve config file (its app's `limits`) or a YAML mapping of limits; rows are held to them as "
+                   "online requests are (default: the built-in limits, serve/config.yaml's)")
+    d = p.add_argument_group("defaults for the manifest's optional columns (a row's own value wins)")
+    add_parameter_flags(d, NOT_COLUMNS, BULK_DEFAULTS)
     r = p.add_argument_group("resources (defaults fit one GPU, or this CPU machine)")
     for stage, gpus in (("encoder", 0.25), ("denoiser", 0.5), ("decoder", 0.25)):
         r.add_argument(f"--{stage}-actors", type=int, default=1, help=f"{stage} pool size")
@@ -66,6 +70,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def load_limits(path: Path | None) -> Limits:
+    if path is None:
+        return Limits()
+    config = yaml.safe_load(path.read_text()) or {}
+    if "applications" in config:  # a Serve config file: its (first) app's limits
+        config = (config["applications"][0].get("args") or {}).get("limits") or {}
+    return Limits.model_validate(config)
+
+
 def _has_cuda() -> bool:
     import torch
 
@@ -75,42 +88,37 @@ def _has_cuda() -> bool:
 def main(argv=None) -> int:
     args = parse_args(argv)
     model = args.model or model_from_env()
+    ensure_generated(model)  # the tiny default on first use
     spec = resolve_model(model)  # fails here, once, on a model that can't be found
-    out = args.output
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "results").mkdir(parents=True, exist_ok=True)
-
-    parameters = PARAMETERS[spec.pipeline_class]
-    flags = {"true_cfg_scale": args.cfg, "guidance_scale": args.guidance_scale, "image_guidance_scale": args.image_guidance_scale}
+    limits = load_limits(args.limits)
+    defaults = {**BULK_DEFAULTS, **given(args, list(parameter_fields(NOT_COLUMNS)))}
     manifest = pyarrow.dataset.dataset(args.manifest, format="parquet")
     try:
-        parameters.check(flags)
-        check_schema(manifest.schema, parameters)
+        # The flags as a row would use them: refused with the message a row (or an online request) gets.
+        parse(spec.request_model(limits), {**defaults, "prompt": "check", "image": [b""]})
+        check_schema(manifest.schema, spec.declared)
         check_ids(manifest.to_table(columns=["id"]).column("id"))
     except InvalidInputError as e:
-        print(f"error: --{FLAGS[e.param]}: {e.message}", file=sys.stderr)
+        print(f"error: --{e.param.replace('_', '-')}: {e.message}", file=sys.stderr)
         return 2
     except ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    out = args.output
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "results").mkdir(parents=True, exist_ok=True)
 
     removed = remove_partial_files(out)
     done = compact(out)
     print(f"resuming: {len(done)} id(s) already ok, {removed} partial file(s) removed", flush=True)
-    negative = parameters.default_negative_prompt if args.negative_prompt is None else args.negative_prompt
-    defaults = Defaults(
-        negative_prompt=negative, seed=args.seed, output_format=args.output_format, size=args.size,
-        num_inference_steps=args.steps or spec.settings.default_num_inference_steps, **parameters.guidance_of(flags),
-    )
     connect(args)
     tally = Tally(model=model_name(model), skipped=len(done))
-    run(args, model, done, defaults, tally)
+    run(args, spec, done, limits, defaults, tally)
     print("\n" + tally.summary())
     return 0 if tally.error == 0 else 1
 
 
 STAGES = ("encoder", "denoiser", "decoder")
-FLAGS = {"true_cfg_scale": "cfg", "guidance_scale": "guidance-scale", "image_guidance_scale": "image-guidance-scale"}
 REQUESTS_CPUS = 0.25  # reading files and building requests is light work
 
 
@@ -123,7 +131,9 @@ def connect(args) -> None:
     metrics.bind(ray.util.metrics)
 
 
-def run(args, model: str, done: set[str], defaults: Defaults, tally: Tally) -> None:
+def run(args, spec: ModelSpec, done: set[str], limits: Limits, defaults: dict, tally: Tally) -> None:
+    """The pipeline over the manifest's rows not in `done`, `defaults` filling their missing parameters."""
+    model, declared = spec.model_id, spec.declared
     manifest_dir = None if "://" in args.manifest else str(Path(args.manifest).resolve().parent)
 
     # The `item` column carries the stage contracts as pickled Python objects; saying so explicitly
@@ -137,7 +147,7 @@ def run(args, model: str, done: set[str], defaults: Defaults, tally: Tally) -> N
     ds = ds.repartition(target_num_rows_per_block=args.encoder_batch_size)
     pool = ray.data.ActorPoolStrategy
     ds = ds.map_batches(
-        ToRequests, fn_constructor_args=(defaults, manifest_dir), batch_format="pandas",
+        ToRequests, fn_constructor_args=(spec, limits, defaults, manifest_dir), batch_format="pandas",
         compute=pool(size=1), num_cpus=REQUESTS_CPUS,
     )
     fast_path = FastPath(
@@ -157,7 +167,7 @@ def run(args, model: str, done: set[str], defaults: Defaults, tally: Tally) -> N
             num_gpus=getattr(args, f"{stage}_gpus"),
         )
     for batch in ds.iter_batches(batch_format="pandas", batch_size=args.decoder_batch_size):  # results as they come
-        rows = to_result_rows(batch, model)
+        rows = to_result_rows(batch, model, declared)
         write_part(args.output, rows)
         tally.add(rows)
 

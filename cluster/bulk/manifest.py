@@ -1,10 +1,12 @@
-"""The bulk manifest's contract, checked before any work starts.
+"""The bulk manifest's contract, derived from the model family's request declaration
+(deployments/parameters.py and the family's `*_parameters.py`) and checked before any work starts.
 
-Required columns: `id` (string, unique), `image` (a path/URI string, or a list of 1-3 for Edit-Plus
-models), `instruction` (string). Optional: `negative_prompt`, `seed`, `num_inference_steps`,
-`output_format`, `size`, and the model family's guidance fields (`true_cfg_scale` for
-Qwen-Image-Edit; `guidance_scale`, `image_guidance_scale` for InstructPix2Pix); missing ones (and
-null values) take the job's defaults. A column of the other family's fields is refused.
+Required columns: `id` (string, unique), `image` (a path/URI string, or a list of them for models
+taking several images) and `instruction` (the API's `prompt`). Optional: every other field the
+family declares, under its API name, except `n` (a row makes one image): e.g. `negative_prompt`,
+`seed`, `num_inference_steps`, `size`, `output_format` and the family's own guidance fields. Missing
+columns and null values take the job's flags, then the declaration's defaults. A column of another
+family's fields is refused; other columns are carried along unread.
 """
 
 from collections import Counter
@@ -12,22 +14,28 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from deployments.parameters import GUIDANCE_FIELDS, FamilyParameters
+from deployments.families import DECLARATIONS
+from deployments.parameter_flags import json_types
+from deployments.parameters import EditParameters
 
 REQUIRED = ("id", "image", "instruction")
-OPTIONAL_TYPES = {
-    "negative_prompt": (pa.types.is_string, pa.types.is_large_string),
-    "seed": (pa.types.is_integer,),
-    "num_inference_steps": (pa.types.is_integer,),
-    **{name: (pa.types.is_floating, pa.types.is_integer) for name in GUIDANCE_FIELDS},
-    "output_format": (pa.types.is_string, pa.types.is_large_string),
-    "size": (pa.types.is_string, pa.types.is_large_string),
-}
+NOT_COLUMNS = ("image", "prompt", "n")  # image and prompt are required columns (as paths, as `instruction`)
 MAX_LISTED = 10
+ARROW_TYPES = {  # a declared field's JSON type -> the Arrow types its column may have
+    "integer": (pa.types.is_integer,),
+    "number": (pa.types.is_floating, pa.types.is_integer),
+    "string": (pa.types.is_string, pa.types.is_large_string),
+}
 
 
 class ManifestError(ValueError):
     """The manifest cannot be processed; the message names every problem found."""
+
+
+def parameter_columns(declared: type[EditParameters]) -> dict[str, dict]:
+    """The optional columns of `declared`'s family -> their fields' JSON schemas."""
+    properties = declared.model_json_schema()["properties"]
+    return {name: properties[name] for name in declared.model_fields if name not in NOT_COLUMNS}
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -40,23 +48,25 @@ def _is_image_column(t: pa.DataType) -> bool:
     return (pa.types.is_list(t) or pa.types.is_large_list(t)) and _is_string(t.value_type)
 
 
-def check_schema(schema: pa.Schema, parameters: FamilyParameters) -> None:
+def check_schema(schema: pa.Schema, declared: type[EditParameters]) -> None:
     """Raises ManifestError naming each missing, wrongly typed or (for the model's family) foreign column."""
+    columns = parameter_columns(declared)
     problems = [f"missing required column {name!r}" for name in REQUIRED if name not in schema.names]
+    foreign = {name for other in DECLARATIONS.values() for name in other.model_fields} - set(declared.model_fields)
     problems += [
-        f"column {name!r} does not apply to {parameters.family} models (they take {', '.join(parameters.guidance)})"
-        for name in GUIDANCE_FIELDS if name in schema.names and name not in parameters.guidance
+        f"column {name!r} does not apply to {declared.family} models (they take {', '.join(declared.family_fields())})"
+        for name in schema.names if name in foreign
     ]
     types = {field.name: field.type for field in schema}
-    if "id" in types and not _is_string(types["id"]):
-        problems.append(f"column 'id' must be string, got {types['id']}")
-    if "instruction" in types and not _is_string(types["instruction"]):
-        problems.append(f"column 'instruction' must be string, got {types['instruction']}")
+    for name in ("id", "instruction"):
+        if name in types and not _is_string(types[name]):
+            problems.append(f"column {name!r} must be string, got {types[name]}")
     if "image" in types and not _is_image_column(types["image"]):
         problems.append(f"column 'image' must be string or list<string>, got {types['image']}")
-    for name, checks in OPTIONAL_TYPES.items():
-        if name in types and not any(check(types[name]) for check in checks):
-            problems.append(f"column {name!r} has type {types[name]}, which it cannot be")
+    for name, field in columns.items():
+        allowed = [check for json_type in json_types(field) for check in ARROW_TYPES[json_type]]
+        if name in types and not any(check(types[name]) for check in allowed):
+            problems.append(f"column {name!r} has type {types[name]}; it must be {' or '.join(sorted(json_types(field)))}")
     if problems:
         raise ManifestError("manifest refused: " + "; ".join(problems))
 

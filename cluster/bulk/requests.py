@@ -1,51 +1,42 @@
 """Manifest rows -> EditRequests, the first step of the bulk job: reads each row's image file(s),
-fills the optional columns from the command line's defaults, validates.
+fills null and missing parameters from the job's flags, validates against the family's declaration
+and the limits (the same validation, and messages, as the online API).
 
 Kept apart from the stage actors so that its worker imports neither diffusers nor transformers:
 several seconds less start-up on a small machine, where every worker's imports compete for cores.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.fs
 
-from deployments.contracts import EditRequest, OutputSpec
-from deployments.errors import EditError, InvalidInputError
-from deployments.parameters import GUIDANCE_FIELDS
-
-SIZE_AUTO = "auto"
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """Values for the manifest's optional columns, from the command line."""
-
-    negative_prompt: str | None = " "
-    seed: int = 0
-    num_inference_steps: int = 8
-    true_cfg_scale: float | None = None  # guidance fields: None where the model's family doesn't take them
-    guidance_scale: float | None = None
-    image_guidance_scale: float | None = None
-    output_format: str = "png"
-    size: str = SIZE_AUTO
+from cluster.bulk.manifest import parameter_columns
+from deployments.contracts import EditRequest
+from deployments.errors import EditError
+from deployments.limits import Limits
+from deployments.models import ModelSpec
+from deployments.parameters import parse
 
 
 class ToRequests:
     """Manifest rows -> EditRequests: reads the image file(s), fills defaults, validates."""
 
-    def __init__(self, defaults: Defaults, manifest_dir: str | None):
+    def __init__(self, spec: ModelSpec, limits: Limits, defaults: dict, manifest_dir: str | None):
+        self.model = spec.request_model(limits)  # built here: a bound model pickles poorly
+        self.columns = tuple(parameter_columns(spec.declared))
         self.defaults = defaults
         self.manifest_dir = manifest_dir
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows = []
         for row in batch.to_dict("records"):
-            params = self._params(row)
-            out = {"id": row["id"], **params, "item": None, "error": None}
+            values = self._values(row)
+            out = {"id": row["id"], "instruction": row["instruction"], **values, "item": None, "error": None}
             try:
-                out["item"] = self._request(row["id"], params, row["image"])
+                parameters = parse(self.model, {**values, "prompt": row["instruction"], "image": self._images(row["image"])})
+                out["item"] = EditRequest(parameters, request_id=row["id"])
+                out.update({name: getattr(parameters, name) for name in self.columns})  # as used, defaults filled
             except EditError as e:
                 out["error"] = e.message
             except OSError as e:
@@ -53,36 +44,20 @@ class ToRequests:
             rows.append(out)
         return pd.DataFrame(rows)
 
-    def _params(self, row: dict) -> dict:
-        def value(name):
-            v = row.get(name)
-            return getattr(self.defaults, name) if v is None or (isinstance(v, float) and pd.isna(v)) else v
+    def _values(self, row: dict) -> dict:
+        """The row's parameters: its own values, the job's defaults where it has none."""
+        values = {}
+        for name in self.columns:
+            value = row.get(name)
+            if value is None or (isinstance(value, float) and pd.isna(value)):
+                value = self.defaults.get(name)
+            if value is not None:
+                values[name] = value.item() if hasattr(value, "item") else value  # numpy scalars -> Python
+        return values
 
-        return {
-            "instruction": row["instruction"],
-            "negative_prompt": value("negative_prompt"),
-            "seed": int(value("seed")),
-            "num_inference_steps": int(value("num_inference_steps")),
-            **{name: None if value(name) is None else float(value(name)) for name in GUIDANCE_FIELDS},
-            "output_format": value("output_format"),
-            "size": value("size"),
-        }
-
-    def _request(self, row_id: str, params: dict, image) -> EditRequest:
+    def _images(self, image) -> list[bytes]:
         paths = [image] if isinstance(image, str) else list(image if image is not None else [])
-        width, height = _parse_size(params["size"])
-        return EditRequest(
-            images=tuple(self._read(path) for path in paths),
-            prompt=params["instruction"] or "",
-            negative_prompt=params["negative_prompt"],
-            seed=params["seed"],
-            num_inference_steps=params["num_inference_steps"],
-            **{name: params[name] for name in GUIDANCE_FIELDS},
-            width=width,
-            height=height,
-            output=OutputSpec(format=params["output_format"]),
-            request_id=row_id,
-        )
+        return [self._read(path) for path in paths]
 
     def _read(self, path: str) -> bytes:
         if "://" not in path and not Path(path).is_absolute() and self.manifest_dir:
@@ -90,13 +65,3 @@ class ToRequests:
         filesystem, location = pyarrow.fs.FileSystem.from_uri(path if "://" in path else Path(path).resolve().as_uri())
         with filesystem.open_input_stream(location) as stream:
             return stream.read()
-
-
-def _parse_size(size: str) -> tuple[int | None, int | None]:
-    if size == SIZE_AUTO:
-        return None, None
-    try:
-        width, height = (int(side) for side in size.lower().split("x"))
-    except ValueError:
-        raise InvalidInputError("size", f"must be 'auto' or WIDTHxHEIGHT, got {size!r}") from None
-    return width, height

@@ -11,16 +11,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cluster.bulk.manifest import parameter_columns
+from deployments.parameter_flags import json_types
 from cluster.bulk.outputs import write_atomic
-from deployments.parameters import GUIDANCE_FIELDS
+from deployments.parameters import EditParameters
 
-RESULT_COLUMNS = [
-    "id", "status", "output", "error", "model", "instruction", "negative_prompt", "seed",
-    "num_inference_steps", *GUIDANCE_FIELDS, "output_format", "size", "encode_s", "denoise_s", "decode_s",
-    "started_at", "finished_at",
-]
 STAGE_SECONDS = ("encode_s", "denoise_s", "decode_s")
 TIMES = ("started_at", "finished_at")
+
+
+def result_columns(declared: type[EditParameters]) -> list[str]:
+    """A results row: what became of the id, and every parameter it was edited with (the family's)."""
+    return ["id", "status", "output", "error", "model", "instruction", *parameter_columns(declared), *STAGE_SECONDS, *TIMES]
 
 
 def results_dir(output: Path) -> Path:
@@ -30,7 +32,7 @@ def results_dir(output: Path) -> Path:
 def read_results(output: Path) -> pd.DataFrame:
     files = sorted(results_dir(output).glob("*.parquet"))
     if not files:
-        return pd.DataFrame(columns=RESULT_COLUMNS)
+        return pd.DataFrame(columns=["id", "status"])
     return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
 
 
@@ -49,13 +51,13 @@ def compact(output: Path) -> set[str]:
 
 
 def write_part(output: Path, rows: pd.DataFrame) -> None:
-    table = pa.Table.from_pandas(rows[RESULT_COLUMNS].reset_index(drop=True), preserve_index=False)
+    table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     write_atomic(output, f"results/part-{uuid.uuid4().hex}.parquet", sink.getvalue().to_pybytes())
 
 
-def to_result_rows(batch: pd.DataFrame, model: str) -> pd.DataFrame:
+def to_result_rows(batch: pd.DataFrame, model: str, declared: type[EditParameters]) -> pd.DataFrame:
     """The pipeline's last frame as result rows: status, output path, error and parameters."""
     ok = batch["error"].isna()
     rows = batch.assign(
@@ -68,6 +70,9 @@ def to_result_rows(batch: pd.DataFrame, model: str) -> pd.DataFrame:
             rows[column] = None
     for column in TIMES:
         rows[column] = pd.to_datetime(rows[column], unit="s", utc=True)
-    for column in GUIDANCE_FIELDS:  # float64 with NaN where the family takes no such field: one schema for all parts
-        rows[column] = rows[column].astype("float64")
-    return rows[RESULT_COLUMNS]
+    for column, field in parameter_columns(declared).items():
+        if column not in rows:  # no row of the batch had a value
+            rows[column] = None
+        if json_types(field) == {"number"}:  # float64 even where a part's values are all whole: one schema
+            rows[column] = rows[column].astype("float64")
+    return rows[result_columns(declared)]

@@ -1,9 +1,10 @@
 """The per-family interface: the math that differs between model families, behind a few named calls.
 
-The stage classes own what is common (loading, validation, batching, the step loop, image I/O);
-a family owns prompt encoding, latent packing, the model call with its guidance combination, the
-scheduler set-up and latent decoding. A stage builds its family with only that stage's components
-and calls only that stage's methods.
+The stage classes own what is common (loading, batching, the step loop, image I/O); a family owns
+prompt encoding, latent packing, the model call with its guidance combination, the scheduler set-up
+and latent decoding, and declares what its Conditioning carries and what its requests may set
+(deployments/families/*_parameters.py). A stage builds its family for one role ("encode",
+"denoise" or "decode") with only that role's components and calls only that role's methods.
 """
 
 import functools
@@ -20,9 +21,12 @@ from PIL import Image
 
 from deployments.contracts import Conditioning, EditRequest, Latents
 from deployments.errors import InvalidInputError, ModelLoadError
+from deployments.families import declaration
 from deployments.models import ModelSpec
-from deployments.parameters import PARAMETERS
+from deployments.parameters import EditParameters
 from deployments.transfer import to_device, to_host
+
+ROLES = ("encode", "denoise", "decode")
 
 MAX_PROBED_STEPS = 4
 PROBE_IMAGE_TOKENS = 4096  # the schedule's shift depends on the image's size; its finiteness doesn't
@@ -38,17 +42,27 @@ class Footprint:
     tokens: int  # tokens those rows put through each forward
 
 
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor a family's Conditioning carries: its shape (for readers) and whether it may be absent."""
+
+    shape: str
+    optional: bool = False
+
+
 @dataclass(eq=False)
 class DenoiseJob:
-    """One request inside the Denoiser: its conditioning on the device and where its sampling stands."""
+    """One request inside the Denoiser: its conditioning on the device and where its sampling stands.
+    Everything that is this request's own lives here, never in the family shared by all rows."""
 
     conditioning: Conditioning
     latents: torch.Tensor  # (1, L, C) the current sample, packed
     scheduler: Any  # this request's own scheduler instance (schedulers keep a step index)
     timesteps: torch.Tensor  # (N,)
     footprint: Footprint
-    device_inputs: dict[str, torch.Tensor]  # conditioning tensors moved to the model's device
+    tensors: dict[str, torch.Tensor]  # the conditioning's tensors on the model's device
     step_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of its scheduler's step
+    state: dict[str, Any] = field(default_factory=dict)  # the family's per-request state (after_step keeps it)
     step_index: int = 0
     preview_after: frozenset[int] = frozenset()  # step counts after which to keep a preview
     preview: torch.Tensor | None = None  # (1, L, C) the predicted clean sample, when kept
@@ -67,22 +81,36 @@ class DenoiseJob:
 
 
 class ModelFamily(ABC):
-    """Family math for one pipeline class. `components[stage]` lists what each stage loads."""
+    """Family math for one pipeline class, built for one role. `components[role]` lists what each role loads."""
 
     pipeline_classes: ClassVar[tuple[str, ...]]
-    components: ClassVar[dict[str, tuple[str, ...]]]  # "encode" | "denoise" | "decode" -> component names
+    components: ClassVar[dict[str, tuple[str, ...]]]  # role -> component names
     denoising_model: ClassVar[str]  # the component the Denoiser runs each step (fast-path settings apply to it)
+    conditioning_tensors: ClassVar[dict[str, TensorSpec]]  # what `encode` puts in Conditioning.tensors
 
     def __init__(
-        self, spec: ModelSpec, loaded: dict[str, Any], device: torch.device, dtype: torch.dtype, pinned_transfers: bool = True
+        self, spec: ModelSpec, role: str, loaded: dict[str, Any], device: torch.device, dtype: torch.dtype,
+        pinned_transfers: bool = True,
     ):
         self.spec = spec
+        self.role = role
         self.loaded = loaded
         self.device = device
         self.dtype = dtype
         self.pinned_transfers = pinned_transfers
-        self.parameters = PARAMETERS[spec.pipeline_class]
-        self.min_inference_steps = self._fewest_steps() if "scheduler" in loaded else 1
+        self.declared = declaration(spec.pipeline_class)  # what its requests may set
+        # The encoder refuses, and the denoiser's warm-up uses, the fewest steps the scheduler runs.
+        self.min_inference_steps = self._fewest_steps() if role in ("encode", "denoise") else 1
+        {"encode": self.set_up_encoder, "denoise": self.set_up_denoiser, "decode": self.set_up_decoder}[role]()
+
+    def set_up_encoder(self) -> None:
+        """Checks and preparations of the encode role's components (none by default)."""
+
+    def set_up_denoiser(self) -> None:
+        """Checks and preparations of the denoise role's components (none by default)."""
+
+    def set_up_decoder(self) -> None:
+        """Checks and preparations of the decode role's components (none by default)."""
 
     def _fewest_steps(self) -> int:
         """The fewest denoising steps this checkpoint's scheduler runs with finite sigmas: Qwen's config
@@ -105,28 +133,30 @@ class ModelFamily(ABC):
 
     # Encoder side
     def check(self, request: EditRequest) -> None:
-        """Refuses what this model doesn't take: a guidance field or size of another family, too many
-        images, fewer steps than its scheduler can run."""
-        self.parameters.check(request.given())
-        steps = request.num_inference_steps
-        if steps is not None and steps < self.min_inference_steps:
+        """Refuses what only the loaded model can tell (the request was validated against the family's
+        declaration at the edge): parameters of another family's declaration, fewer steps than this
+        checkpoint's scheduler can run."""
+        if type(request.parameters) is not self.declared:
+            raise InvalidInputError(
+                "model", f"the request was made for {type(request.parameters).pipeline} models; this is a "
+                f"{self.spec.pipeline_class} ({self.declared.family})",
+            )
+        steps = request.parameters.num_inference_steps
+        if steps < self.min_inference_steps:
             raise InvalidInputError(
                 "num_inference_steps", f"this model's scheduler needs at least {self.min_inference_steps} steps, got {steps}"
             )
-        limit = self.parameters.max_input_images
-        if len(request.images) > limit:
-            raise InvalidInputError("image", f"{self.spec.pipeline_class} takes at most {limit} image(s), got {len(request.images)}")
 
     @abstractmethod
     def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
         """Prompt embeddings (and negative ones with CFG) and image latents; tensors on the CPU."""
 
-    def _check_prompts(self, request: EditRequest, guided: bool, tokenizer, limit: int, counted: str = "") -> None:
+    def _check_prompts(self, parameters: EditParameters, guided: bool, tokenizer, limit: int, counted: str = "") -> None:
         """Refuses a prompt (and, when guidance uses it, a negative prompt) that holds one of the
         tokenizer's special tokens — text such as `<|image_pad|>` or `<|im_end|>` would be read as
         control tokens, miscounting the images or rewriting the chat template around the user's
         text — or is longer than `limit` tokens (diffusers would cut it silently)."""
-        texts = {"prompt": request.prompt, "negative_prompt": request.negative_prompt if guided else None}
+        texts = {"prompt": parameters.prompt, "negative_prompt": parameters.negative_prompt if guided else None}
         special = _special_tokens(tokenizer)
         for param, text in texts.items():
             if text is None:
@@ -141,17 +171,38 @@ class ModelFamily(ABC):
             if tokens > limit:
                 raise InvalidInputError(param, f"may be at most {limit} tokens{counted}, got {tokens}")
 
-    def _conditioning(self, request: EditRequest, guidance: dict[str, float], **encoded) -> Conditioning:
-        """The Conditioning of `encoded` (tensors, shapes, output size) with what the request itself decides."""
+    def _conditioning(self, request: EditRequest, tensors: dict[str, torch.Tensor | None], **encoded) -> Conditioning:
+        """The Conditioning of `tensors` (None = absent) and `encoded` (shapes, output size) with what the
+        request itself decides."""
         return Conditioning(
             request_id=request.request_id,
-            seed=request.seed,
-            num_inference_steps=request.num_inference_steps or self.spec.settings.default_num_inference_steps,
-            guidance=guidance,
+            tensors=self.checked_tensors({name: t for name, t in tensors.items() if t is not None}),
+            seed=request.parameters.seed,
+            num_inference_steps=request.parameters.num_inference_steps,
+            parameters=request.parameters.family_values(),
             output=request.output,
             timings=request.timings,
             **encoded,
         )
+
+    def checked_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`tensors`, if they are what this family's Conditioning declares (as diffusers' modular blocks
+        check their declared outputs): no unknown name, no required one missing."""
+        declared = self.conditioning_tensors
+        unknown = sorted(set(tensors) - set(declared))
+        missing = sorted(name for name, spec in declared.items() if not spec.optional and name not in tensors)
+        if unknown or missing:
+            raise ValueError(f"{type(self).__name__} conditioning: undeclared tensor(s) {unknown}, missing {missing}")
+        return tensors
+
+    def device_tensors(self, conditioning: Conditioning) -> dict[str, torch.Tensor]:
+        """The conditioning's (checked) tensors on this stage's device."""
+        return {name: self.to_device(t) for name, t in self.checked_tensors(conditioning.tensors).items()}
+
+    @staticmethod
+    def guided(conditioning: Conditioning) -> bool:
+        """Whether each step also runs the model without the prompt (guidance rows)."""
+        return "negative_prompt_embeds" in conditioning.tensors
 
     # Denoiser side
     @abstractmethod
@@ -174,6 +225,10 @@ class ModelFamily(ABC):
     def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
         """One batched model forward for `jobs` (one bucket, each at its own timestep, guidance rows
         included) and the guided noise prediction of each, shaped like its `latents`."""
+
+    def after_step(self, job: DenoiseJob, noise_pred: torch.Tensor) -> None:
+        """Runs after the job's scheduler step, with its prediction: where a family updates the job's own
+        state (e.g. blends a masked edit or updates a step cache). Nothing by default."""
 
     @abstractmethod
     def predicted_clean(self, job: DenoiseJob, noise_pred: torch.Tensor) -> torch.Tensor:

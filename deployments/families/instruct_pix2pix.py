@@ -22,7 +22,7 @@ from PIL import Image
 
 from deployments.contracts import Conditioning, EditRequest, Latents, OutputSpec
 from deployments.errors import InvalidInputError, ModelLoadError
-from deployments.families.base import DenoiseJob, Footprint, ModelFamily
+from deployments.families.base import DenoiseJob, Footprint, ModelFamily, TensorSpec
 from deployments.families.batch_invariance import make_per_row_linears_batch_invariant
 from deployments.models import ModelSpec
 
@@ -41,50 +41,57 @@ class InstructPix2Pix(ModelFamily):
         "decode": ("vae",),
     }
     denoising_model = "unet"
+    conditioning_tensors = {
+        "prompt_embeds": TensorSpec("(77, D) CLIP"),
+        "negative_prompt_embeds": TensorSpec("(77, D), when guidance is on", optional=True),
+        "image_latents": TensorSpec("(C, h, w) the input image's VAE latents (mode, unscaled)"),
+    }
 
-    def __init__(self, spec: ModelSpec, loaded: dict[str, Any], *args, **kwargs):
-        super().__init__(spec, loaded, *args, **kwargs)
+    def __init__(self, spec: ModelSpec, role: str, loaded: dict[str, Any], *args, **kwargs):
         self.pipe = StableDiffusionInstructPix2PixPipeline(
             **{name: loaded.get(name) for name in COMPONENTS},
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )
-        scheduler = loaded.get("scheduler")
-        if scheduler is not None:
-            if type(scheduler).__name__ not in SCHEDULERS or scheduler.config.prediction_type != "epsilon":
-                raise ModelLoadError(
-                    f"{spec.model_id!r}: the scheduler is a {type(scheduler).__name__} predicting "
-                    f"{scheduler.config.prediction_type}; supported: {', '.join(SCHEDULERS)} with epsilon prediction"
-                )
-        if "unet" in loaded:
-            make_per_row_linears_batch_invariant(loaded["unet"])
+        super().__init__(spec, role, loaded, *args, **kwargs)
+
+    def set_up_encoder(self) -> None:
+        self._check_scheduler()  # the encoder probes it for the fewest steps it runs
+
+    def set_up_denoiser(self) -> None:
+        self._check_scheduler()
+        make_per_row_linears_batch_invariant(self.loaded["unet"])
+
+    def _check_scheduler(self) -> None:
+        scheduler = self.loaded["scheduler"]
+        if type(scheduler).__name__ not in SCHEDULERS or scheduler.config.prediction_type != "epsilon":
+            raise ModelLoadError(
+                f"{self.spec.model_id!r}: the scheduler is a {type(scheduler).__name__} predicting "
+                f"{scheduler.config.prediction_type}; supported: {', '.join(SCHEDULERS)} with epsilon prediction"
+            )
 
     # ---- Encoder -------------------------------------------------------------------------------
 
     @torch.no_grad()
     def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
-        guidance = self.parameters.guidance_of(request.given())
-        guided = guidance["guidance_scale"] > 1 and guidance["image_guidance_scale"] >= 1  # diffusers' rule
+        parameters = request.parameters
+        guided = parameters.guidance_scale > 1 and parameters.image_guidance_scale >= 1  # diffusers' rule
         tokenizer = self.loaded["tokenizer"]  # CLIP: what it would cut off, diffusers truncates with a log line
         limit = min(tokenizer.model_max_length, self.spec.settings.max_prompt_tokens)
-        self._check_prompts(request, guided, tokenizer, limit, counted=" (start and end included)")
+        self._check_prompts(parameters, guided, tokenizer, limit, counted=" (start and end included)")
         image = images[0]
         width, height = self._working_size(image)
         pixels = self.pipe.image_processor.preprocess(image, height, width)  # (1, 3, H, W) in [-1, 1]
         vae = self.loaded["vae"]
         image_latents = retrieve_latents(vae.encode(pixels.to(self.device, vae.dtype)), sample_mode="argmax")
         # [prompt] or, guided, [prompt, negative, negative] (the order diffusers batches them in)
-        embeds = self.pipe._encode_prompt(request.prompt, self.device, 1, guided, request.negative_prompt)
+        embeds = self.pipe._encode_prompt(parameters.prompt, self.device, 1, guided, parameters.negative_prompt)
         prompt_embeds, latents = self.to_host(embeds[0], image_latents[0])
         negative_embeds = self.to_host(embeds[1])[0] if guided else None
         grid = (1, latents.shape[1], latents.shape[2])
+        tensors = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds, "image_latents": latents}
         return self._conditioning(
             request,
-            guidance,
-            prompt_embeds=prompt_embeds,
-            prompt_embeds_mask=None,
-            negative_prompt_embeds=negative_embeds,
-            negative_prompt_embeds_mask=None,
-            image_latents=latents,
+            tensors,
             img_shapes=(grid, grid),
             height=height,
             width=width,
@@ -115,11 +122,11 @@ class InstructPix2Pix(ModelFamily):
         side, width = unet.config.sample_size, unet.config.cross_attention_dim
         prompt = torch.zeros(CLIP_TOKENS, width, dtype=self.dtype)
         grid = (1, side, side)
+        tensors = {"prompt_embeds": prompt, "negative_prompt_embeds": prompt, "image_latents": torch.zeros(4, side, side, dtype=self.dtype)}
         return Conditioning(
-            request_id="warm-up", prompt_embeds=prompt, prompt_embeds_mask=None, negative_prompt_embeds=prompt,
-            negative_prompt_embeds_mask=None, image_latents=torch.zeros(4, side, side, dtype=self.dtype),
-            img_shapes=(grid, grid), height=side * 8, width=side * 8, seed=0, num_inference_steps=self.min_inference_steps,
-            guidance=dict(self.parameters.guidance), output=OutputSpec(),
+            request_id="warm-up", tensors=tensors, img_shapes=(grid, grid), height=side * 8, width=side * 8, seed=0,
+            num_inference_steps=self.min_inference_steps, parameters=self.declared.model_construct().family_values(),
+            output=OutputSpec(),
         )
 
     def new_schedule(self, steps: int, image_tokens: int, device: torch.device):
@@ -131,11 +138,11 @@ class InstructPix2Pix(ModelFamily):
 
     def footprint(self, conditioning: Conditioning) -> Footprint:
         _, rows, cols = conditioning.img_shapes[0]
-        guidance_rows = 3 if conditioning.guided else 1
+        guidance_rows = 3 if self.guided(conditioning) else 1
         return Footprint(
             bucket=conditioning.img_shapes,  # one UNet batch needs one latent size
             rows=guidance_rows,
-            tokens=guidance_rows * (rows * cols + conditioning.prompt_embeds.shape[0]),
+            tokens=guidance_rows * (rows * cols + conditioning.tensors["prompt_embeds"].shape[0]),
         )
 
     def start(self, conditioning: Conditioning) -> DenoiseJob:
@@ -144,18 +151,13 @@ class InstructPix2Pix(ModelFamily):
         channels = self.loaded["unet"].config.out_channels
         noise = randn_tensor((1, channels, rows, cols), generator=generator, device=self.device, dtype=self.dtype)
         scheduler, timesteps = self.new_schedule(conditioning.num_inference_steps, rows * cols, self.device)
-        device_inputs = {
-            name: self.to_device(getattr(conditioning, name))
-            for name in ("prompt_embeds", "negative_prompt_embeds", "image_latents")
-            if getattr(conditioning, name) is not None
-        }
         return DenoiseJob(
             conditioning=conditioning,
             latents=noise * scheduler.init_noise_sigma,
             scheduler=scheduler,
             timesteps=timesteps,
             footprint=self.footprint(conditioning),
-            device_inputs=device_inputs,
+            tensors=self.device_tensors(conditioning),
             step_kwargs=self.pipe.prepare_extra_step_kwargs(generator, eta=0.0),  # ancestral noise from its seed
         )
 
@@ -163,9 +165,9 @@ class InstructPix2Pix(ModelFamily):
     def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
         samples, embeds, timesteps = [], [], []
         for job in jobs:
-            inputs = job.device_inputs
+            inputs = job.tensors
             image = inputs["image_latents"][None]
-            if job.conditioning.guided:  # rows: (image, text), (image, no text), (no image, no text)
+            if self.guided(job.conditioning):  # rows: (image, text), (image, no text), (no image, no text)
                 sample = torch.cat([job.latents] * 3)
                 images = torch.cat([image, image, torch.zeros_like(image)])
                 texts = [inputs["prompt_embeds"], inputs["negative_prompt_embeds"], inputs["negative_prompt_embeds"]]
@@ -181,9 +183,9 @@ class InstructPix2Pix(ModelFamily):
 
         predictions, row = [], 0
         for job in jobs:
-            if job.conditioning.guided:
+            if self.guided(job.conditioning):
                 text, image, uncond = noise_pred[row : row + 3].chunk(3)
-                s_t, s_i = job.conditioning.guidance["guidance_scale"], job.conditioning.guidance["image_guidance_scale"]
+                s_t, s_i = job.conditioning.parameters["guidance_scale"], job.conditioning.parameters["image_guidance_scale"]
                 predictions.append(uncond + s_t * (text - image) + s_i * (image - uncond))  # diffusers' order of terms
                 row += 3
             else:

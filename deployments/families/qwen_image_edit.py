@@ -20,7 +20,7 @@ from PIL import Image
 
 from deployments.contracts import Conditioning, EditRequest, Latents, OutputSpec
 from deployments.errors import InvalidInputError, ModelLoadError
-from deployments.families.base import DenoiseJob, Footprint, ModelFamily
+from deployments.families.base import DenoiseJob, Footprint, ModelFamily, TensorSpec
 from deployments.families.batch_invariance import make_per_row_linears_batch_invariant
 from deployments.models import ModelSpec
 
@@ -37,41 +37,51 @@ class QwenImageEdit(ModelFamily):
         "decode": ("vae",),
     }
     denoising_model = "transformer"
+    conditioning_tensors = {
+        "prompt_embeds": TensorSpec("(S, D)"),
+        "prompt_embeds_mask": TensorSpec("(S,) int64, 1 = real token"),
+        "negative_prompt_embeds": TensorSpec("(S', D), with true CFG only", optional=True),
+        "negative_prompt_embeds_mask": TensorSpec("(S',)", optional=True),
+        "image_latents": TensorSpec("(L_img, C) normalized, packed, all input images concatenated"),
+    }
 
-    def __init__(self, spec: ModelSpec, loaded: dict[str, Any], *args, **kwargs):
-        super().__init__(spec, loaded, *args, **kwargs)
+    def __init__(self, spec: ModelSpec, role: str, loaded: dict[str, Any], *args, **kwargs):
         self.plus = spec.pipeline_class == QwenImageEditPlusPipeline.__name__
-        # diffusers' pipeline holding only this stage's components: its prompt template, image
+        # diffusers' pipeline holding only this role's components: its prompt template, image
         # processor and static helpers are the reference we must match.
         self.pipe = PIPELINES[spec.pipeline_class](**{name: loaded.get(name) for name in ALL_COMPONENTS})
-        transformer = loaded.get("transformer")
-        if transformer is not None:
-            if transformer.config.guidance_embeds:
-                raise ModelLoadError(f"{spec.model_id!r}: guidance-distilled Qwen-Image transformers are not supported")
-            make_per_row_linears_batch_invariant(transformer)
+        super().__init__(spec, role, loaded, *args, **kwargs)
+
+    def set_up_denoiser(self) -> None:
+        transformer = self.loaded["transformer"]
+        if transformer.config.guidance_embeds:
+            raise ModelLoadError(f"{self.spec.model_id!r}: guidance-distilled Qwen-Image transformers are not supported")
+        make_per_row_linears_batch_invariant(transformer)
 
     # ---- Encoder -------------------------------------------------------------------------------
 
     @torch.no_grad()
     def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
-        guidance = self.parameters.guidance_of(request.given())
-        true_cfg = request.negative_prompt is not None and guidance["true_cfg_scale"] > 1  # diffusers' rule
-        self._check_prompts(request, true_cfg, self.pipe.processor.tokenizer, self.spec.settings.max_prompt_tokens)
+        parameters = request.parameters
+        true_cfg = parameters.negative_prompt is not None and parameters.true_cfg_scale > 1  # diffusers' rule
+        self._check_prompts(parameters, true_cfg, self.pipe.processor.tokenizer, self.spec.settings.max_prompt_tokens)
         condition_images, vae_images, vae_sizes = self._prepare_images(images)
-        width, height = self._output_size(request, images)
-        prompt_embeds, prompt_mask = self._encode_prompt(request.prompt, condition_images)
+        width, height = self._output_size(parameters.output_size, images)
+        prompt_embeds, prompt_mask = self._encode_prompt(parameters.prompt, condition_images)
         negative_embeds = negative_mask = None
         if true_cfg:
-            negative_embeds, negative_mask = self._encode_prompt(request.negative_prompt, condition_images)
+            negative_embeds, negative_mask = self._encode_prompt(parameters.negative_prompt, condition_images)
         scale = self.pipe.vae_scale_factor * 2
+        tensors = {
+            "prompt_embeds": prompt_embeds,
+            "prompt_embeds_mask": prompt_mask,
+            "negative_prompt_embeds": negative_embeds,
+            "negative_prompt_embeds_mask": negative_mask,
+            "image_latents": self._encode_image_latents(vae_images),
+        }
         return self._conditioning(
             request,
-            guidance,
-            prompt_embeds=prompt_embeds,
-            prompt_embeds_mask=prompt_mask,
-            negative_prompt_embeds=negative_embeds,
-            negative_prompt_embeds_mask=negative_mask,
-            image_latents=self._encode_image_latents(vae_images),
+            tensors,
             img_shapes=((1, height // scale, width // scale), *[(1, h // scale, w // scale) for w, h in vae_sizes]),
             height=height,
             width=width,
@@ -100,14 +110,12 @@ class QwenImageEdit(ModelFamily):
             vae_sizes.append((vae_width, vae_height))
         return condition_images, vae_images, vae_sizes
 
-    def _output_size(self, request: EditRequest, images: list[Image.Image]) -> tuple[int, int]:
+    def _output_size(self, asked: tuple[int, int] | None, images: list[Image.Image]) -> tuple[int, int]:
         multiple = self.pipe.vae_scale_factor * 2
-        if request.width is not None:
-            if request.width % multiple or request.height % multiple:
-                raise InvalidInputError(
-                    "size", f"width and height must be multiples of {multiple}, got {request.width}x{request.height}"
-                )
-            return request.width, request.height
+        if asked is not None:
+            if asked[0] % multiple or asked[1] % multiple:
+                raise InvalidInputError("size", f"width and height must be multiples of {multiple}, got {asked[0]}x{asked[1]}")
+            return asked
         # Edit-Plus takes the aspect ratio of the last image, Edit of its only one.
         image = images[-1]
         width, height = calculate_dimensions(self.spec.settings.vae_image_area, image.width / image.height)
@@ -138,11 +146,14 @@ class QwenImageEdit(ModelFamily):
         grid = (1, side // 16, side // 16)
         tokens, channels, width = grid[1] * grid[2], transformer.config.in_channels, transformer.config.joint_attention_dim
         prompt, mask = torch.zeros(16, width, dtype=self.dtype), torch.ones(16, dtype=torch.long)
+        tensors = {
+            "prompt_embeds": prompt, "prompt_embeds_mask": mask, "negative_prompt_embeds": prompt,
+            "negative_prompt_embeds_mask": mask, "image_latents": torch.zeros(tokens, channels, dtype=self.dtype),
+        }
         return Conditioning(
-            request_id="warm-up", prompt_embeds=prompt, prompt_embeds_mask=mask, negative_prompt_embeds=prompt,
-            negative_prompt_embeds_mask=mask, image_latents=torch.zeros(tokens, channels, dtype=self.dtype),
-            img_shapes=(grid, grid), height=side, width=side, seed=0, num_inference_steps=self.min_inference_steps,
-            guidance={"true_cfg_scale": 4.0}, output=OutputSpec(),
+            request_id="warm-up", tensors=tensors, img_shapes=(grid, grid), height=side, width=side, seed=0,
+            num_inference_steps=self.min_inference_steps, parameters=self.declared.model_construct().family_values(),
+            output=OutputSpec(),
         )
 
     def new_schedule(self, steps: int, image_tokens: int, device: torch.device):
@@ -163,12 +174,13 @@ class QwenImageEdit(ModelFamily):
 
     def footprint(self, conditioning: Conditioning) -> Footprint:
         _, rows, cols = conditioning.img_shapes[0]
-        guidance_rows = 2 if conditioning.guided else 1
-        text = max(e.shape[0] for e in (conditioning.prompt_embeds, conditioning.negative_prompt_embeds) if e is not None)
+        tensors = conditioning.tensors
+        guidance_rows = 2 if self.guided(conditioning) else 1
+        text = max(tensors[name].shape[0] for name in ("prompt_embeds", "negative_prompt_embeds") if name in tensors)
         return Footprint(
             bucket=conditioning.img_shapes,  # RoPE takes one set of image shapes per forward
             rows=guidance_rows,
-            tokens=guidance_rows * (rows * cols + conditioning.image_latents.shape[0] + text),
+            tokens=guidance_rows * (rows * cols + tensors["image_latents"].shape[0] + text),
         )
 
     def start(self, conditioning: Conditioning) -> DenoiseJob:
@@ -181,18 +193,13 @@ class QwenImageEdit(ModelFamily):
 
         scheduler, timesteps = self.new_schedule(conditioning.num_inference_steps, latents.shape[1], self.device)
 
-        device_inputs = {
-            name: self.to_device(getattr(conditioning, name))
-            for name in ("prompt_embeds", "prompt_embeds_mask", "negative_prompt_embeds", "negative_prompt_embeds_mask", "image_latents")
-            if getattr(conditioning, name) is not None
-        }
         return DenoiseJob(
             conditioning=conditioning,
             latents=latents,
             scheduler=scheduler,
             timesteps=timesteps,
             footprint=self.footprint(conditioning),
-            device_inputs=device_inputs,
+            tensors=self.device_tensors(conditioning),
         )
 
     @torch.no_grad()
@@ -201,13 +208,11 @@ class QwenImageEdit(ModelFamily):
         rows = []
         for job in jobs:
             rows.append((job, "prompt_embeds"))
-            if job.conditioning.guided:
+            if self.guided(job.conditioning):
                 rows.append((job, "negative_prompt_embeds"))
-        embeds, mask = _pad_prompts(
-            [job.device_inputs[name] for job, name in rows], [job.device_inputs[name + "_mask"] for job, name in rows]
-        )
+        embeds, mask = _pad_prompts([job.tensors[name] for job, name in rows], [job.tensors[name + "_mask"] for job, name in rows])
         hidden_states = torch.cat(
-            [torch.cat([job.latents, job.device_inputs["image_latents"][None]], dim=1) for job, _ in rows]
+            [torch.cat([job.latents, job.tensors["image_latents"][None]], dim=1) for job, _ in rows]
         )  # (B, L + L_img, C)
         timestep = torch.stack([job.timestep for job, _ in rows]).to(self.dtype)  # one timestep per row
         noise_pred = self.loaded["transformer"](
@@ -226,8 +231,8 @@ class QwenImageEdit(ModelFamily):
         for job in jobs:
             prediction = noise_pred[row : row + 1]
             row += 1
-            if job.conditioning.guided:
-                prediction = _true_cfg(prediction, noise_pred[row : row + 1], job.conditioning.guidance["true_cfg_scale"])
+            if self.guided(job.conditioning):
+                prediction = _true_cfg(prediction, noise_pred[row : row + 1], job.conditioning.parameters["true_cfg_scale"])
                 row += 1
             predictions.append(prediction)
         return predictions

@@ -1,0 +1,59 @@
+"""Command-line flags derived from the families' request declarations (deployments/parameters.py):
+`--num-inference-steps`, `--true-cfg-scale`, ... with each field's type, choices and description.
+Used by `python -m deployments.edit` and the bulk job (`python -m cluster.bulk`).
+
+The flags of every family are offered (the model, hence its family, is known only after parsing);
+a value for a field the model's family doesn't take is refused by validation, naming it.
+"""
+
+import argparse
+
+from deployments.families import DECLARATIONS
+from deployments.parameters import request_model
+
+FLAG_TYPES = {"integer": int, "number": float, "string": str}
+FAMILIES = sorted({declared.family for declared in DECLARATIONS.values()})
+
+
+def json_types(schema: dict) -> set[str]:
+    """The JSON types a field's schema allows, null aside."""
+    options = schema.get("anyOf", [schema])
+    return {option["type"] for option in options if option.get("type") not in (None, "null")}
+
+
+def parameter_fields(exclude: tuple[str, ...]) -> dict[str, tuple[dict, list[str]]]:
+    """Every family's fields but `exclude` -> (the field's JSON schema, the families that take it); a
+    field whose default differs between families has "the model's" as its default."""
+    fields: dict[str, tuple[dict, list[str]]] = {}
+    for declared in DECLARATIONS.values():
+        properties = request_model(declared).model_json_schema()["properties"]  # the family's defaults filled in
+        for name in declared.model_fields:
+            if name in exclude:
+                continue
+            schema, families = fields.setdefault(name, (dict(properties[name]), []))
+            if declared.family not in families:
+                families.append(declared.family)
+            if schema.get("default") != properties[name].get("default"):
+                schema["default"] = "the model's"
+    return fields
+
+
+def add_parameter_flags(group, exclude: tuple[str, ...], defaults: dict | None = None) -> list[str]:
+    """Adds a flag per declared field (but `exclude`) to `group`, each defaulting to None (= the
+    declaration's default, or `defaults`' where given, as its help says); returns the field names."""
+    defaults = defaults or {}
+    fields = parameter_fields(exclude)
+    for name, (field, families) in fields.items():
+        note = "" if len(families) == len(FAMILIES) else f" [{', '.join(families)} models]"
+        default = defaults.get(name, field.get("default", "random" if name == "seed" else "none"))
+        group.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, default=None, choices=field.get("enum"),
+            type=FLAG_TYPES[sorted(json_types(field))[0]],
+            help=f"{field.get('description', '')} (default: {default}){note}".replace("%", "%%"),
+        )
+    return list(fields)
+
+
+def given(args: argparse.Namespace, names: list[str]) -> dict:
+    """The flags of `names` that were given."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
