@@ -36,3 +36,13 @@ def wait_until(condition, message: str, timeout_s: float = 60, poll_s: float = 0
     while not condition():
         assert time.monotonic() < deadline, message
         time.sleep(poll_s)
+
+
+def edit_request(model: str, images, **values):
+    """What every edge makes of `values` for `model` (a checkpoint directory): validated against its
+    family's declaration under the default limits, with its defaults filled in. `images`: upload bytes."""
+    from deployments.contracts import EditRequest
+    from deployments.models import resolve_model
+    from deployments.parameters import parse
+
+    return EditRequest(parse(resolve_model(model).request_model(), {**values, "image": list(images)}))

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from deployments.admission import AdmissionPolicy
-from deployments.contracts import EditRequest
 from deployments.denoise_loop import DenoiseLoop
 from deployments.errors import EditError, EngineStoppedError, OverloadedError
-from tests.helpers import image_bytes, random_image, wait_until
+from tests.helpers import edit_request, image_bytes, random_image, wait_until
 
 WIDE = image_bytes(random_image(96, 64, seed=1))
 TALL = image_bytes(random_image(64, 96, seed=2))
@@ -22,7 +21,7 @@ RESULT_TIMEOUT_S = 120
 @pytest.fixture(scope="module")
 def encode(stages):
     encoder = stages["edit-plus"].encoder
-    return lambda image=WIDE, **kwargs: encoder.encode(EditRequest(**{"images": (image,), **kwargs}))
+    return lambda image=WIDE, **kwargs: encoder.encode(edit_request(stages["edit-plus"].model, [image], **kwargs))
 
 
 @pytest.fixture

@@ -5,18 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from deployments.contracts import EditRequest
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.fast_path import FastPath
 from deployments.transfer import to_device, to_host
-from tests.helpers import image_bytes, random_image
+from tests.helpers import edit_request, image_bytes, random_image
 
 
 @pytest.fixture(scope="module")
 def conditioning(stages):
-    request = EditRequest(images=(image_bytes(random_image(96, 64, seed=4)),), prompt="fast, please",
-                          negative_prompt="blurry", seed=3, num_inference_steps=3)
+    request = edit_request(stages["edit-plus"].model, [image_bytes(random_image(96, 64, seed=4))], prompt="fast, please",
+                           negative_prompt="blurry", seed=3, num_inference_steps=3)
     return stages["edit-plus"].encoder.encode(request)
 
 
@@ -53,8 +52,8 @@ def test_vae_slicing_is_exact_and_tiling_leaves_images_below_a_tile_alone(stages
     assert np.abs(sliced.decode_pixels(plain) - stages["edit-plus"].decoder.decode_pixels(plain)).max() <= 1e-6
     # Tiling blends overlapping tiles above the tile size (256 px here): it trades exactness for memory
     # on large images, so only images within one tile must come out unchanged.
-    request = EditRequest(images=(image_bytes(random_image(64, 64)),), prompt="small", seed=1, num_inference_steps=2,
-                          width=128, height=128)
+    request = edit_request(stages["edit-plus"].model, [image_bytes(random_image(64, 64))], prompt="small", seed=1,
+                           num_inference_steps=2, size="128x128")
     small = stages["edit-plus"].denoiser.denoise([stages["edit-plus"].encoder.encode(request)])[0]
     tiled = Decoder(stages["edit-plus"].model, fast_path=FastPath(vae_tiling=True))
     assert tiled.family.loaded["vae"].use_tiling

@@ -10,11 +10,10 @@ import torch
 from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 
-from deployments.contracts import EditRequest
 from deployments.errors import InvalidInputError
 from deployments.images import decode_image
 from tests.engine.support import denoise_joining
-from tests.helpers import image_bytes, random_image
+from tests.helpers import edit_request, image_bytes, random_image
 
 STEPS = 4
 
@@ -49,8 +48,8 @@ CASES = [
 @pytest.mark.parametrize("size, prompt, negative, s_t, s_i", CASES)
 def test_staged_engine_matches_diffusers(ip2p, reference, size, prompt, negative, s_t, s_i):
     upload = image_bytes(random_image(*size, seed=size[0]))
-    request = EditRequest(images=(upload,), prompt=prompt, negative_prompt=negative, seed=13, num_inference_steps=STEPS,
-                          guidance_scale=s_t, image_guidance_scale=s_i)
+    request = edit_request(ip2p.model, [upload], prompt=prompt, negative_prompt=negative, seed=13, num_inference_steps=STEPS,
+                           guidance_scale=s_t, image_guidance_scale=s_i)
     latents = ip2p.denoiser.denoise([ip2p.encoder.encode(request)])[0]
     ours = ip2p.decoder.decode_pixels(latents)
     expected = reference(decode_image(upload), 13, prompt=prompt, negative_prompt=negative, guidance_scale=s_t,
@@ -63,15 +62,15 @@ def test_staged_engine_matches_diffusers(ip2p, reference, size, prompt, negative
 
 def test_defaults_are_diffusers_defaults(ip2p, reference):
     upload = image_bytes(random_image(64, 64, seed=9))
-    conditioning = ip2p.encoder.encode(EditRequest(images=(upload,), prompt="make it autumn", seed=2, num_inference_steps=STEPS))
-    assert conditioning.guidance == {"guidance_scale": 7.5, "image_guidance_scale": 1.5}
+    conditioning = ip2p.encoder.encode(edit_request(ip2p.model, [upload], prompt="make it autumn", seed=2, num_inference_steps=STEPS))
+    assert conditioning.parameters == {"guidance_scale": 7.5, "image_guidance_scale": 1.5}
     ours = ip2p.decoder.decode_pixels(ip2p.denoiser.denoise([conditioning])[0])
     assert np.abs(ours - reference(decode_image(upload), 2, prompt="make it autumn")).max() <= 1e-4
 
 
 def test_inputs_over_the_model_area_are_scaled_down_keeping_the_aspect(ip2p):
     area = ip2p.encoder.family.spec.settings.vae_image_area  # 128x128 for the tiny checkpoint
-    request = EditRequest(images=(image_bytes(random_image(400, 200)),), prompt="x", num_inference_steps=1)
+    request = edit_request(ip2p.model, [image_bytes(random_image(400, 200))], prompt="x", num_inference_steps=1)
     conditioning = ip2p.encoder.encode(request)
     assert conditioning.width * conditioning.height <= area
     assert abs(conditioning.width / conditioning.height - 2) < 0.05
@@ -89,7 +88,7 @@ JOIN_AT_STEP = [0, 0, 2, 1]
 
 def test_batched_requests_with_different_guidance_match_solo(ip2p):
     upload = image_bytes(random_image(64, 48, seed=5))
-    conditionings = [ip2p.encoder.encode(EditRequest(images=(upload,), **kwargs)) for kwargs in REQUESTS]
+    conditionings = [ip2p.encoder.encode(edit_request(ip2p.model, [upload], **kwargs)) for kwargs in REQUESTS]
     denoiser = ip2p.denoiser
     solo = [denoiser.denoise([c])[0].latents for c in conditionings]
 
@@ -103,20 +102,19 @@ def test_batched_requests_with_different_guidance_match_solo(ip2p):
 
 @pytest.mark.parametrize("fields, param, fragment", [
     ({"true_cfg_scale": 4.0}, "true_cfg_scale", "they take guidance_scale and image_guidance_scale"),
-    ({"width": 64, "height": 64}, "size", "edit at the input image's size"),
-    ({"images": (b"x", b"y")}, "image", "at most 1 image(s), got 2"),
+    ({"size": "64x64"}, "size", "edit at the input image's size"),
+    ({"images": (b"x", b"y")}, "image", "give 1 to 1 image(s) to InstructPix2Pix models, got 2"),
     ({"prompt": "snow " * 40}, "prompt", "at most 77 tokens"),
     ({"images": (image_bytes(random_image(12, 64)),)}, "image", "too small or too elongated"),
 ])
 def test_fields_that_do_not_apply_are_refused(ip2p, fields, param, fragment):
-    request = EditRequest(**{"images": (image_bytes(random_image(64, 64)),), "prompt": "make it blue", **fields})
-    with pytest.raises(InvalidInputError) as info:
-        ip2p.encoder.encode(request)
+    values = {"images": (image_bytes(random_image(64, 64)),), "prompt": "make it blue", **fields}
+    with pytest.raises(InvalidInputError) as info:  # at the edge's validation, or by the Encoder
+        ip2p.encoder.encode(edit_request(ip2p.model, **values))
     assert info.value.param == param and fragment in info.value.message
 
 
 def test_qwen_models_refuse_the_instruct_pix2pix_fields(stages):
-    request = EditRequest(images=(image_bytes(random_image(64, 64)),), prompt="x", guidance_scale=7.5)
     with pytest.raises(InvalidInputError) as info:
-        stages["edit-plus"].encoder.encode(request)
+        edit_request(stages["edit-plus"].model, [image_bytes(random_image(64, 64))], prompt="x", guidance_scale=7.5)
     assert info.value.param == "guidance_scale" and "they take true_cfg_scale" in info.value.message

@@ -6,14 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from deployments.contracts import EditRequest
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from deployments.errors import ModelLoadError
 from deployments.models import resolve_model
 from deployments.tiny import TINY_BUILD, ensure_tiny_checkpoint, write_checkpoint
-from tests.helpers import image_bytes, random_image
+from tests.helpers import edit_request, image_bytes, random_image
 
 
 def test_written_checkpoint_reloads_offline_with_an_empty_cache(tmp_path):
@@ -32,7 +31,7 @@ def test_written_checkpoint_reloads_offline_with_an_empty_cache(tmp_path):
     assert set(decoder.family.loaded) == {"vae"}
     assert denoiser.family.loaded["transformer"].dtype == torch.float32  # fp32 on CPU
 
-    request = EditRequest(images=(image_bytes(random_image(64, 64)),), prompt="hello", num_inference_steps=2)
+    request = edit_request(model, [image_bytes(random_image(64, 64))], prompt="hello", num_inference_steps=2)
     edited = decoder.decode(denoiser.denoise([encoder.encode(request)])[0])
     assert edited.data.startswith(b"\x89PNG") and (edited.width, edited.height) == (256, 256)
     assert not any(cache.rglob("*.safetensors"))

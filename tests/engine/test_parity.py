@@ -16,10 +16,9 @@ from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
 from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit, pipeline_qwenimage_edit_plus
 from PIL import Image
 
-from deployments.contracts import EditRequest
 from deployments.images import decode_image
 from deployments.settings import EngineSettings
-from tests.helpers import image_bytes, random_image
+from tests.helpers import edit_request, image_bytes, random_image
 
 REFERENCES = {
     "edit": (QwenImageEditPipeline, pipeline_qwenimage_edit),
@@ -61,8 +60,9 @@ CASES = [
 @pytest.mark.parametrize("variant, sizes, prompt, negative, scale", CASES)
 def test_staged_engine_matches_diffusers(stages, reference, monkeypatch, variant, sizes, prompt, negative, scale):
     uploads = tuple(image_bytes(random_image(w, h, seed=i)) for i, (w, h) in enumerate(sizes))
-    request = EditRequest(
-        images=uploads, prompt=prompt, negative_prompt=negative, true_cfg_scale=scale, seed=11, num_inference_steps=STEPS
+    request = edit_request(
+        stages[variant].model, uploads, prompt=prompt, negative_prompt=negative, true_cfg_scale=scale, seed=11,
+        num_inference_steps=STEPS,
     )
     s = stages[variant]
     latents = s.denoiser.denoise([s.encoder.encode(request)])[0]
@@ -88,7 +88,7 @@ def test_staged_engine_matches_diffusers(stages, reference, monkeypatch, variant
 
 def test_explicit_output_size_matches_diffusers(stages, reference, monkeypatch):
     upload = image_bytes(random_image(96, 64))
-    request = EditRequest(images=(upload,), prompt="make it night", width=48, height=80, seed=3, num_inference_steps=STEPS)
+    request = edit_request(stages["edit-plus"].model, [upload], prompt="make it night", size="48x80", seed=3, num_inference_steps=STEPS)
     s = stages["edit-plus"]
     ours = s.decoder.decode_pixels(s.denoiser.denoise([s.encoder.encode(request)])[0])
     expected = reference(

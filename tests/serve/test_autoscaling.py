@@ -7,12 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
 
-from deployments.contracts import EditRequest
 from deployments.encoder import Encoder
 from serve.app import build_app
 from serve.settings import AppSettings, DenoiserStage
 from serve.stages import DenoiserDeployment
-from tests.helpers import image_bytes, random_image, wait_until
+from tests.helpers import edit_request, image_bytes, random_image, wait_until
 from tests.serve.support import Client, app_settings, deployed
 
 PHOTO = image_bytes(random_image(64, 64, seed=4))
@@ -40,7 +39,7 @@ def test_burst_scales_denoiser_up_and_back_down(ray_cluster, tiny_checkpoints):
     denoiser = DenoiserDeployment.options(**stage.deployment.options()).bind(model, stage)
     with deployed(denoiser, "scale", None) as handle:
         assert running_replicas("scale", "Denoiser") == 1
-        conditioning = Encoder(model).encode(EditRequest(images=(PHOTO,), prompt="burst", num_inference_steps=10))
+        conditioning = Encoder(model).encode(edit_request(model, [PHOTO], prompt="burst", num_inference_steps=10))
 
         # Concurrent load until the second replica is up; bounded in time and requests.
         scaled, deadline, sent = threading.Event(), time.monotonic() + 120, []

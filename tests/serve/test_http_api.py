@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.contracts import EditRequest
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
-from tests.helpers import image_bytes, random_image
+from tests.helpers import edit_request, image_bytes, random_image
 
 PHOTO = image_bytes(random_image(96, 64, seed=5))
 OTHER = image_bytes(random_image(64, 80, seed=6))
@@ -41,7 +40,8 @@ def engine(tiny_checkpoints):
     model = tiny_checkpoints["edit-plus"]
     encoder, denoiser, decoder = Encoder(model), Denoiser(model), Decoder(model)
 
-    def run(request: EditRequest) -> bytes:
+    def run(images, **values) -> bytes:
+        request = edit_request(model, images, **values)
         return decoder.decode(denoiser.denoise([encoder.encode(request)])[0]).data
 
     return run
@@ -52,7 +52,7 @@ def test_edit_equals_in_process_engine(client, engine):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["data"][0]["seed"] == 42 and body["output_format"] == "png"
-    expected = engine(EditRequest(images=(PHOTO,), prompt="make the sky pink", negative_prompt="blurry", seed=42, num_inference_steps=2))
+    expected = engine([PHOTO], prompt="make the sky pink", negative_prompt="blurry", seed=42, num_inference_steps=2)
     assert_same_image(body["data"][0]["b64_json"], expected)
 
 
@@ -68,9 +68,7 @@ def test_multi_image_edit(client, engine):
     files = [("image[]", ("a.png", PHOTO, "image/png")), ("image[]", ("b.png", OTHER, "image/png"))]
     response = edit(client, files=files, seed="3", prompt="put picture 1 into picture 2")
     assert response.status_code == 200, response.text
-    expected = engine(
-        EditRequest(images=(PHOTO, OTHER), prompt="put picture 1 into picture 2", negative_prompt=" ", seed=3, num_inference_steps=2)
-    )
+    expected = engine([PHOTO, OTHER], prompt="put picture 1 into picture 2", seed=3, num_inference_steps=2)
     assert_same_image(response.json()["data"][0]["b64_json"], expected)
 
 

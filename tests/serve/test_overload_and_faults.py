@@ -18,13 +18,12 @@ import pytest
 import requests
 from ray import serve
 
-from deployments.contracts import EditRequest
 from deployments.encoder import Encoder
 from serve.app import build_app
 from serve.ingress import Ingress
 from serve.settings import DenoiserStage
 from serve.stages import DenoiserDeployment
-from tests.helpers import command_line, image_bytes, random_image, wait_until
+from tests.helpers import command_line, edit_request, image_bytes, random_image, wait_until
 from tests.serve.support import APP, Client, app_settings, denoiser_stats, deployed
 
 PHOTO = image_bytes(random_image(64, 64, seed=5))
@@ -132,7 +131,7 @@ def test_a_wedged_denoising_step_fails_the_health_check(ray_cluster, tiny_checkp
             return {}
 
         replica.loop.denoiser.step = hang
-        conditioning = Encoder(tiny_checkpoints["edit-plus"]).encode(EditRequest(images=(PHOTO,), prompt="hang", seed=0))
+        conditioning = Encoder(tiny_checkpoints["edit-plus"]).encode(edit_request(tiny_checkpoints["edit-plus"], [PHOTO], prompt="hang", seed=0))
         replica.loop.submit(conditioning)
         wait_until(lambda: replica.loop.step_running_for() > settings.wedged_after_s, "the step never started", 30)
         with pytest.raises(RuntimeError, match="denoising step has been running"):

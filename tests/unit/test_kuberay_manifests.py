@@ -61,7 +61,7 @@ def test_rayservice_puts_the_stages_on_gpus_and_autoscales(rayservice):
     for stage in STAGES:
         deployment = getattr(settings, stage).deployment
         assert 0 < deployment.ray_actor_options.num_gpus <= 1, stage
-        assert deployment.autoscaling_config.max_replicas > deployment.autoscaling_config.min_replicas, stage
+        assert deployment.autoscaling_config["max_replicas"] > deployment.autoscaling_config["min_replicas"], stage
     assert sum(getattr(settings, s).deployment.ray_actor_options.num_gpus for s in STAGES) <= 1  # one card each
     cluster = rayservice["spec"]["rayClusterConfig"]
     assert cluster["enableInTreeAutoscaling"] is True

@@ -10,18 +10,25 @@ from deployments.models import model_name
 from serve.settings import AppSettings
 
 
+def settings_of(path: Path) -> AppSettings:
+    return AppSettings.model_validate(load_config(path, port=None).applications[0].args)
+
+
 def test_repo_config_is_valid_and_port_overridable():
-    schema, settings = load_config(CONFIG, port=8123)
+    schema = load_config(CONFIG, port=8123)
+    settings = AppSettings.model_validate(schema.applications[0].args)
     assert schema.http_options.port == 8123 and schema.http_options.host == "127.0.0.1"
     assert schema.applications[0].import_path == "serve.app:build_app"
     assert settings.denoiser.continuous and settings.denoiser.token_budget >= 1
-    assert settings.encoder.deployment.autoscaling_config.max_replicas >= 1
+    assert settings.encoder.deployment.autoscaling_config["max_replicas"] >= 1
 
 
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        ({"denoiser": {"deployment": {"autoscaling_config": {"min_replicas": 3, "max_replicas": 2}}}}, "min_replicas <= initial_replicas <= max_replicas"),
+        # Ray Serve's own schema (and its AutoscalingConfig's checks), not a copy
+        ({"denoiser": {"deployment": {"autoscaling_config": {"min_replicas": 3, "max_replicas": 2}}}}, "max_replicas (2) must be greater than or equal to min_replicas (3)"),
+        ({"denoiser": {"deployment": {"max_ongoing_request": 3}}}, "denoiser.deployment.max_ongoing_request"),
         ({"encoder": {"deployment": {"ray_actor_options": {"num_gpus": -0.5}}}}, "encoder.deployment.ray_actor_options.num_gpus"),
         ({"decoder": {"max_batch_size": 0}}, "decoder.max_batch_size"),
         ({"denoiser": {"max_bach_size": 4}}, "denoiser.max_bach_size"),
@@ -35,9 +42,18 @@ def test_bad_settings_name_the_field(args, fragment):
     assert fragment in str(info.value)
 
 
-def test_fractional_gpus_are_allowed():
-    settings = AppSettings.model_validate({"encoder": {"deployment": {"ray_actor_options": {"num_gpus": 0.25}}}})
-    assert settings.encoder.deployment.options()["ray_actor_options"]["num_gpus"] == 0.25
+def test_ray_serve_deployment_options_reach_the_stage():
+    placement = {
+        "num_gpus": 0.25, "resources": {"small-gpu-pool": 1}, "accelerator_type": "L4",
+        "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}}, "memory": 2**30,
+    }
+    deployment = {
+        "ray_actor_options": placement, "max_replicas_per_node": 2, "graceful_shutdown_timeout_s": 5,
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "upscaling_factor": 2.0},
+    }
+    options = AppSettings.model_validate({"encoder": {"deployment": deployment}}).encoder.deployment.options()
+    assert options["ray_actor_options"] == placement and options["max_replicas_per_node"] == 2
+    assert options["autoscaling_config"]["upscaling_factor"] == 2.0 and "name" not in options
 
 
 def test_model_name(tmp_path: Path):
@@ -48,18 +64,18 @@ def test_model_name(tmp_path: Path):
 def _gpus(stage) -> float:
     """GPUs a stage may take at its largest: per replica x most replicas."""
     deployment = stage.deployment
-    return deployment.ray_actor_options.num_gpus * deployment.autoscaling_config.max_replicas
+    return deployment.ray_actor_options.num_gpus * deployment.autoscaling_config["max_replicas"]
 
 
 def test_one_gpu_layout_fits_one_card():
-    _, settings = load_config(CONFIG.with_name("config.one-gpu.yaml"), port=None)
+    settings = settings_of(CONFIG.with_name("config.one-gpu.yaml"))
     stages = (settings.encoder, settings.denoiser, settings.decoder)
     assert all(stage.deployment.ray_actor_options.num_gpus > 0 for stage in stages)
     assert sum(_gpus(stage) for stage in stages) <= 1.0
 
 
 def test_multi_gpu_layout_gives_the_denoiser_whole_cards_and_the_rest_one_card():
-    _, settings = load_config(CONFIG.with_name("config.multi-gpu.yaml"), port=None)
+    settings = settings_of(CONFIG.with_name("config.multi-gpu.yaml"))
     assert settings.denoiser.deployment.ray_actor_options.num_gpus == 1
-    assert settings.denoiser.deployment.autoscaling_config.max_replicas > 1
+    assert settings.denoiser.deployment.autoscaling_config["max_replicas"] > 1
     assert _gpus(settings.encoder) + _gpus(settings.decoder) <= 1.0
