@@ -63,8 +63,9 @@ def test_model_name(tmp_path: Path):
 
 def _gpus(stage) -> float:
     """GPUs a stage may take at its largest: per replica x most replicas."""
-    deployment = stage.deployment
-    return deployment.ray_actor_options.num_gpus * deployment.autoscaling_config["max_replicas"]
+    options = stage.deployment.options()  # what the config set (Ray's defaults: no GPU, one replica)
+    replicas = options.get("autoscaling_config", {}).get("max_replicas", options.get("num_replicas", 1))
+    return options.get("ray_actor_options", {}).get("num_gpus", 0) * replicas
 
 
 def test_one_gpu_layout_fits_one_card():
