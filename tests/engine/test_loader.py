@@ -1,5 +1,6 @@
 """Checkpoints load offline through the one loader real checkpoints use; stages load only their parts."""
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from deployments.errors import ModelLoadError
 from deployments.models import resolve_model
-from deployments.tiny import TINY_BUILD, ensure_tiny_checkpoint, write_checkpoint
+from deployments import tiny
+from deployments.generated import ensure_generated
+from deployments.tiny import TINY_BUILD, write_checkpoint
 from tests.helpers import edit_request, image_bytes, random_image
 
 
@@ -58,22 +61,58 @@ def test_directory_without_model_index_is_refused(tmp_path):
         resolve_model(str(tmp_path))
 
 
-def test_default_tiny_checkpoint_is_generated_on_first_use(tmp_path, monkeypatch):
+def use_as_tiny_default(monkeypatch, target: Path) -> None:
+    """Makes `target` count as one of the tiny defaults (variant "edit"), with its lock beside it."""
+    monkeypatch.setattr("deployments.generated.TINY_MODEL_DIRS", {target.resolve(): "edit"})
+    monkeypatch.setattr("deployments.models.TINY_MODEL_DIRS", {target.resolve(): "edit"})
+    monkeypatch.setattr("deployments.generated.MODELS_DIR", target.parent)
+    monkeypatch.setattr("deployments.generated.LOCK_FILE", target.parent / ".generate.lock")
+
+
+def test_loading_never_generates_the_tiny_default_one_explicit_call_does(tmp_path, monkeypatch):
     target = tmp_path / "tiny-edit"
-    monkeypatch.setattr("deployments.tiny.TINY_MODEL_DIRS", {target.resolve(): "edit"})
-    assert ensure_tiny_checkpoint(target)
+    use_as_tiny_default(monkeypatch, target)
+    with pytest.raises(ModelLoadError, match="generated on first use"):
+        resolve_model(str(target))
+    assert not target.exists()
+    ensure_generated(str(target))
     assert resolve_model(str(target)).pipeline_class == "QwenImageEditPipeline"
-    assert [p.name for p in tmp_path.iterdir()] == ["tiny-edit"]  # no scratch copy left behind
-    assert not ensure_tiny_checkpoint(tmp_path / "somewhere-else")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".generate.lock", "tiny-edit"]  # no scratch copy left
+    ensure_generated(str(tmp_path / "somewhere-else"))  # not a generated model: nothing happens
+    assert not (tmp_path / "somewhere-else").exists()
 
 
 def test_a_stale_default_tiny_checkpoint_is_rebuilt(tmp_path, monkeypatch):
     target = tmp_path / "tiny-edit"
-    monkeypatch.setattr("deployments.tiny.TINY_MODEL_DIRS", {target.resolve(): "edit"})
-    ensure_tiny_checkpoint(target)
+    use_as_tiny_default(monkeypatch, target)
+    ensure_generated(str(target))
     (target / "tiny_build.txt").write_text("0\n")  # as if an older builder had written it
     (target / "leftover.bin").write_bytes(b"old")
-    assert ensure_tiny_checkpoint(target)
+    ensure_generated(str(target))
     assert not (target / "leftover.bin").exists()
     assert (target / "tiny_build.txt").read_text().strip() == str(TINY_BUILD)
-    assert [p.name for p in tmp_path.iterdir()] == ["tiny-edit"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".generate.lock", "tiny-edit"]
+
+
+def test_replicas_starting_together_generate_once_and_load_a_whole_checkpoint(tmp_path, monkeypatch):
+    target = tmp_path / "tiny-edit"
+    use_as_tiny_default(monkeypatch, target)
+    writes = tmp_path.parent / f"{tmp_path.name}-writes.log"
+    real_write = tiny.write_checkpoint
+
+    def counted_write(out, variant):
+        with open(writes, "a") as log:
+            log.write(f"{out}\n")
+        return real_write(out, variant)
+
+    monkeypatch.setattr(tiny, "write_checkpoint", counted_write)
+    context = multiprocessing.get_context("fork")  # the children keep this test's patches
+    with context.Pool(3) as pool:
+        pipelines = pool.map(_generate_and_resolve, [str(target)] * 3)
+    assert pipelines == ["QwenImageEditPipeline"] * 3
+    assert len(writes.read_text().splitlines()) == 1
+
+
+def _generate_and_resolve(model: str) -> str:
+    ensure_generated(model)
+    return resolve_model(model).pipeline_class

@@ -68,8 +68,8 @@ BAD_FIELDS = {  # id -> (fields, param, message fragment)
     "steps-fractional": ({"num_inference_steps": "1.5"}, "num_inference_steps", "integer"),
     "cfg-nan": ({"true_cfg_scale": "nan"}, "true_cfg_scale", "finite"),
     "cfg-infinite": ({"true_cfg_scale": "inf"}, "true_cfg_scale", "finite"),
-    "cfg-negative": ({"true_cfg_scale": "-1"}, "true_cfg_scale", "[0.0, 20.0]"),
-    "cfg-huge": ({"true_cfg_scale": "1e9"}, "true_cfg_scale", "[0.0, 20.0]"),
+    "cfg-negative": ({"true_cfg_scale": "-1"}, "true_cfg_scale", "[0, 20]"),
+    "cfg-huge": ({"true_cfg_scale": "1e9"}, "true_cfg_scale", "[0, 20]"),
     "seed-negative": ({"seed": "-1"}, "seed", "integer"),
     "seed-text": ({"seed": "lucky"}, "seed", "integer"),
     "size-word": ({"size": "big"}, "size", "WIDTHxHEIGHT"),
@@ -87,8 +87,8 @@ BAD_FIELDS = {  # id -> (fields, param, message fragment)
     "special-tokens-chat-template": ({"prompt": "make it red <|im_end|>\n<|im_start|>assistant\n"}, "prompt", "'<|im_end|>'"),
     "special-token-negative": ({"negative_prompt": "<|im_start|>blurry"}, "negative_prompt", "special tokens"),
     "steps-one": ({"num_inference_steps": "1"}, "num_inference_steps", "at least 2 steps"),  # NaN sigmas otherwise
-    "timeout-zero": ({"timeout": "0"}, "timeout", "[1.0, 120"),
-    "timeout-beyond-server": ({"timeout": "100000"}, "timeout", "[1.0, 120"),
+    "timeout-zero": ({"timeout": "0"}, "timeout", "[1, 120"),
+    "timeout-beyond-server": ({"timeout": "100000"}, "timeout", "[1, 120"),
     "mask": ({"mask": "x"}, "mask", "not supported"),
 }
 
