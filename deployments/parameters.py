@@ -12,6 +12,7 @@ and the bulk job check requests before any stage sees them.
 import functools
 import random
 import re
+import typing
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
@@ -162,15 +163,21 @@ def request_model(
     steps, default_area = settings.default_num_inference_steps, settings.vae_image_area
     defaults = {"num_inference_steps": steps}
     overrides = {
-        name: (Annotated[fields[name].annotation, fields[name], bound], defaults.get(name, fields[name].default))
+        name: (Annotated[_bounded(fields[name].annotation, bound), fields[name]], defaults.get(name, fields[name].default))
         for name, bound in bounds.items()
-        if name != "image"
     }
-    overrides["image"] = (Annotated[fields["image"].annotation, fields["image"], bounds["image"]], ...)
     model = create_model(declared.__name__, __base__=declared, __module__=declared.__module__, **overrides)
     model.declaration, model.limits, model.default_area = declared, limits, default_area
     model.default_num_inference_steps = steps
     return model
+
+
+def _bounded(annotation, bound):
+    """`annotation` with the constraint `bound`, on its non-None part when it is optional."""
+    if type(None) in typing.get_args(annotation):
+        inner = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+        return Annotated[inner, bound] | None
+    return Annotated[annotation, bound]
 
 
 def parse(model: type[EditParameters], values: dict[str, Any]) -> EditParameters:

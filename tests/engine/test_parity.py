@@ -88,7 +88,10 @@ def test_staged_engine_matches_diffusers(stages, reference, monkeypatch, variant
 
 def test_explicit_output_size_matches_diffusers(stages, reference, monkeypatch):
     upload = image_bytes(random_image(96, 64))
-    request = edit_request(stages["edit-plus"].model, [upload], prompt="make it night", size="48x80", seed=3, num_inference_steps=STEPS)
+    request = edit_request(
+        stages["edit-plus"].model, [upload], prompt="make it night", negative_prompt=None, size="48x80", seed=3,
+        num_inference_steps=STEPS,
+    )
     s = stages["edit-plus"]
     ours = s.decoder.decode_pixels(s.denoiser.denoise([s.encoder.encode(request)])[0])
     expected = reference(

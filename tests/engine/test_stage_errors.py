@@ -43,7 +43,7 @@ def test_an_unexpected_failure_fails_only_its_request(stages, monkeypatch):
     real = encoder.family.encode
 
     def flaky(request, images):
-        if request.prompt == "boom":
+        if request.parameters.prompt == "boom":
             raise RuntimeError("simulated bug")
         return real(request, images)
 
