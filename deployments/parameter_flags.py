@@ -9,16 +9,10 @@ a value for a field the model's family doesn't take is refused by validation, na
 import argparse
 
 from deployments.families import DECLARATIONS
-from deployments.parameters import request_model
+from deployments.parameters import json_types, request_model
 
 FLAG_TYPES = {"integer": int, "number": float, "string": str}
 FAMILIES = sorted({declared.family for declared in DECLARATIONS.values()})
-
-
-def json_types(schema: dict) -> set[str]:
-    """The JSON types a field's schema allows, null aside."""
-    options = schema.get("anyOf", [schema])
-    return {option["type"] for option in options if option.get("type") not in (None, "null")}
 
 
 def parameter_fields(exclude: tuple[str, ...]) -> dict[str, tuple[dict, list[str]]]:

@@ -163,7 +163,7 @@ def request_model(
     steps, default_area = settings.default_num_inference_steps, settings.vae_image_area
     defaults = {"num_inference_steps": steps}
     overrides = {
-        name: (Annotated[_bounded(fields[name].annotation, bound), fields[name]], defaults.get(name, fields[name].default))
+        name: (_bounded(fields[name], bound), defaults.get(name, fields[name].default))
         for name, bound in bounds.items()
     }
     model = create_model(declared.__name__, __base__=declared, __module__=declared.__module__, **overrides)
@@ -172,12 +172,14 @@ def request_model(
     return model
 
 
-def _bounded(annotation, bound):
-    """`annotation` with the constraint `bound`, on its non-None part when it is optional."""
-    if type(None) in typing.get_args(annotation):
-        inner = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
-        return Annotated[inner, bound] | None
-    return Annotated[annotation, bound]
+def _bounded(field, bound):
+    """The field's type and declaration with the constraint `bound` last (pydantic keeps the last of two
+    `le`s), on the non-None part of an optional field."""
+    args = typing.get_args(field.annotation)
+    if type(None) in args:
+        inner = next(arg for arg in args if arg is not type(None))
+        return Annotated[Annotated[inner, bound] | None, field]
+    return Annotated[field.annotation, field, bound]
 
 
 def parse(model: type[EditParameters], values: dict[str, Any]) -> EditParameters:
@@ -228,8 +230,26 @@ def invalid_input(error: ValidationError, model: type[BaseModel]) -> InvalidInpu
     if low is not None or high is not None:
         kind_name = "an integer" if _numeric(field) is int else "a finite number"
         allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        return InvalidInputError(param, f"must be {kind_name} {allowed}, got {value!r}")
+        return InvalidInputError(param, f"must be {kind_name} {allowed}, got {_shown(value)}")
     return InvalidInputError(param, f"{problem['msg'].lower()}, got {value!r}")
+
+
+def _shown(value) -> str:
+    """A refused value as the message shows it: a number as written (whether it came as text, from a
+    form, or as a number, from a bulk row), anything else quoted."""
+    if isinstance(value, str):
+        try:
+            float(value)
+            return value
+        except ValueError:
+            return repr(value)
+    return str(value)
+
+
+def json_types(schema: dict) -> set[str]:
+    """The JSON types a field's JSON schema allows, null aside (e.g. {"integer"})."""
+    options = schema.get("anyOf", [schema])
+    return {option["type"] for option in options if option.get("type") not in (None, "null")}
 
 
 def _not_a_field(param: str, model: type[BaseModel]) -> str:

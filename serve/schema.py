@@ -16,7 +16,7 @@ from deployments.errors import InvalidInputError, PayloadTooLargeError
 from deployments.images import inspect_image
 from deployments.limits import Limits
 from deployments.models import ModelSpec
-from deployments.parameters import EditParameters, as_declared, refused, validate
+from deployments.parameters import EditParameters, as_declared, json_types, refused, validate
 
 IMAGE_FIELDS = ("image", "image[]")  # OpenAI's SDK sends several images as `image[]`
 IGNORED = "Accepted for OpenAI compatibility; ignored."
@@ -78,6 +78,13 @@ def _form_model(parameters: type[EditParameters], served_name: str, timeout_s: f
     return model
 
 
+@functools.cache
+def _text_fields(form_model: type[BaseModel]) -> frozenset[str]:
+    """The form's fields of string type: for them an empty value is a value (an empty prompt is refused)."""
+    properties = form_model.model_json_schema()["properties"]
+    return frozenset(name for name, schema in properties.items() if "string" in json_types(schema))
+
+
 @dataclass(frozen=True)
 class EditForm:
     """A parsed edit call: the request for the engine, how many images, and how to answer."""
@@ -116,6 +123,7 @@ def parse_edit_form(form: FormData, uploads: list[bytes], form_model: type[BaseM
     if form.get("mask") is not None:
         raise InvalidInputError("mask", "masks are not supported; describe the region in the prompt instead")
     values: dict[str, object] = {"image": uploads}
+    text_fields = _text_fields(form_model)
     for name in form.keys():
         if name in IMAGE_FIELDS:
             continue
@@ -124,7 +132,7 @@ def parse_edit_form(form: FormData, uploads: list[bytes], form_model: type[BaseM
             raise InvalidInputError(name, f"give it once, got {len(given)} values")
         if not isinstance(given[0], str):
             raise InvalidInputError(name, "must be a text field, not a file")
-        if given[0] != "":  # an empty field means: not given (HTML forms send empty inputs)
+        if given[0] != "" or name in text_fields:  # an empty number means: not given (as HTML forms send it)
             values[name] = given[0]
     validated = validate(form_model, values)
     parameters = as_declared(validated)

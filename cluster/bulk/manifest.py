@@ -15,8 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deployments.families import DECLARATIONS
-from deployments.parameter_flags import json_types
-from deployments.parameters import EditParameters
+from deployments.parameters import EditParameters, json_types
 
 REQUIRED = ("id", "image", "instruction")
 NOT_COLUMNS = ("image", "prompt", "n")  # image and prompt are required columns (as paths, as `instruction`)

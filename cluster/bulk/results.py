@@ -12,9 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster.bulk.manifest import parameter_columns
-from deployments.parameter_flags import json_types
 from cluster.bulk.outputs import write_atomic
-from deployments.parameters import EditParameters
+from deployments.parameters import EditParameters, json_types
 
 STAGE_SECONDS = ("encode_s", "denoise_s", "decode_s")
 TIMES = ("started_at", "finished_at")

@@ -1,6 +1,7 @@
 """Helpers shared by the page tests."""
 
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from cluster.bench import served_app
 
@@ -12,5 +13,11 @@ def served_page(model: str):
 
 
 def shown(browser, name: str) -> bool:
-    """Whether the form field `name` is visible on the page."""
-    return browser.find_element(By.NAME, name).is_displayed()
+    """Whether the form field `name` is on the page and visible."""
+    fields = browser.find_elements(By.NAME, name)
+    return bool(fields) and fields[0].is_displayed()
+
+
+def wait_for_fields(browser) -> None:
+    """Waits until the page has rendered the served family's fields (from /v1/models)."""
+    WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#fields [name]"))

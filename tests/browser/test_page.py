@@ -8,7 +8,9 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser.support import served_page, shown
+from deployments.limits import Limits
+from deployments.models import resolve_model
+from tests.browser.support import served_page, shown, wait_for_fields
 from tests.helpers import image_bytes, random_image
 
 
@@ -25,6 +27,7 @@ def test_edit_by_hand_with_progress_previews_and_result(page_url, browser, tmp_p
     browser.find_element(By.ID, "files").send_keys(str(photo))
     browser.find_element(By.ID, "prompt").send_keys("배경을 해변으로 바꿔줘")
     browser.find_element(By.TAG_NAME, "summary").click()
+    wait_for_fields(browser)
     browser.find_element(By.NAME, "num_inference_steps").send_keys("40")
     browser.find_element(By.NAME, "size").send_keys("256x256")
     browser.execute_script(  # record the progress bar as the page updates it
@@ -65,3 +68,24 @@ def test_the_page_shows_the_fields_of_the_served_family(page_url, browser):
     WebDriverWait(browser, 30).until(lambda b: "Qwen-Image-Edit" in b.find_element(By.ID, "model").text)
     assert shown(browser, "true_cfg_scale") and shown(browser, "size")
     assert not shown(browser, "guidance_scale") and not shown(browser, "image_guidance_scale")
+
+
+def test_the_page_fields_are_the_declared_parameters(page_url, browser, tiny_checkpoints):
+    """The advanced settings list the family's declared fields with the ranges and defaults the server
+    enforces (the expectation comes from the declaration; serve/config.yaml's limits are the defaults)."""
+    declared = resolve_model(tiny_checkpoints["edit-plus"]).request_model(Limits()).model_json_schema()["properties"]
+    browser.get(page_url)
+    wait_for_fields(browser)
+    rendered = {
+        field.get_attribute("name"): field for field in browser.find_elements(By.CSS_SELECTOR, "#fields [name]")
+    }
+    assert set(rendered) == set(declared) - {"image", "prompt", "n"}  # the page sends one image per edit
+    for name, field in rendered.items():
+        schema = next((o for o in declared[name].get("anyOf", []) if o.get("type") != "null"), declared[name])
+        if "enum" in schema:
+            options = [option.text for option in field.find_elements(By.TAG_NAME, "option")]
+            assert options == schema["enum"] and field.get_attribute("value") == declared[name]["default"], name
+        if "maximum" in schema:
+            assert float(field.get_attribute("min")) == schema["minimum"], name
+            assert float(field.get_attribute("max")) == schema["maximum"], name
+            assert field.get_attribute("placeholder") == str(declared[name].get("default", "(random)")), name

@@ -6,7 +6,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser.support import served_page, shown
+from tests.browser.support import served_page, shown, wait_for_fields
 from tests.helpers import image_bytes, random_image
 
 
@@ -21,6 +21,7 @@ def test_an_instruct_pix2pix_edit_by_hand(page_url, browser, tmp_path):
     browser.get(page_url)
     browser.find_element(By.TAG_NAME, "summary").click()
     WebDriverWait(browser, 30).until(lambda b: "InstructPix2Pix" in b.find_element(By.ID, "model").text)
+    wait_for_fields(browser)
     assert shown(browser, "guidance_scale") and shown(browser, "image_guidance_scale")
     assert not shown(browser, "true_cfg_scale") and not shown(browser, "size")  # it edits at the input's size
     assert browser.find_element(By.NAME, "guidance_scale").get_attribute("placeholder") == "7.5"

@@ -60,7 +60,7 @@ def test_burst_scales_denoiser_up_and_back_down(ray_cluster, tiny_checkpoints):
 
 
 def test_stages_scale_from_zero(ray_cluster, tiny_checkpoints):
-    settings = app_settings(tiny_checkpoints["edit-plus"]).model_dump()
+    settings = app_settings(tiny_checkpoints["edit-plus"]).model_dump(exclude_unset=True)
     for name in ("encoder", "denoiser", "decoder"):
         settings[name]["deployment"]["autoscaling_config"] = {
             "min_replicas": 0, "initial_replicas": 0, "max_replicas": 1, "upscale_delay_s": 0,
