@@ -16,11 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from deployments.contracts import EditRequest
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
-from tests.helpers import command_line, image_bytes, random_image
+from tests.helpers import command_line, edit_request, image_bytes, random_image
 
 GOOD_ROWS = 24  # enough that every fault below lands mid-job (~1.5 rows/s here)
 BAD_ROWS = {  # id -> (image, instruction, size, expected error fragment)
@@ -56,7 +55,7 @@ def manifest(tmp_path_factory) -> Path:
 
 def bulk_command(manifest: Path, out: Path, model: str) -> list[str]:
     return [sys.executable, "-m", "cluster.bulk", "--manifest", str(manifest), "--output", str(out), "--model", model,
-            "--steps", "2", "--decoder-batch-size", "4"]
+            "--num-inference-steps", "2", "--decoder-batch-size", "4"]
 
 
 def results(out: Path) -> pd.DataFrame:
@@ -89,8 +88,8 @@ def test_bulk_job_edits_good_rows_and_reports_bad_ones(manifest, tiny_checkpoint
     # A bulk row's image is the engine's (and so the online endpoint's) image for the same inputs.
     model = tiny_checkpoints["edit-plus"]
     row = table.set_index("id").loc["row-7"]
-    request = EditRequest(images=((manifest.parent / "imgs" / "7.png").read_bytes(),), prompt="edit number 7",
-                          negative_prompt=" ", seed=7, num_inference_steps=2)
+    request = edit_request(model, [(manifest.parent / "imgs" / "7.png").read_bytes()], prompt="edit number 7", seed=7,
+                           num_inference_steps=2)
     expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
     bulk = np.asarray(Image.open(out / row["output"]), dtype=np.int16)
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
@@ -164,11 +163,11 @@ def test_bulk_job_with_instruct_pix2pix_takes_its_guidance_per_row(tiny_checkpoi
     # Effective parameters: the row's own, else the family's defaults (7.5 and 1.5); no Qwen field.
     assert list(table["guidance_scale"][:5]) == [7.5, 1.0, 9.0, 7.5, 7.5]
     assert list(table["image_guidance_scale"][:5]) == [1.5, 1.5, 1.0, 2.0, 1.2]
-    assert table["true_cfg_scale"].isna().all() and table["negative_prompt"].isna().all()
+    assert "true_cfg_scale" not in table and table["negative_prompt"].isna().all()
 
     # A row's image is the engine's (which equals diffusers', tests/engine/test_instruct_pix2pix.py).
-    request = EditRequest(images=((manifest.parent / "imgs" / "2.png").read_bytes(),), prompt="make it snow, 2", seed=2,
-                          num_inference_steps=2, guidance_scale=9.0, image_guidance_scale=1.0)
+    request = edit_request(model, [(manifest.parent / "imgs" / "2.png").read_bytes()], prompt="make it snow, 2", seed=2,
+                           num_inference_steps=2, guidance_scale=9.0, image_guidance_scale=1.0)
     expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
     bulk = np.asarray(Image.open(out / table.loc["pix-2", "output"]), dtype=np.int16)
     assert bulk.shape == (40, 64, 3)  # the input's size
@@ -177,7 +176,8 @@ def test_bulk_job_with_instruct_pix2pix_takes_its_guidance_per_row(tiny_checkpoi
 
 @pytest.mark.parametrize("extra, flags, fragment", [
     ({"true_cfg_scale": [4.0] * 6}, [], "column 'true_cfg_scale' does not apply to InstructPix2Pix models"),
-    ({}, ["--cfg", "4"], "--cfg: true_cfg_scale: does not apply to InstructPix2Pix models"),
+    ({}, ["--true-cfg-scale", "4"], "--true-cfg-scale: true_cfg_scale: does not apply to InstructPix2Pix models"),
+    ({}, ["--guidance-scale", "90"], "--guidance-scale: guidance_scale: must be a finite number in [0, 20], got 90"),
 ])
 def test_bulk_job_refuses_the_other_family_s_fields_before_any_work(tiny_checkpoints, tmp_path, extra, flags, fragment):
     manifest = ip2p_manifest(tmp_path / "in", **extra)

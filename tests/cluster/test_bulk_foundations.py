@@ -7,9 +7,9 @@ import pytest
 from cluster.bulk.manifest import ManifestError, check_ids, check_schema
 from cluster.bulk.outputs import TEMP_SUFFIX, inside, remove_partial_files, safe_name, write_atomic
 from cluster.bulk.tally import Tally
-from deployments.parameters import PARAMETERS
+from deployments.families import DECLARATIONS
 
-QWEN, IP2P = PARAMETERS["QwenImageEditPlusPipeline"], PARAMETERS["StableDiffusionInstructPix2PixPipeline"]
+QWEN, IP2P = DECLARATIONS["QwenImageEditPlusPipeline"], DECLARATIONS["StableDiffusionInstructPix2PixPipeline"]
 
 
 def schema(**columns) -> pa.Schema:
@@ -38,7 +38,7 @@ def test_missing_and_mistyped_columns_are_all_named():
     assert "missing required column 'instruction'" in message
     assert "'id' must be string, got int64" in message
     assert "'image' must be string or list<string>, got int32" in message
-    assert "'seed' has type string" in message
+    assert "'seed' has type string; it must be integer" in message
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,7 @@ def run_workload(base: str, model: str, root: Path, prom: Prometheus) -> None:
         "instruction": ["make it blue"] * BULK_ROWS, "seed": list(range(BULK_ROWS)),
     }), root / "manifest.parquet")
     command = [sys.executable, "-m", "cluster.bulk", "--manifest", str(root / "manifest.parquet"), "--output",
-               str(root / "out"), "--model", model, "--steps", "2", "--size", "64x64", "--encoder-batch-size", "4"]
+               str(root / "out"), "--model", model, "--num-inference-steps", "2", "--size", "64x64", "--encoder-batch-size", "4"]
     # RAY_ADDRESS=auto: the job joins the cluster `python -m serve` started, as `ray job submit` would.
     job = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": "auto"})
     assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-3000:]
