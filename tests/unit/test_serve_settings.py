@@ -80,3 +80,17 @@ def test_multi_gpu_layout_gives_the_denoiser_whole_cards_and_the_rest_one_card()
     assert settings.denoiser.deployment.ray_actor_options.num_gpus == 1
     assert settings.denoiser.deployment.autoscaling_config["max_replicas"] > 1
     assert _gpus(settings.encoder) + _gpus(settings.decoder) <= 1.0
+
+
+def test_the_ray_serve_internals_python_m_serve_relies_on_are_there():
+    """`python -m serve` deploys a config file the way `serve run` does, through two of Ray Serve's
+    private calls (ray/serve/scripts.py); fail here, by name, if a Ray upgrade changes them."""
+    import inspect
+
+    from ray.serve._private import api
+    from ray.serve._private.client import ServeControllerClient
+
+    assert {"http_options", "proxy_location", "grpc_options", "controller_options"} <= set(
+        inspect.signature(api.serve_start).parameters
+    )
+    assert "config" in inspect.signature(ServeControllerClient.deploy_apps).parameters
