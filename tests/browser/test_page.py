@@ -83,9 +83,11 @@ def test_the_page_fields_are_the_declared_parameters(page_url, browser, tiny_che
     for name, field in rendered.items():
         schema = next((o for o in declared[name].get("anyOf", []) if o.get("type") != "null"), declared[name])
         if "enum" in schema:
-            options = [option.text for option in field.find_elements(By.TAG_NAME, "option")]
+            options = [option.get_attribute("value") for option in field.find_elements(By.TAG_NAME, "option")]
             assert options == schema["enum"] and field.get_attribute("value") == declared[name]["default"], name
         if "maximum" in schema:
-            assert float(field.get_attribute("min")) == schema["minimum"], name
-            assert float(field.get_attribute("max")) == schema["maximum"], name
-            assert field.get_attribute("placeholder") == str(declared[name].get("default", "(random)")), name
+            # as JavaScript numbers (the seed's 2**63 - 1 has no exact double)
+            assert float(field.get_attribute("min")) == float(schema["minimum"]), name
+            assert float(field.get_attribute("max")) == float(schema["maximum"]), name
+            default, placeholder = declared[name].get("default"), field.get_attribute("placeholder")
+            assert float(placeholder) == default if default is not None else placeholder == "(random)", name
