@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from deployments.errors import ModelLoadError
+from deployments.generated import ensure_generated
 from deployments.models import load_components, resolve_model
 
 
 @pytest.fixture(scope="module")
 def meta_components():
+    ensure_generated("random:qwen-image-edit-2509")  # its configs, written on first use
     spec = resolve_model("random:qwen-image-edit-2509")
     assert spec.pipeline_class == "QwenImageEditPlusPipeline" and spec.random_weights
     names = ("transformer", "text_encoder", "vae")
@@ -38,6 +40,7 @@ def test_vae_is_qwen_image_vae(meta_components):
 
 
 def test_presets_refuse_the_cpu_and_unknown_names():
+    ensure_generated("random:qwen-image-edit")
     spec = resolve_model("random:qwen-image-edit")
     assert spec.pipeline_class == "QwenImageEditPipeline"
     with pytest.raises(ModelLoadError, match="CUDA"):
