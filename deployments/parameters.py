@@ -253,12 +253,11 @@ def json_types(schema: dict) -> set[str]:
 
 
 def _not_a_field(param: str, model: type[BaseModel]) -> str:
-    from deployments.families import DECLARATIONS  # the other families' fields, for a better message
+    from deployments.families import foreign_field  # the families import this module
 
-    family = getattr(model, "family", None)
-    if family and any(param in other.model_fields for other in DECLARATIONS.values()):
-        own = model.family_fields()
-        return f"does not apply to {family} models; they take {' and '.join(own) or 'no such field'}"
+    foreign = foreign_field(param, model) if getattr(model, "family", None) else None
+    if foreign is not None:
+        return foreign
     return f"is not a field of this API; the fields are {', '.join(model.model_fields)}"
 
 

@@ -59,6 +59,7 @@ class Ingress:
         self.served_model = served.name
         self.form_model = served.form_model(settings.limits, settings.request_timeout_s)
         self.openapi_document = openapi_document(self.form_model)
+        self.parameters_schema = served.spec.request_model(settings.limits).model_json_schema()  # /v1/models
         self.created = int(time.time())
 
     def __serve_build_asgi_app__(self) -> Starlette:
@@ -183,7 +184,7 @@ class Ingress:
             "id": self.served_model, "object": "model", "created": self.created, "owned_by": "qwen-edit-cluster",
             # extensions: the family and the JSON schema of what its requests may set (the page's fields)
             "family": self.served.spec.declared.family,
-            "parameters": self.served.spec.request_model(self.settings.limits).model_json_schema(),
+            "parameters": self.parameters_schema,
         }
         return JSONResponse({"object": "list", "data": [model]})
 

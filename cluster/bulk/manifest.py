@@ -9,12 +9,13 @@ columns and null values take the job's flags, then the declaration's defaults. A
 family's fields is refused; other columns are carried along unread.
 """
 
+import functools
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from deployments.families import DECLARATIONS
+from deployments.families import foreign_field
 from deployments.parameters import EditParameters, json_types
 
 REQUIRED = ("id", "image", "instruction")
@@ -31,6 +32,7 @@ class ManifestError(ValueError):
     """The manifest cannot be processed; the message names every problem found."""
 
 
+@functools.cache  # read per results batch: build the JSON schema once
 def parameter_columns(declared: type[EditParameters]) -> dict[str, dict]:
     """The optional columns of `declared`'s family -> their fields' JSON schemas."""
     properties = declared.model_json_schema()["properties"]
@@ -51,11 +53,7 @@ def check_schema(schema: pa.Schema, declared: type[EditParameters]) -> None:
     """Raises ManifestError naming each missing, wrongly typed or (for the model's family) foreign column."""
     columns = parameter_columns(declared)
     problems = [f"missing required column {name!r}" for name in REQUIRED if name not in schema.names]
-    foreign = {name for other in DECLARATIONS.values() for name in other.model_fields} - set(declared.model_fields)
-    problems += [
-        f"column {name!r} does not apply to {declared.family} models (they take {', '.join(declared.family_fields())})"
-        for name in schema.names if name in foreign
-    ]
+    problems += [f"column {name!r} {why}" for name in schema.names if (why := foreign_field(name, declared))]
     types = {field.name: field.type for field in schema}
     for name in ("id", "instruction"):
         if name in types and not _is_string(types[name]):

@@ -12,6 +12,13 @@ DECLARATIONS: dict[str, type[EditParameters]] = {
 }
 
 
+def foreign_field(name: str, declared: type[EditParameters]) -> str | None:
+    """Why `declared`'s family refuses `name` when it is another family's field (None when it isn't)."""
+    if name in declared.model_fields or not any(name in other.model_fields for other in DECLARATIONS.values()):
+        return None
+    return f"does not apply to {declared.family} models; they take {' and '.join(declared.family_fields()) or 'no such field'}"
+
+
 def declaration(pipeline_class: str) -> type[EditParameters]:
     """The request declaration of the family serving `pipeline_class`."""
     if pipeline_class not in DECLARATIONS:
