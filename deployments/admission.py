@@ -5,7 +5,9 @@ Requests are considered oldest first and admitted while the step stays within a 
 text tokens, CFG rows counted, over all its buckets), a row limit and a limit on buckets per step.
 A younger request may pass one that does not fit (backfilling the room left), but not one that has
 waited `max_wait_steps` steps: from then on nothing younger is admitted, the batch drains until the
-starving request fits, and it goes next. A request larger than the budget on its own runs alone.
+starving request fits, and it goes next. A request larger than the budget on its own runs alone. A
+request that is not ready (its LoRA adapters are still loading, or there is no room to load them until
+running requests finish) fits nowhere; once starving, it too stops younger ones passing it.
 """
 
 from collections.abc import Hashable, Sequence
@@ -18,6 +20,7 @@ class Candidate(Protocol):
     rows: int  # forward rows: 2 with true CFG, else 1 (3 for guided InstructPix2Pix)
     tokens: int  # tokens across its rows per forward
     waited_steps: int  # engine steps it has spent waiting
+    ready: bool  # whether it can start now (its LoRA adapters are loaded)
 
 
 T = TypeVar("T", bound=Candidate)
@@ -40,12 +43,12 @@ class AdmissionPolicy:
         tokens = sum(r.tokens for r in active)
         admitted: list[T] = []
         for request in waiting:
-            fits = (
+            fits = request.ready and (
                 rows + request.rows <= self.max_batch_rows
                 and tokens + request.tokens <= self.token_budget
                 and len(buckets | {request.bucket}) <= self.max_buckets_per_step
             )
-            alone = not active and not admitted  # an oversized request still runs, by itself
+            alone = request.ready and not active and not admitted  # an oversized request still runs, by itself
             if fits or alone:
                 admitted.append(request)
                 buckets.add(request.bucket)

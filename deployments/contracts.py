@@ -46,7 +46,8 @@ class Conditioning:
     shapes), e.g. prompt embeddings and image latents. `img_shapes` are the (frames, rows, cols)
     latent grids of the output, then of each input image: Qwen-Image-Edit counts 2x2 patches, as
     diffusers passes them to the transformer (RoPE positions depend on them); InstructPix2Pix counts
-    latent pixels. `parameters` are the family's own request fields (e.g. guidance scales).
+    latent pixels. `parameters` are the family's own request fields (e.g. guidance scales). `adapters`
+and `scheduler` come from the request's LoRA adapters (deployments/lora_settings.py).
     """
 
     request_id: str
@@ -58,6 +59,8 @@ class Conditioning:
     num_inference_steps: int
     parameters: dict[str, Any]
     output: OutputSpec
+    adapters: tuple[tuple[str, float], ...] = ()  # LoRA adapters (name, scale), stacked in order
+    scheduler: dict[str, Any] | None = None  # scheduler-config values replacing the checkpoint's (an adapter's schedule)
     timings: dict[str, float] = field(default_factory=dict, compare=False)
 
 

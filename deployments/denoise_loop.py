@@ -54,6 +54,7 @@ class Ticket:
     submitted_at: float = field(default_factory=time.time)
     admitted_at: float | None = None
     waited_steps: int = 0
+    ready: bool = False  # its adapters are loaded: set before each admission
     job: DenoiseJob | None = None  # started at admission, on the loop's thread
 
     @property
@@ -125,6 +126,7 @@ class DenoiseLoop:
         self._active: list[Ticket] = []  # only the loop's thread touches it
         self._wakeup = threading.Condition()
         self._stopped = False
+        self._nudged = False  # set when a waiting request may have become able to start
         self._thread = threading.Thread(target=self._run, name="denoise-loop", daemon=True)
         self._thread.start()
 
@@ -136,6 +138,8 @@ class DenoiseLoop:
         `preview_after`. Raises OverloadedError when `max_waiting` requests are already waiting, and
         EngineStoppedError once the loop has stopped."""
         ticket = Ticket(conditioning, self.denoiser.footprint(conditioning), on_step, preview_after)
+        for name in [name for name, _ in conditioning.adapters] or ["none"]:
+            metrics.ADAPTER_REQUESTS.inc(model=self.model_name, adapter=name)
         with self._wakeup:
             if self._stopped:
                 raise EngineStoppedError("this denoiser replica is shutting down; retry")
@@ -143,6 +147,7 @@ class DenoiseLoop:
                 raise OverloadedError(f"the denoiser already has {self.max_waiting} requests waiting")
             self._waiting.append(ticket)
             self._count_waiting()
+            self._nudged = True
             self._wakeup.notify()
         return ticket
 
@@ -206,18 +211,23 @@ class DenoiseLoop:
             self._resolve()
         elif start_failures:  # nothing could even start: as telling as a failed forward
             self._count_step(succeeded=False)
+        else:
+            self._idle()
         self.stats.active_requests = len(self._active)
         metrics.DENOISE_ACTIVE.set(len(self._active), model=self.model_name)
 
     def _admit(self) -> int:
-        """Drops cancelled requests, lets the policy pick waiting ones, and starts them; returns how
-        many failed to start."""
+        """Drops cancelled requests, loads waiting ones' adapters, lets the policy pick waiting ones, and
+        starts them; returns how many failed to start."""
         for ticket in [t for t in self._active if t.cancelled]:
             self._retire(ticket)
         with self._wakeup:
             for ticket in [t for t in self._waiting if t.cancelled]:
                 self._waiting.remove(ticket)
                 self.stats.cancelled += 1
+            waiting = list(self._waiting)
+        self._load_adapters(waiting)
+        with self._wakeup:
             chosen = self.policy.admit(list(self._waiting), self._active)
             for ticket in chosen:
                 self._waiting.remove(ticket)
@@ -235,6 +245,41 @@ class DenoiseLoop:
                 self._retire(ticket, error=error)
                 start_failures += 1
         return start_failures
+
+    def _load_adapters(self, waiting: list[Ticket]) -> None:
+        """Marks which waiting requests are ready to start, loading their adapters (oldest first) without
+        unloading any that a running request, or an older ready one, uses, and fails those whose adapters
+        can't be loaded — their failure, not the engine's: it doesn't count against the replica's health.
+        Outside the lock: loading must not hold up `submit`."""
+        keep = {name for t in self._active for name, _ in t.conditioning.adapters}
+        for ticket in waiting:
+            try:
+                ticket.ready = self.denoiser.adapters_ready(ticket.conditioning, keep)
+            except Exception as error:
+                with self._wakeup:
+                    with contextlib.suppress(ValueError):
+                        self._waiting.remove(ticket)
+                    self._count_waiting()
+                self._retire(ticket, error=error)
+                continue
+            if ticket.ready:
+                keep |= {name for name, _ in ticket.conditioning.adapters}
+            else:  # wake the loop when its files have been read, in case nothing else is running
+                self.denoiser.adapters.prefetch([name for name, _ in ticket.conditioning.adapters]).add_done_callback(self._nudge)
+        self.denoiser.adapters.forget_failures()
+
+    def _nudge(self, _=None) -> None:
+        """Something may now be able to start: a request came in, or an adapter's file was read."""
+        with self._wakeup:
+            self._nudged = True
+            self._wakeup.notify()
+
+    def _idle(self) -> None:
+        """Nothing could run this step (waiting requests all wait for adapters): sleep until nudged."""
+        with self._wakeup:
+            if not self._nudged and not self._stopped:
+                self._wakeup.wait(timeout=1.0)
+            self._nudged = False
 
     def _forward(self) -> dict[DenoiseJob, Exception]:
         """One forward per latent shape; the jobs that failed, with their errors."""

@@ -5,24 +5,35 @@ config (never the VAE or the text encoder).
 Requests in one batch may differ in prompt and prompt length, seed, guidance on/off and scales, and may be
 at different steps: `start` admits a request at any time and `step` advances every given job by one
 step, so a caller can add and retire requests between steps. Jobs whose latent shapes differ are
-never mixed in one forward (one forward per shape, in the same step). Each request's result equals
-denoising it alone, and one request's failure fails no other (a failed forward fails its shape's jobs).
+never mixed in one forward (one forward per shape, in the same step); jobs with different LoRA
+adapters (or none) are (deployments/lora.py). Each request's result equals denoising it alone, and one
+request's failure fails no other (a failed forward fails its shape's jobs).
+
+A request's adapters must be loaded before it starts: `adapters_ready` loads them without blocking
+(the engine loop's admission), `denoise_batch` waits for them.
 """
 
 import torch
 
+from deployments.adapter_store import AdapterStore
 from deployments.contracts import Conditioning, Latents
 from deployments.errors import EditError, failed_alone
 from deployments.fast_path import FastPath, prepare_transformer
 from deployments.families.base import DenoiseJob, Footprint
 from deployments.families.loading import load_family
+from deployments.lora_settings import LoraSettings
 from deployments.settings import model_from_env
 
 
 class Denoiser:
-    def __init__(self, model: str | None = None, device: torch.device | None = None, fast_path: FastPath = FastPath()):
-        self.family = load_family(model or model_from_env(), "denoise", device, fast_path.pinned_transfers)
-        prepare_transformer(self.family.loaded[self.family.denoising_model], fast_path)
+    def __init__(
+        self, model: str | None = None, device: torch.device | None = None, fast_path: FastPath = FastPath(),
+        lora: LoraSettings = LoraSettings(), model_name: str = "",
+    ):
+        self.family = load_family(model or model_from_env(), "denoise", device, fast_path.pinned_transfers, lora)
+        denoising_model = self.family.loaded[self.family.denoising_model]
+        prepare_transformer(denoising_model, fast_path)
+        self.adapters = AdapterStore(denoising_model, self.family.read_adapter, lora, self.family.device, model_name)
         if fast_path.compile:
             self.warm_up()
 
@@ -40,24 +51,52 @@ class Denoiser:
         return results
 
     def denoise_batch(self, batch: list[Conditioning]) -> list[Latents | EditError]:
-        """Each request's Latents, or the error that request alone ended with (batched step by step)."""
+        """Each request's Latents, or the error that request alone ended with (batched step by step, in
+        as many rounds as it takes to hold every request's adapters within `max_loaded`)."""
         results: dict[int, Latents | EditError] = {}
-        jobs: dict[DenoiseJob, int] = {}
-        for i, conditioning in enumerate(batch):
-            try:
-                jobs[self.start(conditioning)] = i
-            except Exception as error:
-                results[i] = failed_alone(error, "denoising", conditioning.request_id)
-        while active := [job for job, i in jobs.items() if not job.done and i not in results]:
-            for job, error in self.step(active).items():
-                results[jobs[job]] = failed_alone(error, "denoising", job.conditioning.request_id)
-        for job, i in jobs.items():
-            if i not in results:
+        waiting = list(enumerate(batch))
+        while waiting:
+            jobs: dict[DenoiseJob, int] = {}
+            for i, conditioning in self._adapter_round(waiting):
                 try:
-                    results[i] = self.finish(job)
+                    self._load_adapters(conditioning, {name for job in jobs for name, _ in job.conditioning.adapters})
+                    jobs[self.start(conditioning)] = i
                 except Exception as error:
-                    results[i] = failed_alone(error, "denoising", job.conditioning.request_id)
+                    results[i] = failed_alone(error, "denoising", conditioning.request_id)
+            while active := [job for job, i in jobs.items() if not job.done and i not in results]:
+                for job, error in self.step(active).items():
+                    results[jobs[job]] = failed_alone(error, "denoising", job.conditioning.request_id)
+            for job, i in jobs.items():
+                if i not in results:
+                    try:
+                        results[i] = self.finish(job)
+                    except Exception as error:
+                        results[i] = failed_alone(error, "denoising", job.conditioning.request_id)
         return [results[i] for i in range(len(batch))]
+
+    def _adapter_round(self, waiting: list[tuple[int, Conditioning]]) -> list[tuple[int, Conditioning]]:
+        """Takes from `waiting` the requests that run together: in order, while their adapters fit."""
+        taken, names = [], set()
+        for item in list(waiting):
+            wanted = names | {name for name, _ in item[1].adapters}
+            if taken and len(wanted) > self.adapters.settings.max_loaded:
+                continue
+            taken.append(item)
+            waiting.remove(item)
+            names = wanted
+        return taken
+
+    def _load_adapters(self, conditioning: Conditioning, keep: set[str]) -> None:
+        """Loads the request's adapters, waiting for their files to be read; keeps the adapters in `keep`."""
+        names = [name for name, _ in conditioning.adapters]
+        while not self.adapters_ready(conditioning, keep):
+            self.adapters.prefetch(names).result()
+
+    def adapters_ready(self, conditioning: Conditioning, keep: set[str]) -> bool:
+        """Whether the request's adapters are loaded (without waiting: loads what has been read and starts
+        reading the rest), never unloading those in `keep`; raises ModelLoadError for one that can't be
+        loaded."""
+        return not conditioning.adapters or self.adapters.ready([name for name, _ in conditioning.adapters], keep)
 
     def footprint(self, conditioning: Conditioning) -> Footprint:
         """What the request costs per forward (bucket, rows, tokens), from shapes only: no device work."""
@@ -73,9 +112,14 @@ class Denoiser:
         own scheduler update. Returns the jobs that failed, with their errors — a failed forward fails
         its bucket, a failed update its job — and the others have advanced."""
         buckets: dict = {}
-        for job in jobs:
-            buckets.setdefault(job.bucket, []).append(job)
         failed: dict[DenoiseJob, Exception] = {}
+        installed = set(self.adapters.installed)
+        for job in jobs:
+            missing = {name for name, _ in job.conditioning.adapters} - installed
+            if missing:  # never run a row without the adapters it asked for
+                failed[job] = RuntimeError(f"LoRA adapter(s) {sorted(missing)} were not loaded")
+                continue
+            buckets.setdefault(job.bucket, []).append(job)
         for group in buckets.values():
             try:
                 predictions = self.family.predict(group)

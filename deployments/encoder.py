@@ -14,12 +14,17 @@ from deployments.errors import EditError, each_or_error
 from deployments.fast_path import FastPath, prepare_vae
 from deployments.families.loading import load_family
 from deployments.images import decode_image
+from deployments.lora_settings import LoraSettings
 from deployments.settings import model_from_env
 
 
 class Encoder:
-    def __init__(self, model: str | None = None, device: torch.device | None = None, fast_path: FastPath = FastPath()):
-        self.family = load_family(model or model_from_env(), "encode", device, fast_path.pinned_transfers)
+    def __init__(
+        self, model: str | None = None, device: torch.device | None = None, fast_path: FastPath = FastPath(),
+        lora: LoraSettings = LoraSettings(),
+    ):
+        # `lora`: the adapters requests may name (their schedulers decide the fewest steps a request may ask for)
+        self.family = load_family(model or model_from_env(), "encode", device, fast_path.pinned_transfers, lora)
         prepare_vae(self.family.loaded["vae"], fast_path)  # tiling/slicing also bound VAE-encode memory
 
     def encode(self, request: EditRequest) -> Conditioning:

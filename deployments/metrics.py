@@ -8,7 +8,8 @@ service-discovery file Ray writes). In an unbound process (the one-shot CLI, eng
 does nothing. In Prometheus each name gains Ray's `ray_` prefix, and counters a `_total` suffix.
 
 Labels stay small and fixed — never per request: `model` (served model name), `stage` (encode,
-denoise, decode), `status`, `kind`, and for HTTP `route` and `code`.
+denoise, decode), `status`, `kind`, `adapter` (a configured LoRA adapter's name), and for HTTP
+`route` and `code`.
 """
 
 import logging
@@ -60,13 +61,17 @@ DENOISE_WAITING = Metric("gauge", "denoise_waiting_requests", "Requests waiting 
 MEMORY_BYTES = Metric(
     "gauge", "memory_bytes", "Memory of a stage's process: gpu_allocated, gpu_reserved (CUDA), rss.", ("stage", "kind")
 )
+ADAPTER_REQUESTS = Metric("counter", "adapter_requests", "Denoising requests by LoRA adapter (none: the base model).", ("model", "adapter"))
+ADAPTER_LOADS = Metric("counter", "adapter_loads", "LoRA adapter loads into a Denoiser replica, by status: ok, error.", ("model", "adapter", "status"))
+ADAPTER_EVICTIONS = Metric("counter", "adapter_evictions", "LoRA adapters unloaded to make room (least recently used).", ("model", "adapter"))
+ADAPTER_LOAD_SECONDS = Metric("histogram", "adapter_load_seconds", "Time to load a LoRA adapter (read + inject).", ("model",), SECONDS)
 BULK_ROWS = Metric("counter", "bulk_rows", "Bulk job rows finished, by status: ok, error, skipped.", ("model", "status"))
 BULK_ROWS_PER_SECOND = Metric("gauge", "bulk_rows_per_second", "A running bulk job's rows per second.", ("model",))
 
 ALL = (
     HTTP_REQUESTS, IMAGES, ERRORS, REQUEST_SECONDS, QUEUE_SECONDS, STAGE_SECONDS, BATCH_SIZE, DENOISE_STEP_SECONDS,
-    DENOISE_ROWS, DENOISE_TOKENS, DENOISE_STEPS, DENOISE_ACTIVE, DENOISE_WAITING, MEMORY_BYTES, BULK_ROWS,
-    BULK_ROWS_PER_SECOND,
+    DENOISE_ROWS, DENOISE_TOKENS, DENOISE_STEPS, DENOISE_ACTIVE, DENOISE_WAITING, MEMORY_BYTES, ADAPTER_REQUESTS,
+    ADAPTER_LOADS, ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, BULK_ROWS, BULK_ROWS_PER_SECOND,
 )
 
 logger = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ import torch
 from deployments.errors import ModelLoadError
 from deployments.families import declaration
 from deployments.limits import Limits
+from deployments.lora_settings import LoraSettings
 from deployments.parameters import EditParameters, request_model
 from deployments.random_models import build_module, is_preset_dir, is_random, preset_dir
 from deployments.settings import ENGINE_SETTINGS_FILE, TINY_MODEL_DIRS, EngineSettings
@@ -42,9 +43,10 @@ class ModelSpec:
         """What requests to this model may set: its family's declaration."""
         return declaration(self.pipeline_class)
 
-    def request_model(self, limits: Limits = Limits()) -> type[EditParameters]:
-        """The family's declaration bound to `limits` and this checkpoint's defaults: what edges validate with."""
-        return request_model(self.declared, limits, self.settings)
+    def request_model(self, limits: Limits = Limits(), lora: LoraSettings = LoraSettings()) -> type[EditParameters]:
+        """The family's declaration bound to `limits`, this checkpoint's defaults and the adapters `lora`
+        offers: what edges validate with."""
+        return request_model(self.declared, limits, self.settings, lora)
 
 
 def resolve_model(model: str, components: tuple[str, ...] = ()) -> ModelSpec:

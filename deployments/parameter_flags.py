@@ -11,7 +11,7 @@ import argparse
 from deployments.families import DECLARATIONS
 from deployments.parameters import json_types, request_model
 
-FLAG_TYPES = {"integer": int, "number": float, "string": str}
+FLAG_TYPES = {"integer": int, "number": float, "string": str, "array": str}  # an array as JSON text
 FAMILIES = sorted({declared.family for declared in DECLARATIONS.values()})
 
 

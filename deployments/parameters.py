@@ -15,12 +15,13 @@ import re
 import typing
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
-from pydantic import model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+from pydantic import field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from deployments.errors import InvalidInputError
 from deployments.limits import HARD_MAX_N, HARD_MAX_STEPS, Limits
+from deployments.lora_settings import LoraSettings, choices_from_text
 from deployments.settings import EngineSettings
 
 MAX_SEED = 2**63 - 1
@@ -48,6 +49,15 @@ NegativePrompt = Annotated[
 ]
 
 
+class AdapterChoice(BaseModel):
+    """One adapter a request stacks: a name the deployment offers (/v1/models) and its strength."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: str
+    scale: float | None = Field(None, description="The adapter's strength; unset: the adapter's configured scale.")
+
+
 def _only_auto_size(schema: dict, model: type) -> None:
     """In the JSON schema of a family whose requests may not choose a size, size's one allowed value."""
     if model.size_rule is not None:
@@ -65,10 +75,13 @@ class EditParameters(BaseModel):
     max_input_images: ClassVar[int] = 1
     size_rule: ClassVar[str | None] = None  # set when a request may not choose its output size: how it is chosen
     default_num_inference_steps: ClassVar[int] = 50  # diffusers' default for the pipeline
+    takes_adapters: ClassVar[bool] = False  # whether the family's Denoiser can run LoRA adapters
+    scheduler_presets: ClassVar[dict[str, dict[str, Any]]] = {}  # scheduler configs an adapter may name
     # Set by request_model:
     declaration: ClassVar[type["EditParameters"] | None] = None  # the family's declared class
     limits: ClassVar[Limits] = Limits()
     default_area: ClassVar[int] = 1024 * 1024  # output pixels of size=auto (for the work bound)
+    lora_settings: ClassVar[LoraSettings] = LoraSettings()  # the adapters `lora` may name
 
     image: list[bytes] = Field(
         min_length=1, description="The image(s) to edit: PNG, JPEG or WebP files (several as `image[]`)."
@@ -93,6 +106,12 @@ class EditParameters(BaseModel):
     )
     output_format: Literal["png", "jpeg", "webp"] = Field("png", title="Output format", description="The edited image's file format.")
     output_compression: int = Field(100, ge=0, le=100, title="Quality", description="JPEG/WebP quality; 100 is best. Ignored for PNG.")
+    lora: Annotated[tuple[AdapterChoice, ...], BeforeValidator(choices_from_text)] = Field(
+        (), title="LoRA adapters",
+        description='Adapters to apply, stacked in order: a JSON list of {"name", "scale"} naming adapters the '
+        "deployment offers (/v1/models). Their own defaults (e.g. a Lightning adapter's steps and CFG) apply "
+        "to fields the request leaves unset.",
+    )
 
     @field_validator("size")
     @classmethod
@@ -111,6 +130,20 @@ class EditParameters(BaseModel):
                 {"most": cls.limits.max_output_pixels, "size": size},
             )
         return size
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _adapters_resolved(cls, values: Any, handler):
+        """The request with its adapters resolved (each with its scale) and their defaults filled into the
+        fields it left unset — validated again with them, so every bound holds for the final values."""
+        validated = handler(values)
+        if not validated.lora or not isinstance(values, dict):
+            return validated
+        resolved = cls.lora_settings.resolved([choice.model_dump() for choice in validated.lora])
+        defaults = cls.lora_settings.defaults([name for name, _ in resolved])
+        unset = {name: value for name, value in defaults.items() if name not in validated.model_fields_set}
+        lora = [{"name": name, "scale": scale} for name, scale in resolved]
+        return handler({**values, **unset, "lora": lora, "seed": validated.seed})
 
     @model_validator(mode="after")
     def _bounded_work(self):
@@ -138,6 +171,11 @@ class EditParameters(BaseModel):
     def family_values(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.family_fields()}
 
+    @property
+    def adapters(self) -> tuple[tuple[str, float], ...]:
+        """The adapters to apply, as (name, scale) pairs (scales resolved at validation)."""
+        return tuple((choice.name, choice.scale) for choice in self.lora)
+
 
 def refused(param: str, message: str) -> PydanticCustomError:
     """A model-level refusal that names its field (pydantic reports model validators at the root)."""
@@ -146,11 +184,12 @@ def refused(param: str, message: str) -> PydanticCustomError:
 
 @functools.cache
 def request_model(
-    declared: type[EditParameters], limits: Limits = Limits(), settings: EngineSettings | None = None
+    declared: type[EditParameters], limits: Limits = Limits(), settings: EngineSettings | None = None,
+    lora: LoraSettings = LoraSettings(),
 ) -> type[EditParameters]:
-    """`declared` bound to `limits` and a checkpoint's `settings` (its default steps, and the output
-    area of size=auto; without them, the family's): the model every edge validates with, whose JSON
-    schema states the ranges and defaults the server enforces."""
+    """`declared` bound to `limits`, a checkpoint's `settings` (its default steps, and the output area
+    of size=auto; without them, the family's) and the adapters `lora` offers: the model every edge
+    validates with, whose JSON schema states the ranges and defaults the server enforces."""
     fields = declared.model_fields
     bounds = {
         "image": Field(max_length=declared.max_input_images),
@@ -167,9 +206,30 @@ def request_model(
         for name, bound in bounds.items()
     }
     model = create_model(declared.__name__, __base__=declared, __module__=declared.__module__, **overrides)
-    model.declaration, model.limits, model.default_area = declared, limits, default_area
+    model.declaration, model.limits, model.default_area, model.lora_settings = declared, limits, default_area, lora
     model.default_num_inference_steps = steps
+    _check_adapters(model)
     return model
+
+
+def _check_adapters(model: type[EditParameters]) -> None:
+    """Refuses (ValueError naming the adapter) configured adapters the bound `model`'s family can't use:
+    any, for a family without adapters; an unknown scheduler preset; defaults that aren't valid values of
+    the family's fields under these limits."""
+    declared = model.declaration
+    for name, adapter in model.lora_settings.adapters.items():
+        where = f"lora.adapters.{name}"
+        if not declared.takes_adapters:
+            raise ValueError(f"{where}: {declared.family} models take no LoRA adapters")
+        if isinstance(adapter.scheduler, str) and adapter.scheduler not in declared.scheduler_presets:
+            raise ValueError(f"{where}.scheduler: {adapter.scheduler!r} is not one of {sorted(declared.scheduler_presets)}")
+        fixed = {"image", "prompt", "lora"} & set(adapter.defaults)
+        if fixed:
+            raise ValueError(f"{where}.defaults: {sorted(fixed)} can't have adapter defaults")
+        try:
+            model.model_validate({"image": [b"-"], "prompt": "-", **adapter.defaults})
+        except ValidationError as e:
+            raise ValueError(f"{where}.defaults: {invalid_input(e, model).message}") from None
 
 
 def _bounded(field, bound):
@@ -211,6 +271,9 @@ def invalid_input(error: ValidationError, model: type[BaseModel]) -> InvalidInpu
         return InvalidInputError(problem["ctx"]["param"], problem["ctx"]["message"])
     param = str(problem["loc"][0]) if problem["loc"] else "body"
     field = model.model_fields.get(param)
+    if len(problem["loc"]) > 1:  # inside a structured field (e.g. one `lora` entry): say where
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in problem["loc"][1:])
+        return InvalidInputError(param, f"{param}{where}: {problem['msg'].lower()}, got {value!r}")
     if kind == "extra_forbidden":
         return InvalidInputError(param, _not_a_field(param, model))
     if kind == "missing":

@@ -5,7 +5,8 @@
 The Qwen-Image-Edit checkpoints (edit, edit-plus) have the real models' architecture at toy widths
 (the configs of diffusers' own Qwen-Image-Edit fast tests), a byte-level BPE tokenizer built in memory
 with the Qwen special tokens, a `Qwen2VLProcessor` and the real scheduler config; the InstructPix2Pix
-one is built in deployments/tiny_ip2p.py. They load through the same loader as real
+one is built in deployments/tiny_ip2p.py. The Qwen ones carry tiny LoRA adapters in `adapters/`
+(deployments/tiny_adapters.py). They load through the same loader as real
 checkpoints. Their weights are random, so the images they produce are noise: they exist to test the
 plumbing and the math (parity with diffusers), not edit quality.
 """
@@ -35,6 +36,7 @@ from transformers import (
 )
 
 from deployments.settings import ENGINE_SETTINGS_FILE, EngineSettings
+from deployments.tiny_adapters import write_adapters
 from deployments.tiny_ip2p import build_ip2p_pipeline
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ VARIANTS = (*PIPELINES, "ip2p")
 
 # Bump when the builder's output changes, so generated default checkpoints are rebuilt on next use
 # (deployments/generated.py).
-TINY_BUILD = 2
+TINY_BUILD = 3
 BUILD_MARKER = "tiny_build.txt"
 
 SPECIAL_TOKENS = [
@@ -181,7 +183,10 @@ def write_checkpoint(out_dir: str | Path, variant: str = "edit-plus", **engine_s
     """Writes the tiny checkpoint to `out_dir` (diffusers format + the engine settings file);
     `engine_settings` override TINY_ENGINE_SETTINGS (e.g. a benchmark's working area)."""
     out_dir = Path(out_dir)
-    build_pipeline(variant).save_pretrained(out_dir)
+    pipeline = build_pipeline(variant)
+    pipeline.save_pretrained(out_dir)
+    if variant in PIPELINES:  # tiny LoRA adapters in each file format, for the Qwen-Image-Edit transformer
+        write_adapters(out_dir, pipeline.transformer, type(pipeline))
     settings = EngineSettings(**{**TINY_ENGINE_SETTINGS, **VARIANT_ENGINE_SETTINGS.get(variant, {}), **engine_settings})
     (out_dir / ENGINE_SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(settings), indent=2) + "\n")
     logger.info("wrote tiny %s checkpoint to %s", variant, out_dir)

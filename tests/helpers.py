@@ -38,11 +38,15 @@ def wait_until(condition, message: str, timeout_s: float = 60, poll_s: float = 0
         time.sleep(poll_s)
 
 
-def edit_request(model: str, images, **values):
+def edit_request(model: str, images, lora_settings=None, **values):
     """What every edge makes of `values` for `model` (a checkpoint directory): validated against its
-    family's declaration under the default limits, with its defaults filled in. `images`: upload bytes."""
+    family's declaration under the default limits (and the adapters `lora_settings` offers), with its
+    defaults filled in. `images`: upload bytes."""
     from deployments.contracts import EditRequest
+    from deployments.limits import Limits
+    from deployments.lora_settings import LoraSettings
     from deployments.models import resolve_model
     from deployments.parameters import parse
 
-    return EditRequest(parse(resolve_model(model).request_model(), {**values, "image": list(images)}))
+    bound = resolve_model(model).request_model(Limits(), lora_settings or LoraSettings())
+    return EditRequest(parse(bound, {**values, "image": list(images)}))

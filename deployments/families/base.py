@@ -22,6 +22,7 @@ from PIL import Image
 from deployments.contracts import Conditioning, EditRequest, Latents
 from deployments.errors import InvalidInputError, ModelLoadError
 from deployments.families import declaration
+from deployments.lora_settings import LoraSettings
 from deployments.models import ModelSpec
 from deployments.parameters import EditParameters
 from deployments.transfer import to_device, to_host
@@ -90,17 +91,19 @@ class ModelFamily(ABC):
 
     def __init__(
         self, spec: ModelSpec, role: str, loaded: dict[str, Any], device: torch.device, dtype: torch.dtype,
-        pinned_transfers: bool = True,
+        pinned_transfers: bool = True, lora: LoraSettings = LoraSettings(),
     ):
         self.spec = spec
+        self.lora = lora  # the adapters requests may name, and the schedulers those carry
         self.role = role
         self.loaded = loaded
         self.device = device
         self.dtype = dtype
         self.pinned_transfers = pinned_transfers
         self.declared = declaration(spec.pipeline_class)  # what its requests may set
+        self._fewest: dict[str, int] = {}  # fewest_steps per scheduler config
         # The encoder refuses, and the denoiser's warm-up uses, the fewest steps the scheduler runs.
-        self.min_inference_steps = self._fewest_steps() if role in ("encode", "denoise") else 1
+        self.min_inference_steps = self.fewest_steps() if role in ("encode", "denoise") else 1
         {"encode": self.set_up_encoder, "denoise": self.set_up_denoiser, "decode": self.set_up_decoder}[role]()
 
     def set_up_encoder(self) -> None:
@@ -112,16 +115,34 @@ class ModelFamily(ABC):
     def set_up_decoder(self) -> None:
         """Checks and preparations of the decode role's components (none by default)."""
 
-    def _fewest_steps(self) -> int:
-        """The fewest denoising steps this checkpoint's scheduler runs with finite sigmas: Qwen's config
-        (`shift_terminal` set) gives NaN sigmas for 1 step — in diffusers' own pipeline too."""
+    def fewest_steps(self, scheduler: dict[str, Any] | None = None) -> int:
+        """The fewest denoising steps the checkpoint's scheduler (with `scheduler`'s config values) runs
+        with finite sigmas: Qwen's config (`shift_terminal` set) gives NaN sigmas for 1 step — in
+        diffusers' own pipeline too; the Lightning one doesn't."""
+        key = repr(sorted((scheduler or {}).items()))
+        if key not in self._fewest:
+            self._fewest[key] = self._probe_fewest_steps(scheduler)
+        return self._fewest[key]
+
+    def _probe_fewest_steps(self, scheduler: dict[str, Any] | None) -> int:
         for steps in range(1, MAX_PROBED_STEPS + 1):
             with warnings.catch_warnings(), np.errstate(all="ignore"):  # the NaNs we are looking for warn
                 warnings.simplefilter("ignore", RuntimeWarning)
-                scheduler, _ = self.new_schedule(steps, PROBE_IMAGE_TOKENS, torch.device("cpu"))
-            if torch.isfinite(torch.as_tensor(scheduler.sigmas)).all():
+                probe, _ = self.new_schedule(steps, PROBE_IMAGE_TOKENS, torch.device("cpu"), scheduler)
+            if torch.isfinite(torch.as_tensor(probe.sigmas)).all():
                 return steps
         raise ModelLoadError(f"{self.spec.model_id!r}: the scheduler gives no finite sigmas for 1 to {MAX_PROBED_STEPS} steps")
+
+    def fresh_scheduler(self, overrides: dict[str, Any] | None = None):
+        """A new instance of the checkpoint's scheduler (a scheduler keeps a step index: one per request),
+        `overrides` replacing values of its config (e.g. a Lightning adapter's schedule)."""
+        template = self.loaded["scheduler"]
+        return type(template).from_config({**template.config, **(overrides or {})})
+
+    def scheduler_of(self, parameters: EditParameters) -> dict[str, Any] | None:
+        """The scheduler-config values the request's adapters replace (a preset resolved), or None."""
+        scheduler = self.lora.scheduler([name for name, _ in parameters.adapters]) if parameters.lora else None
+        return self.declared.scheduler_presets[scheduler] if isinstance(scheduler, str) else scheduler
 
     def to_host(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """CPU copies of this stage's results for the next stage (deployments/transfer.py)."""
@@ -141,11 +162,9 @@ class ModelFamily(ABC):
                 "model", f"the request was made for {type(request.parameters).pipeline} models; this is a "
                 f"{self.spec.pipeline_class} ({self.declared.family})",
             )
-        steps = request.parameters.num_inference_steps
-        if steps < self.min_inference_steps:
-            raise InvalidInputError(
-                "num_inference_steps", f"this model's scheduler needs at least {self.min_inference_steps} steps, got {steps}"
-            )
+        steps, fewest = request.parameters.num_inference_steps, self.fewest_steps(self.scheduler_of(request.parameters))
+        if steps < fewest:
+            raise InvalidInputError("num_inference_steps", f"this model's scheduler needs at least {fewest} steps, got {steps}")
 
     @abstractmethod
     def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
@@ -181,6 +200,8 @@ class ModelFamily(ABC):
             num_inference_steps=request.parameters.num_inference_steps,
             parameters=request.parameters.family_values(),
             output=request.output,
+            adapters=request.parameters.adapters,
+            scheduler=self.scheduler_of(request.parameters),
             timings=request.timings,
             **encoded,
         )
@@ -205,13 +226,20 @@ class ModelFamily(ABC):
         return "negative_prompt_embeds" in conditioning.tensors
 
     # Denoiser side
+    def read_adapter(self, location: str, **kwargs) -> tuple[dict[str, torch.Tensor], dict | None]:
+        """A LoRA file's weights in diffusers' keys and its metadata (diffusers' `lora_state_dict`)."""
+        raise ModelLoadError(f"{self.declared.family} models take no LoRA adapters")
+
     @abstractmethod
     def warm_up_conditioning(self) -> Conditioning:
         """A synthetic guided request of the fewest steps at the model's usual size, for warming up compiled code."""
 
     @abstractmethod
-    def new_schedule(self, steps: int, image_tokens: int, device: torch.device) -> tuple[Any, torch.Tensor]:
-        """A fresh scheduler set for `steps` steps (for `image_tokens` latent tokens) and its timesteps."""
+    def new_schedule(
+        self, steps: int, image_tokens: int, device: torch.device, scheduler: dict[str, Any] | None = None
+    ) -> tuple[Any, torch.Tensor]:
+        """A fresh scheduler (`scheduler`'s config values replacing the checkpoint's) set for `steps` steps
+        (for `image_tokens` latent tokens) and its timesteps."""
 
     @abstractmethod
     def footprint(self, conditioning: Conditioning) -> Footprint:

@@ -129,9 +129,8 @@ class InstructPix2Pix(ModelFamily):
             output=OutputSpec(),
         )
 
-    def new_schedule(self, steps: int, image_tokens: int, device: torch.device):
-        template = self.loaded["scheduler"]
-        scheduler = type(template).from_config(template.config)
+    def new_schedule(self, steps: int, image_tokens: int, device: torch.device, scheduler: dict[str, Any] | None = None):
+        scheduler = self.fresh_scheduler(scheduler)
         scheduler.set_timesteps(steps, device=device)
         scheduler.set_begin_index(0)  # what it would find itself on the first step, without a host sync
         return scheduler, scheduler.timesteps

@@ -6,6 +6,7 @@ from deployments.families.base import ROLES, ModelFamily
 from deployments.families.instruct_pix2pix import InstructPix2Pix
 from deployments.families.qwen_image_edit import QwenImageEdit
 from deployments.generated import ensure_generated
+from deployments.lora_settings import LoraSettings
 from deployments.models import default_device, default_dtype, load_components, resolve_model
 
 FAMILIES: tuple[type[ModelFamily], ...] = (QwenImageEdit, InstructPix2Pix)
@@ -13,9 +14,11 @@ FAMILY_OF = {name: family for family in FAMILIES for name in family.pipeline_cla
 
 
 def load_family(
-    model: str, role: str, device: torch.device | None = None, pinned_transfers: bool = True
+    model: str, role: str, device: torch.device | None = None, pinned_transfers: bool = True,
+    lora: LoraSettings = LoraSettings(),
 ) -> ModelFamily:
-    """The family math of `model` for `role`, with only the components that role needs, loaded on `device`."""
+    """The family math of `model` for `role`, with only the components that role needs, loaded on `device`;
+    `lora`: the adapters its requests may name."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     device = device or default_device()
@@ -24,7 +27,8 @@ def load_family(
     family = FAMILY_OF[spec.pipeline_class]
     dtype = default_dtype(device)
     loaded = load_components(spec, family.components[role], device, dtype)
-    return family(spec, role, loaded, device, dtype, pinned_transfers)
+    spec.request_model(lora=lora)  # refuses adapters the family can't use, before any request
+    return family(spec, role, loaded, device, dtype, pinned_transfers, lora)
 
 
 def _all_components(role: str) -> tuple[str, ...]:

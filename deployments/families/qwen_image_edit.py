@@ -18,6 +18,7 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from deployments import lora
 from deployments.contracts import Conditioning, EditRequest, Latents, OutputSpec
 from deployments.errors import InvalidInputError, ModelLoadError
 from deployments.families.base import DenoiseJob, Footprint, ModelFamily, TensorSpec
@@ -140,6 +141,10 @@ class QwenImageEdit(ModelFamily):
 
     # ---- Denoiser ------------------------------------------------------------------------------
 
+    def read_adapter(self, location: str, **kwargs):
+        # diffusers' loader: diffusers/PEFT, kohya and `diffusion_model.` files, alpha folded into the weights
+        return type(self.pipe).lora_state_dict(location, **kwargs)
+
     def warm_up_conditioning(self) -> Conditioning:
         transformer = self.loaded["transformer"]
         side = int(self.spec.settings.vae_image_area**0.5) // 16 * 16
@@ -156,9 +161,9 @@ class QwenImageEdit(ModelFamily):
             output=OutputSpec(),
         )
 
-    def new_schedule(self, steps: int, image_tokens: int, device: torch.device):
-        template = self.loaded["scheduler"]
-        config = template.config
+    def new_schedule(self, steps: int, image_tokens: int, device: torch.device, scheduler: dict[str, Any] | None = None):
+        fresh = self.fresh_scheduler(scheduler)
+        config = fresh.config
         mu = calculate_shift(
             image_tokens,
             config.get("base_image_seq_len", 256),
@@ -166,11 +171,10 @@ class QwenImageEdit(ModelFamily):
             config.get("base_shift", 0.5),
             config.get("max_shift", 1.15),
         )
-        scheduler = type(template).from_config(config)
         sigmas = np.linspace(1.0, 1 / steps, steps)
-        timesteps, _ = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
-        scheduler.set_begin_index(0)
-        return scheduler, timesteps
+        timesteps, _ = retrieve_timesteps(fresh, steps, device, sigmas=sigmas, mu=mu)
+        fresh.set_begin_index(0)
+        return fresh, timesteps
 
     def footprint(self, conditioning: Conditioning) -> Footprint:
         _, rows, cols = conditioning.img_shapes[0]
@@ -191,7 +195,7 @@ class QwenImageEdit(ModelFamily):
         noise = randn_tensor((1, 1, channels, 2 * rows, 2 * cols), generator=generator, device=self.device, dtype=self.dtype)
         latents = self.pipe._pack_latents(noise, 1, channels, 2 * rows, 2 * cols)  # (1, L, C)
 
-        scheduler, timesteps = self.new_schedule(conditioning.num_inference_steps, latents.shape[1], self.device)
+        scheduler, timesteps = self.new_schedule(conditioning.num_inference_steps, latents.shape[1], self.device, conditioning.scheduler)
 
         return DenoiseJob(
             conditioning=conditioning,
@@ -204,7 +208,7 @@ class QwenImageEdit(ModelFamily):
 
     @torch.no_grad()
     def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
-        # One row per job, plus one for its negative prompt when it uses true CFG.
+        # One row per job, plus one for its negative prompt when it uses true CFG (with the job's adapters too).
         rows = []
         for job in jobs:
             rows.append((job, "prompt_embeds"))
@@ -215,16 +219,17 @@ class QwenImageEdit(ModelFamily):
             [torch.cat([job.latents, job.tensors["image_latents"][None]], dim=1) for job, _ in rows]
         )  # (B, L + L_img, C)
         timestep = torch.stack([job.timestep for job, _ in rows]).to(self.dtype)  # one timestep per row
-        noise_pred = self.loaded["transformer"](
-            hidden_states=hidden_states,
-            timestep=timestep / 1000,
-            guidance=None,
-            encoder_hidden_states_mask=None if mask.all() else mask,  # as diffusers passes unpadded prompts
-            encoder_hidden_states=embeds,
-            img_shapes=[list(jobs[0].conditioning.img_shapes)] * len(rows),
-            attention_kwargs={},
-            return_dict=False,
-        )[0]
+        with lora.rows_using([job.conditioning.adapters for job, _ in rows]):
+            noise_pred = self.loaded["transformer"](
+                hidden_states=hidden_states,
+                timestep=timestep / 1000,
+                guidance=None,
+                encoder_hidden_states_mask=None if mask.all() else mask,  # as diffusers passes unpadded prompts
+                encoder_hidden_states=embeds,
+                img_shapes=[list(jobs[0].conditioning.img_shapes)] * len(rows),
+                attention_kwargs={},
+                return_dict=False,
+            )[0]
         noise_pred = noise_pred[:, : jobs[0].latents.shape[1]]  # drop the image-latent positions
 
         predictions, row = [], 0

@@ -12,6 +12,7 @@ class R:
     rows: int = 2
     tokens: int = 100
     waited_steps: int = 0
+    ready: bool = True
 
 
 POLICY = AdmissionPolicy(token_budget=400, max_batch_rows=6, max_wait_steps=5)
@@ -68,3 +69,11 @@ def test_whole_request_batching_admits_only_into_an_empty_batch():
     policy = AdmissionPolicy(token_budget=400, max_batch_rows=6, max_wait_steps=5, continuous=False)
     assert policy.admit([R("1")], [R("running")]) == []
     assert names(policy.admit([R("1"), R("2", bucket="b")], [])) == ["1", "2"]
+
+
+def test_a_request_whose_adapters_are_not_loaded_waits_and_once_starving_blocks_younger_ones():
+    loading = R("1", ready=False)
+    assert names(POLICY.admit([loading, R("2")], [])) == ["2"]  # it fits nowhere; others pass it
+    starving = R("1", ready=False, waited_steps=5)
+    assert names(POLICY.admit([starving, R("2")], [R("x")])) == []  # the batch drains until it can load
+    assert names(POLICY.admit([R("1", waited_steps=5), R("2")], [])) == ["1", "2"]
