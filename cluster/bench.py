@@ -117,12 +117,13 @@ def run_in_process(stages, image: bytes, jobs: list[Job]) -> dict:
 
 
 @contextlib.contextmanager
-def served_app(model: str, config_path: Path = CONFIG, **denoiser):
-    """Runs `python -m serve` with `config_path` (the model and the `denoiser` settings given set) on a
-    free port."""
+def served_app(model: str, config_path: Path = CONFIG, lora: dict | None = None, **denoiser):
+    """Runs `python -m serve` with `config_path` (the model, the `lora` and `denoiser` settings given set)
+    on a free port."""
     config = yaml.safe_load(config_path.read_text())
     args = config["applications"][0]["args"]
     args["model"] = model
+    args["lora"] = lora or {}  # the config's adapters are the default model's
     args.setdefault("denoiser", {}).update(denoiser)
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -21,11 +21,12 @@ def build_app(settings: AppSettings) -> Application:
     ensure_generated(model)  # the tiny default on first use (each stage's node makes sure again)
     spec = resolve_model(model)
     name = settings.served_model_name or model_name(model)
-    served = ServedModel(name, spec)
+    served = ServedModel(name, spec, settings.lora)
+    served.form_model(settings.limits, settings.request_timeout_s)  # refuses adapters the family can't use, here
     stage = {}
     for key, deployment in (("encoder", EncoderDeployment), ("denoiser", DenoiserDeployment), ("decoder", DecoderDeployment)):
         stage_settings = getattr(settings, key)
-        stage[key] = deployment.options(**stage_settings.deployment.options()).bind(model, stage_settings, name)
+        stage[key] = deployment.options(**stage_settings.deployment.options()).bind(model, stage_settings, name, settings.lora)
     return Ingress.options(**settings.ingress.deployment.options()).bind(
         stage["encoder"], stage["denoiser"], stage["decoder"], settings, served
     )

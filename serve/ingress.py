@@ -31,7 +31,7 @@ from serve.errors import as_edit_error, error_body, error_response
 from serve.openapi import openapi_document
 from serve.schema import EditForm, ServedModel, parse_edit_form, read_uploads
 from serve.settings import AppSettings
-from serve.stages import DEFAULT_OPTIONS
+from serve.stages import DEFAULT_OPTIONS, adapters_id
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Ingress:
         self.served_model = served.name
         self.form_model = served.form_model(settings.limits, settings.request_timeout_s)
         self.openapi_document = openapi_document(self.form_model)
-        self.parameters_schema = served.spec.request_model(settings.limits).model_json_schema()  # /v1/models
+        self.parameters_schema = served.spec.request_model(settings.limits, served.lora).model_json_schema()  # /v1/models
         self.created = int(time.time())
 
     def __serve_build_asgi_app__(self) -> Starlette:
@@ -118,9 +118,14 @@ class Ingress:
             raise PayloadTooLargeError("body", f"the request may be at most {limit} bytes, got {declared}")
         return await _capped(http, limit).form(max_files=8, max_fields=64)
 
+    def _denoiser_for(self, request: EditRequest, **options) -> DeploymentHandle:
+        """The Denoiser handle for `request`: with adapters, routed to a replica that holds them if any does."""
+        return self.denoiser.options(multiplexed_model_id=adapters_id(request.parameters.adapters), **options)
+
     async def _run(self, request: EditRequest, seeds: tuple[int, ...]) -> list[EditedImage]:
         conditioning = self.encoder.encode.remote(request)
-        latents: list[DeploymentResponse] = [self.denoiser.denoise.remote(conditioning, seed) for seed in seeds]
+        denoiser = self._denoiser_for(request)
+        latents: list[DeploymentResponse] = [denoiser.denoise.remote(conditioning, seed) for seed in seeds]
         images: list[DeploymentResponse] = [self.decoder.decode.remote(response) for response in latents]
         try:
             return list(await asyncio.gather(*images))
@@ -132,7 +137,7 @@ class Ingress:
         Encoder refuses (or an overloaded Denoiser) fails here, before any response has started, so a
         streaming client gets the same 4xx / 503 as a non-streaming one."""
         conditioning = self.encoder.encode.remote(request)
-        steps = self.denoiser.options(stream=True).denoise_stream.remote(conditioning, parsed.seeds[0], parsed.partial_images)
+        steps = self._denoiser_for(request, stream=True).denoise_stream.remote(conditioning, parsed.seeds[0], parsed.partial_images)
         try:
             await steps.__anext__()  # the stream's first event says the request is in the loop (ACCEPTED)
         except BaseException:  # refused, failed, timed out, or the client went away
@@ -180,13 +185,24 @@ class Ingress:
         return JSONResponse(body, headers=headers)
 
     async def models(self, http: Request) -> Response:
+        """The served model and, as vLLM lists LoRA modules, each adapter with `parent` = the model."""
+        owner = {"object": "model", "created": self.created, "owned_by": "qwen-edit-cluster"}
         model = {
-            "id": self.served_model, "object": "model", "created": self.created, "owned_by": "qwen-edit-cluster",
+            "id": self.served_model, **owner,
             # extensions: the family and the JSON schema of what its requests may set (the page's fields)
             "family": self.served.spec.declared.family,
             "parameters": self.parameters_schema,
         }
-        return JSONResponse({"object": "list", "data": [model]})
+        adapters = [
+            {
+                "id": name, **owner, "parent": self.served_model, "root": adapter.source,
+                # extensions: how the adapter applies when a request names it
+                "scale": adapter.scale, "scheduler": adapter.scheduler, "defaults": adapter.defaults,
+                "description": adapter.description,
+            }
+            for name, adapter in self.served.lora.adapters.items()
+        ]
+        return JSONResponse({"object": "list", "data": [model, *adapters]})
 
     async def healthz(self, http: Request) -> Response:
         """200 when every stage can serve, else 503 — never an error of its own: while the app is being

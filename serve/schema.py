@@ -5,6 +5,7 @@ fields all come from one model, `ServedModel.form_model`. Every refusal names th
 """
 
 import functools
+import json
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -15,6 +16,7 @@ from deployments.contracts import EditRequest
 from deployments.errors import InvalidInputError, PayloadTooLargeError
 from deployments.images import inspect_image
 from deployments.limits import Limits
+from deployments.lora_settings import LoraSettings
 from deployments.models import ModelSpec
 from deployments.parameters import EditParameters, as_declared, json_types, refused, validate
 
@@ -27,8 +29,12 @@ class CallOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     served_name: ClassVar[str] = ""
+    adapter_names: ClassVar[tuple[str, ...]] = ()  # model= may also name one of them
 
-    model: str | None = Field(None, description="Optional; must name the served model (see /v1/models).")
+    model: str | None = Field(
+        None, description="Optional: the served model, or one of its LoRA adapters (see /v1/models), which then "
+        "applies at its configured scale before any adapters of `lora`."
+    )
     response_format: Literal["b64_json"] = "b64_json"
     timeout: float | None = Field(None, ge=1, description="This request's deadline in seconds (504 past it).")
     stream: bool = Field(
@@ -45,8 +51,9 @@ class CallOptions(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.model is not None and self.model != self.served_name:
-            raise refused("model", f"this server serves {self.served_name!r}, got {self.model!r}")
+        if self.model is not None and self.model != self.served_name and self.model not in self.adapter_names:
+            adapters = f" and its adapters {', '.join(self.adapter_names)}" if self.adapter_names else ""
+            raise refused("model", f"this server serves {self.served_name!r}{adapters}, got {self.model!r}")
         n = getattr(self, "n", 1)  # a field of the parameters this is combined with
         if self.stream and n != 1:
             raise refused("n", f"must be 1 when streaming, got {n}")
@@ -61,10 +68,11 @@ class ServedModel:
 
     name: str  # in /v1/models and the `model` field
     spec: ModelSpec  # its family's request declaration and the checkpoint's defaults
+    lora: LoraSettings = LoraSettings()  # the adapters it offers
 
     def form_model(self, limits: Limits, timeout_s: float) -> type[BaseModel]:
         """Everything the edit form may hold: the family's bound parameters and the call's options."""
-        return _form_model(self.spec.request_model(limits), self.name, timeout_s)
+        return _form_model(self.spec.request_model(limits, self.lora), self.name, timeout_s)
 
 
 @functools.cache
@@ -75,6 +83,7 @@ def _form_model(parameters: type[EditParameters], served_name: str, timeout_s: f
         timeout=(timeout.annotation, Field(None, ge=1, le=timeout_s, description=timeout.description)),
     )
     model.served_name = served_name
+    model.adapter_names = tuple(parameters.lora_settings.adapters)
     return model
 
 
@@ -134,6 +143,8 @@ def parse_edit_form(form: FormData, uploads: list[bytes], form_model: type[BaseM
             raise InvalidInputError(name, "must be a text field, not a file")
         if given[0] != "" or name in text_fields:  # an empty number means: not given (as HTML forms send it)
             values[name] = given[0]
+    if values.get("model") in form_model.adapter_names:
+        values["lora"] = _with_adapter(values["model"], values.get("lora"))
     validated = validate(form_model, values)
     parameters = as_declared(validated)
     return EditForm(
@@ -145,3 +156,13 @@ def parse_edit_form(form: FormData, uploads: list[bytes], form_model: type[BaseM
         partial_images=validated.partial_images,
         stream_progress=validated.stream_progress,
     )
+
+
+def _with_adapter(name: str, lora: str | None) -> str:
+    """`lora` (JSON text) with adapter `name` (chosen by `model=`) first; malformed `lora` is left for
+    validation to refuse."""
+    try:
+        given = json.loads(lora) if lora else []
+    except json.JSONDecodeError:
+        return lora
+    return json.dumps([{"name": name}, *given]) if isinstance(given, list) else lora

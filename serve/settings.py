@@ -2,7 +2,8 @@
 
 Ray Serve validates the YAML `args` against `AppSettings` before it builds the app, so a bad value
 stops the deployment with a message naming the field, the value and what is allowed. Each stage's
-`deployment` is Ray Serve's own deployment schema; `limits` are the engine's (deployments/limits.py).
+`deployment` is Ray Serve's own deployment schema; `limits` are the engine's (deployments/limits.py),
+`lora` the LoRA adapters offered (deployments/lora_settings.py).
 """
 
 from typing import Annotated, Literal
@@ -14,6 +15,7 @@ from ray.serve.schema import DeploymentSchema
 from deployments.admission import AdmissionPolicy
 from deployments.fast_path import ATTENTION_BACKENDS, FastPath
 from deployments.limits import Limits
+from deployments.lora_settings import LoraSettings
 
 
 class _Settings(BaseModel):
@@ -131,6 +133,7 @@ class AppSettings(_Settings):
         300, description="A request still unfinished after this long gets 504 (a request's `timeout` field may shorten it)."
     )
     limits: Limits = Field(default_factory=Limits)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
     ingress: IngressSettings = Field(default_factory=IngressSettings)
     encoder: BatchedStage = Field(default_factory=BatchedStage)
     denoiser: DenoiserStage = Field(default_factory=DenoiserStage)

@@ -17,6 +17,7 @@ from deployments.denoise_loop import DenoiseLoop
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from deployments.errors import EditError
+from deployments.lora_settings import LoraSettings
 from deployments.models import model_name
 from serve.settings import BatchedStage, DenoiserStage
 
@@ -32,10 +33,12 @@ class BatchingReplica:
 
     stage: str  # "encode" | "denoise" | "decode": names this stage's timings
     engine_class: type  # the engine's stage class this deployment wraps
+    takes_adapters = False  # whether its engine class needs the LoRA settings
 
-    def __init__(self, model: str, batching: BatchedStage, served_name: str | None = None):
+    def __init__(self, model: str, batching: BatchedStage, served_name: str | None = None, lora: LoraSettings = LoraSettings()):
         metrics.bind(ray.util.metrics)
-        self.engine = self.engine_class(model, fast_path=batching.fast_path.engine())
+        options = {"lora": lora} if self.takes_adapters else {}
+        self.engine = self.engine_class(model, fast_path=batching.fast_path.engine(), **options)
         self.model_name = served_name or model_name(model)  # the metrics' `model` label
         self.wedged_after_s = batching.wedged_after_s
         self.busy_since: float | None = None  # when the running batch started
@@ -99,6 +102,7 @@ def _stamp(result, item, stage: str, started: float, finished: float, served_nam
 class EncoderDeployment(BatchingReplica):
     stage = "encode"
     engine_class = Encoder
+    takes_adapters = True  # their schedulers decide the fewest steps
 
     def process(self, items: list[EditRequest]) -> list:
         return self.engine.encode_batch(items)
@@ -111,19 +115,38 @@ class EncoderDeployment(BatchingReplica):
 class DenoiserDeployment:
     """Runs the engine's continuous-batching loop on its own thread; each call waits for its request
     while the replica's event loop stays free. A call that is cancelled (client gone, deadline hit)
-    takes its request out of the batch at the next step boundary."""
+    takes its request out of the batch at the next step boundary.
 
-    def __init__(self, model: str, settings: DenoiserStage, served_name: str | None = None):
+    LoRA adapters: a call for a request with adapters carries their names as its multiplexed model id
+    (`ADAPTER_SEPARATOR`-joined), so Ray Serve routes it to a replica that already read them when one
+    exists; reading starts as the call arrives, loading completes at admission (deployments/adapter_store.py).
+    """
+
+    def __init__(self, model: str, settings: DenoiserStage, served_name: str | None = None, lora: LoraSettings = LoraSettings()):
         metrics.bind(ray.util.metrics)
         self.model_name = served_name or model_name(model)
-        denoiser = Denoiser(model, fast_path=settings.fast_path.engine())  # compiles and warms up if asked
+        denoiser = Denoiser(model, fast_path=settings.fast_path.engine(), lora=lora, model_name=self.model_name)
         self.loop = DenoiseLoop(
             denoiser, settings.policy(), settings.max_waiting, self.model_name, settings.unhealthy_after_failed_steps
         )
         self.wedged_after_s = settings.wedged_after_s
 
+        async def read_adapters(model_id: str) -> tuple[str, ...]:  # Serve's LRU of ids mirrors what was read here
+            names = tuple(model_id.split(ADAPTER_SEPARATOR))
+            await asyncio.wrap_future(denoiser.adapters.prefetch(names))
+            return names
+
+        self.read_adapters = serve.multiplexed(max_num_models_per_replica=lora.max_loaded)(read_adapters)
+
+    async def _adapters_read(self) -> None:
+        """Starts (and awaits) reading the call's adapters, which marks this replica as holding them."""
+        model_id = serve.get_multiplexed_model_id()
+        if model_id:
+            await self.read_adapters(model_id)
+
     async def denoise(self, conditioning: Conditioning, seed: int) -> Latents:
         """Denoises `conditioning` with `seed` (one encoding serves all `n` images of a request)."""
+        await self._adapters_read()
         ticket = self.loop.submit(dataclasses.replace(conditioning, seed=seed))
         latents = await asyncio.wrap_future(ticket.future)  # cancelling this cancels the ticket
         return _stamp(latents, conditioning, "denoise", ticket.admitted_at, time.time(), self.model_name)
@@ -134,6 +157,7 @@ class DenoiserDeployment:
         `{"preview": Latents}` (the predicted clean latents) after `previews` steps spread over the
         run, then the result."""
         conditioning = dataclasses.replace(conditioning, seed=seed)
+        await self._adapters_read()
         events: asyncio.Queue = asyncio.Queue()
         event_loop = asyncio.get_running_loop()
 
@@ -169,6 +193,12 @@ class DenoiserDeployment:
 
 
 ACCEPTED = {"accepted": True}  # denoise_stream's first event
+ADAPTER_SEPARATOR = "+"  # joins a request's adapter names into its multiplexed model id (names can't hold it)
+
+
+def adapters_id(conditioning_adapters) -> str:
+    """The multiplexed model id of a request's adapters ((name, scale) pairs): "" for none."""
+    return ADAPTER_SEPARATOR.join(name for name, _ in conditioning_adapters)
 
 
 def preview_steps(total: int, previews: int) -> frozenset[int]:

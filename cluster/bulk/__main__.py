@@ -10,7 +10,8 @@ every row is `ok`. With no cluster address (RAY_ADDRESS) it starts a local Ray c
 
 The manifest's optional columns and their flags are the model family's declared request fields
 (cluster/bulk/manifest.py); rows are held to the same limits, with the same messages, as online
-requests (`--limits`).
+requests (`--limits`). Rows may name LoRA adapters in a `lora` column (the API's JSON); the adapters
+offered are those of `--adapters` (a Serve config's `lora` settings, or a YAML mapping of them).
 """
 
 import argparse
@@ -35,6 +36,7 @@ from deployments.errors import InvalidInputError
 from deployments.fast_path import ATTENTION_BACKENDS, FastPath
 from deployments.generated import ensure_generated
 from deployments.limits import Limits
+from deployments.lora_settings import LoraSettings
 from deployments.models import ModelSpec, model_name, resolve_model
 from deployments.parameter_flags import add_parameter_flags, given, parameter_fields
 from deployments.parameters import parse
@@ -52,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limits", type=Path, default=None,
                    help="a Serve config file (its app's `limits`) or a YAML mapping of limits; rows are held to them as "
                    "online requests are (default: the built-in limits, serve/config.yaml's)")
+    p.add_argument("--adapters", type=Path, default=None,
+                   help="a Serve config file (its app's `lora`) or a YAML mapping of LoRA settings: the adapters a "
+                   "row's `lora` may name (default: none)")
     d = p.add_argument_group("defaults for the manifest's optional columns (a row's own value wins)")
     add_parameter_flags(d, NOT_COLUMNS, BULK_DEFAULTS)
     r = p.add_argument_group("resources (defaults fit one GPU, or this CPU machine)")
@@ -70,13 +75,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_limits(path: Path | None) -> Limits:
+def load_app_settings(path: Path | None, key: str, cls):
+    """`cls` from a YAML file: a Serve config file's (first) app's `key` settings, or a mapping of them."""
     if path is None:
-        return Limits()
+        return cls()
     config = yaml.safe_load(path.read_text()) or {}
-    if "applications" in config:  # a Serve config file: its (first) app's limits
-        config = (config["applications"][0].get("args") or {}).get("limits") or {}
-    return Limits.model_validate(config)
+    if "applications" in config:
+        config = (config["applications"][0].get("args") or {}).get(key) or {}
+    return cls.model_validate(config)
 
 
 def _has_cuda() -> bool:
@@ -90,18 +96,19 @@ def main(argv=None) -> int:
     model = args.model or model_from_env()
     ensure_generated(model)  # the tiny default on first use
     spec = resolve_model(model)  # fails here, once, on a model that can't be found
-    limits = load_limits(args.limits)
+    limits = load_app_settings(args.limits, "limits", Limits)
     defaults = {**BULK_DEFAULTS, **given(args, list(parameter_fields(NOT_COLUMNS)))}
     manifest = pyarrow.dataset.dataset(args.manifest, format="parquet")
     try:
+        lora = load_app_settings(args.adapters, "lora", LoraSettings)
         # The flags as a row would use them: refused with the message a row (or an online request) gets.
-        parse(spec.request_model(limits), {**defaults, "prompt": "check", "image": [b""]})
+        parse(spec.request_model(limits, lora), {**defaults, "prompt": "check", "image": [b""]})
         check_schema(manifest.schema, spec.declared)
         check_ids(manifest.to_table(columns=["id"]).column("id"))
     except InvalidInputError as e:
         print(f"error: --{e.param.replace('_', '-')}: {e.message}", file=sys.stderr)
         return 2
-    except ManifestError as e:
+    except (ManifestError, ValueError) as e:  # ValueError: adapters the model can't use (pydantic's too)
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.output
@@ -113,7 +120,7 @@ def main(argv=None) -> int:
     print(f"resuming: {len(done)} id(s) already ok, {removed} partial file(s) removed", flush=True)
     connect(args)
     tally = Tally(model=model_name(model), skipped=len(done))
-    run(args, spec, done, limits, defaults, tally)
+    run(args, spec, done, limits, lora, defaults, tally)
     print("\n" + tally.summary())
     return 0 if tally.error == 0 else 1
 
@@ -131,7 +138,7 @@ def connect(args) -> None:
     metrics.bind(ray.util.metrics)
 
 
-def run(args, spec: ModelSpec, done: set[str], limits: Limits, defaults: dict, tally: Tally) -> None:
+def run(args, spec: ModelSpec, done: set[str], limits: Limits, lora: LoraSettings, defaults: dict, tally: Tally) -> None:
     """The pipeline over the manifest's rows not in `done`, `defaults` filling their missing parameters."""
     model, declared = spec.model_id, spec.declared
     manifest_dir = None if "://" in args.manifest else str(Path(args.manifest).resolve().parent)
@@ -147,7 +154,7 @@ def run(args, spec: ModelSpec, done: set[str], limits: Limits, defaults: dict, t
     ds = ds.repartition(target_num_rows_per_block=args.encoder_batch_size)
     pool = ray.data.ActorPoolStrategy
     ds = ds.map_batches(
-        ToRequests, fn_constructor_args=(spec, limits, defaults, manifest_dir), batch_format="pandas",
+        ToRequests, fn_constructor_args=(spec, limits, lora, defaults, manifest_dir), batch_format="pandas",
         compute=pool(size=1), num_cpus=REQUESTS_CPUS,
     )
     fast_path = FastPath(
@@ -159,7 +166,7 @@ def run(args, spec: ModelSpec, done: set[str], limits: Limits, defaults: dict, t
         actor, extra = actors[stage]
         ds = ds.map_batches(
             actor,
-            fn_constructor_args=(model, fast_path, *extra),
+            fn_constructor_args=(model, fast_path, lora, *extra),
             batch_format="pandas",
             batch_size=getattr(args, f"{stage}_batch_size"),
             compute=pool(size=getattr(args, f"{stage}_actors")),

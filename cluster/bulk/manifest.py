@@ -4,7 +4,8 @@
 Required columns: `id` (string, unique), `image` (a path/URI string, or a list of them for models
 taking several images) and `instruction` (the API's `prompt`). Optional: every other field the
 family declares, under its API name, except `n` (a row makes one image): e.g. `negative_prompt`,
-`seed`, `num_inference_steps`, `size`, `output_format` and the family's own guidance fields. Missing
+`seed`, `num_inference_steps`, `size`, `output_format`, `lora` (JSON text, as the API takes it) and the
+family's own guidance fields. Missing
 columns and null values take the job's flags, then the declaration's defaults. A column of another
 family's fields is refused; other columns are carried along unread.
 """
@@ -25,6 +26,7 @@ ARROW_TYPES = {  # a declared field's JSON type -> the Arrow types its column ma
     "integer": (pa.types.is_integer,),
     "number": (pa.types.is_floating, pa.types.is_integer),
     "string": (pa.types.is_string, pa.types.is_large_string),
+    "array": (pa.types.is_string, pa.types.is_large_string),  # as JSON text, as the API takes it (e.g. `lora`)
 }
 
 

@@ -8,6 +8,8 @@ several seconds less start-up on a small machine, where every worker's imports c
 
 from pathlib import Path
 
+import json
+
 import pandas as pd
 import pyarrow.fs
 
@@ -15,15 +17,16 @@ from cluster.bulk.manifest import parameter_columns
 from deployments.contracts import EditRequest
 from deployments.errors import EditError
 from deployments.limits import Limits
+from deployments.lora_settings import LoraSettings
 from deployments.models import ModelSpec
-from deployments.parameters import parse
+from deployments.parameters import EditParameters, parse
 
 
 class ToRequests:
     """Manifest rows -> EditRequests: reads the image file(s), fills defaults, validates."""
 
-    def __init__(self, spec: ModelSpec, limits: Limits, defaults: dict, manifest_dir: str | None):
-        self.model = spec.request_model(limits)  # built here: a bound model pickles poorly
+    def __init__(self, spec: ModelSpec, limits: Limits, lora: LoraSettings, defaults: dict, manifest_dir: str | None):
+        self.model = spec.request_model(limits, lora)  # built here: a bound model pickles poorly
         self.columns = tuple(parameter_columns(spec.declared))
         self.defaults = defaults
         self.manifest_dir = manifest_dir
@@ -36,7 +39,7 @@ class ToRequests:
             try:
                 parameters = parse(self.model, {**values, "prompt": row["instruction"], "image": self._images(row["image"])})
                 out["item"] = EditRequest(parameters, request_id=row["id"])
-                out.update({name: getattr(parameters, name) for name in self.columns})  # as used, defaults filled
+                out.update(as_columns(parameters, self.columns))  # as used: defaults filled, adapters' scales resolved
             except EditError as e:
                 out["error"] = e.message
             except OSError as e:
@@ -65,3 +68,9 @@ class ToRequests:
         filesystem, location = pyarrow.fs.FileSystem.from_uri(path if "://" in path else Path(path).resolve().as_uri())
         with filesystem.open_input_stream(location) as stream:
             return stream.read()
+
+
+def as_columns(parameters: EditParameters, columns: tuple[str, ...]) -> dict:
+    """The parameters' values as result columns: a structured one (`lora`) as the JSON a manifest gives it in."""
+    values = parameters.model_dump(mode="json", include=set(columns))
+    return {name: json.dumps(value) if isinstance(value, list) else value for name, value in values.items()}

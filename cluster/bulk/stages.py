@@ -20,6 +20,7 @@ from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from deployments.errors import EditError, each_or_error
 from deployments.fast_path import FastPath
+from deployments.lora_settings import LoraSettings
 from deployments.models import model_name
 
 
@@ -28,11 +29,13 @@ class StageActor:
 
     stage: str
     engine_class: type  # the engine's stage class this actor runs
+    takes_adapters = False  # whether its engine class needs the LoRA settings
 
-    def __init__(self, model: str, fast_path: FastPath):
+    def __init__(self, model: str, fast_path: FastPath, lora: LoraSettings):
         metrics.bind(ray.util.metrics)
         self.model_name = model_name(model)
-        self.engine = self.engine_class(model, fast_path=fast_path)
+        options = {"lora": lora} if self.takes_adapters else {}
+        self.engine = self.engine_class(model, fast_path=fast_path, **options)
 
     def run(self, items: list) -> list:
         raise NotImplementedError
@@ -63,6 +66,7 @@ class StageActor:
 class EncodeActor(StageActor):
     stage = "encode"
     engine_class = Encoder
+    takes_adapters = True  # their schedulers decide the fewest steps
 
     def run(self, items):
         return self.engine.encode_batch(items)
@@ -71,6 +75,7 @@ class EncodeActor(StageActor):
 class DenoiseActor(StageActor):
     stage = "denoise"
     engine_class = Denoiser
+    takes_adapters = True
 
     def run(self, items):
         return self.engine.denoise_batch(items)
@@ -82,8 +87,8 @@ class DecodeActor(StageActor):
     stage = "decode"
     engine_class = Decoder
 
-    def __init__(self, model: str, fast_path: FastPath, output_dir: str):
-        super().__init__(model, fast_path)
+    def __init__(self, model: str, fast_path: FastPath, lora: LoraSettings, output_dir: str):
+        super().__init__(model, fast_path, lora)
         self.output_dir = Path(output_dir)
 
     def run(self, items):

@@ -6,9 +6,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 from cluster.bench import served_app
 
 
-def served_page(model: str):
-    """For a module fixture: the page's URL on `python -m serve` with `model`, stopped afterwards."""
-    with served_app(model) as app:
+def served_page(model: str, lora: dict | None = None):
+    """For a module fixture: the page's URL on `python -m serve` with `model` (and the LoRA settings
+    `lora`), stopped afterwards."""
+    with served_app(model, lora=lora) as app:
         yield app.base + "/"
 
 

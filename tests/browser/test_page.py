@@ -12,11 +12,13 @@ from deployments.limits import Limits
 from deployments.models import resolve_model
 from tests.browser.support import served_page, shown, wait_for_fields
 from tests.helpers import image_bytes, random_image
+from tests.serve.support import adapter_settings
 
 
 @pytest.fixture(scope="module")
 def page_url(tiny_checkpoints):
-    yield from served_page(tiny_checkpoints["edit-plus"])
+    checkpoint = tiny_checkpoints["edit-plus"]
+    yield from served_page(checkpoint, adapter_settings(checkpoint))
 
 
 def test_edit_by_hand_with_progress_previews_and_result(page_url, browser, tmp_path):
@@ -79,7 +81,7 @@ def test_the_page_fields_are_the_declared_parameters(page_url, browser, tiny_che
     rendered = {
         field.get_attribute("name"): field for field in browser.find_elements(By.CSS_SELECTOR, "#fields [name]")
     }
-    assert set(rendered) == set(declared) - {"image", "prompt", "n"}  # the page sends one image per edit
+    assert set(rendered) == set(declared) - {"image", "prompt", "n", "lora"}  # one image per edit; adapters apart
     for name, field in rendered.items():
         schema = next((o for o in declared[name].get("anyOf", []) if o.get("type") != "null"), declared[name])
         if "enum" in schema:
@@ -91,3 +93,20 @@ def test_the_page_fields_are_the_declared_parameters(page_url, browser, tiny_che
             assert float(field.get_attribute("max")) == float(schema["maximum"]), name
             default, placeholder = declared[name].get("default"), field.get_attribute("placeholder")
             assert float(placeholder) == default if default is not None else placeholder == "(random)", name
+
+
+def test_the_page_offers_the_adapters_and_applies_the_ticked_ones(page_url, browser, tmp_path):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image_bytes(random_image(64, 64, seed=2)))
+    browser.get(page_url)
+    browser.find_element(By.TAG_NAME, "summary").click()
+    WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "[data-adapter]"))
+    offered = [tick.get_attribute("data-adapter") for tick in browser.find_elements(By.CSS_SELECTOR, "[data-adapter]")]
+    assert sorted(offered) == ["broken", "detail", "lightning", "style"]
+    browser.find_element(By.ID, "files").send_keys(str(photo))
+    browser.find_element(By.ID, "prompt").send_keys("make it autumn")
+    browser.find_element(By.CSS_SELECTOR, '[data-adapter="lightning"]').click()
+    browser.find_element(By.CSS_SELECTOR, '[data-scale-of="lightning"]').send_keys("0.5")
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 120).until(lambda b: b.find_element(By.ID, "status").text.startswith("Done"))
+    assert '"lora": "[{\\"name\\":\\"lightning\\",\\"scale\\":0.5}]"' in browser.find_element(By.ID, "params").text

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.serve.support import APP, Client, app_settings, free_port
+from tests.serve.support import APP, Client, adapter_settings, app_settings, free_port
 
 
 @pytest.fixture(scope="session")
@@ -20,12 +20,13 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def served(ray_cluster, tiny_checkpoints) -> str:
-    """Base URL of the editing app serving the tiny edit-plus checkpoint."""
+    """Base URL of the editing app serving the tiny edit-plus checkpoint, with its LoRA adapters."""
     from ray import serve
 
     from serve.app import build_app
 
-    serve.run(build_app(app_settings(tiny_checkpoints["edit-plus"])), name=APP, route_prefix="/")
+    checkpoint = tiny_checkpoints["edit-plus"]
+    serve.run(build_app(app_settings(checkpoint, adapter_settings(checkpoint))), name=APP, route_prefix="/")
     return ray_cluster
 
 

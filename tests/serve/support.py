@@ -3,6 +3,7 @@ an HTTP client, a free port, the Denoiser's counters."""
 
 import contextlib
 import socket
+from pathlib import Path
 
 import requests
 from ray import serve
@@ -18,15 +19,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def app_settings(model: str) -> AppSettings:
+def app_settings(model: str, lora: dict | None = None) -> AppSettings:
     """The repo's defaults, pointed at the tiny test checkpoint, with small CPU shares so that the app
-    and the autoscaling app fit the test cluster."""
+    and the autoscaling app fit the test cluster; `lora`: the LoRA settings (none by default)."""
     deployment = {"ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 32}
     stage = {"max_batch_size": 8, "batch_wait_timeout_s": 0.2, "deployment": deployment}
     denoiser = {"deployment": deployment}
     return AppSettings.model_validate(
-        {"model": model, "request_timeout_s": 120, "encoder": stage, "denoiser": denoiser, "decoder": stage}
+        {"model": model, "request_timeout_s": 120, "encoder": stage, "denoiser": denoiser, "decoder": stage,
+         "lora": lora or {}}
     )
+
+
+def adapter_settings(checkpoint: str) -> dict:
+    """LoRA settings offering the tiny checkpoint's adapters (as serve/config.yaml does) and `broken`, a
+    corrupt file, written here."""
+    directory = Path(checkpoint) / "adapters"
+    (directory / "broken.safetensors").write_bytes(b"\x00" * 64)
+    lightning = {"source": str(directory / "lightning-like.safetensors"), "scheduler": "lightning",
+                 "defaults": {"num_inference_steps": 4, "true_cfg_scale": 1.0}, "description": "4 steps, CFG off"}
+    return {
+        "max_per_request": 2, "max_scale": 2.0,
+        "adapters": {
+            "style": {"source": str(directory / "style-peft.safetensors")},
+            "detail": {"source": str(directory / "detail-kohya.safetensors"), "scale": 0.8},
+            "lightning": lightning,
+            "broken": {"source": str(directory / "broken.safetensors")},
+        },
+    }
 
 
 class Client:

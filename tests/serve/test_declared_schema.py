@@ -61,7 +61,7 @@ def test_the_bulk_columns_and_flags_are_the_declared_fields(declared):
 def test_an_out_of_range_value_is_refused_alike_online_and_in_a_bulk_row(client, declared, tmp_path):
     spec, model = declared
     (tmp_path / "in.png").write_bytes(PNG)
-    rows = ToRequests(spec, app_settings(spec.model_id).limits, {}, str(tmp_path))
+    rows = ToRequests(spec, app_settings(spec.model_id).limits, LoraSettings(), {}, str(tmp_path))
     checked = 0
     for name, schema in model.model_json_schema()["properties"].items():
         value = out_of_range(schema)
