@@ -185,3 +185,49 @@ def test_bulk_job_refuses_the_other_family_s_fields_before_any_work(tiny_checkpo
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and fragment in done.stderr, done.stderr[-2000:]
     assert not list((tmp_path / "out" / "results").glob("*.parquet"))
+
+
+def test_bulk_rows_choose_adapters_with_a_lora_column(tiny_checkpoints, tmp_path):
+    """A `lora` column (the API's JSON) per row, `--lora` for rows without one, `--adapters` naming what
+    is offered (a Serve config's lora settings); results record the adapters used, scales resolved."""
+    import json
+
+    import yaml
+
+    from deployments.lora_settings import LoraSettings
+    from tests.serve.support import adapter_settings
+
+    model = tiny_checkpoints["edit-plus"]
+    settings = adapter_settings(model)
+    (tmp_path / "adapters.yaml").write_text(yaml.safe_dump(settings))
+    (tmp_path / "in.png").write_bytes(image_bytes(random_image(64, 48, seed=1)))
+    rows = {  # id -> lora column
+        "style": '[{"name": "style", "scale": 1.5}]', "stacked": '[{"name": "style"}, {"name": "detail"}]',
+        "default": None, "unknown": '[{"name": "nope"}]', "broken": '[{"name": "broken"}]',
+    }
+    table = pa.Table.from_pylist(
+        [{"id": row_id, "image": "in.png", "instruction": "make it autumn", "lora": lora} for row_id, lora in rows.items()],
+        schema=pa.schema([("id", pa.string()), ("image", pa.string()), ("instruction", pa.string()), ("lora", pa.string())]),
+    )
+    pq.write_table(table, tmp_path / "manifest.parquet")
+    out = tmp_path / "out"
+    command = bulk_command(tmp_path / "manifest.parquet", out, model) + [
+        "--adapters", str(tmp_path / "adapters.yaml"), "--lora", '[{"name": "detail"}]']
+    done = subprocess.run(command, capture_output=True, text=True, timeout=480)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]  # two rows are errors
+    results = pq.read_table(out / "results").to_pandas().set_index("id")
+    assert results.loc["unknown", "status"] == "error" and "unknown adapter 'nope'" in results.loc["unknown", "error"]
+    assert results.loc["broken", "status"] == "error" and "LoRA adapter 'broken' could not be loaded" in results.loc["broken", "error"]
+    used = {row_id: json.loads(results.loc[row_id, "lora"]) for row_id in ("style", "stacked", "default")}
+    assert used == {
+        "style": [{"name": "style", "scale": 1.5}],
+        "stacked": [{"name": "style", "scale": 1.0}, {"name": "detail", "scale": 0.8}],
+        "default": [{"name": "detail", "scale": 0.8}],  # --lora, at the adapter's configured scale
+    }
+    # A row's image is the engine's for the same request and adapters.
+    lora = LoraSettings.model_validate(settings)
+    request = edit_request(model, [(tmp_path / "in.png").read_bytes()], lora, prompt="make it autumn", seed=0,
+                           num_inference_steps=2, lora=rows["stacked"])
+    expected = Decoder(model).decode(Denoiser(model, lora=lora).denoise([Encoder(model, lora=lora).encode(request)])[0]).data
+    bulk = np.asarray(Image.open(out / results.loc["stacked", "output"]), dtype=np.int16)
+    assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1

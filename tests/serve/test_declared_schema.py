@@ -9,6 +9,7 @@ import pytest
 from cluster.bulk.__main__ import parse_args
 from cluster.bulk.manifest import NOT_COLUMNS, parameter_columns
 from cluster.bulk.requests import ToRequests
+from deployments.lora_settings import LoraSettings
 from deployments.models import resolve_model
 from tests.helpers import image_bytes, random_image
 from tests.serve.support import app_settings
