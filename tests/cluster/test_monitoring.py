@@ -1,7 +1,7 @@
 """Metrics end to end: a real Prometheus (Debian's package, on loopback) scrapes a running local
 cluster (`python -m serve`) through the service-discovery file Ray writes, as
 cluster/monitoring/prometheus.yml configures it, while the cluster serves a few edits and runs a
-small bulk job. Then every metric must have moved as the workload says, and every PromQL
+small bulk job (two of the edits with LoRA adapters, one replacing the other). Then every metric must have moved as the workload says, and every PromQL
 expression of the Grafana dashboard must return data."""
 
 import contextlib
@@ -98,6 +98,8 @@ def run_workload(base: str, model: str, root: Path, prom: Prometheus) -> None:
     assert post(thin, {**EDIT, "size": "auto"}).status_code == 400  # refused by the Encoder
     for data in ({**EDIT, "seed": "1"}, {**EDIT, "n": "2"}):
         assert post(image, data).status_code == 200
+    for adapter in ("style", "detail"):  # one adapter loaded at a time: the second load evicts the first
+        assert post(image, {**EDIT, "model": adapter}).status_code == 200
 
     (root / "in.png").write_bytes(IMAGE)
     pq.write_table(pa.table({
@@ -131,7 +133,10 @@ def observed(tiny_checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("monitoring")
     model = tiny_checkpoints["edit-plus"]
     started = time.time()
-    with served_app(model) as app, prometheus(root) as prom:
+    lora = {"max_loaded": 1, "max_per_request": 1, "adapters": {
+        name: {"source": f"{model}/adapters/{file}"} for name, file in (("style", "style-peft.safetensors"), ("detail", "detail-kohya.safetensors"))
+    }}
+    with served_app(model, lora=lora) as app, prometheus(root) as prom:
         run_workload(app.base, model, root, prom)
         idle_since = time.time()
         time.sleep(12)  # two more scrapes, so that every rate() has two samples after the last change
@@ -140,21 +145,27 @@ def observed(tiny_checkpoints, tmp_path_factory):
 
 EXPECTED = {  # PromQL -> value after the workload (model label: the checkpoint directory's name)
     'sum(ray_image_edit_http_requests_total{route="/v1/images/edits", code="400"})': 2,
-    'sum(ray_image_edit_http_requests_total{route="/v1/images/edits", code="200"})': 3,
+    'sum(ray_image_edit_http_requests_total{route="/v1/images/edits", code="200"})': 5,
     'sum(ray_image_edit_errors_total{kind="bad_input"})': 2,
-    'sum(ray_image_edit_images_total{model="edit-plus", status="ok"})': 4,
+    'sum(ray_image_edit_images_total{model="edit-plus", status="ok"})': 6,
     'sum(ray_image_edit_images_total{model="edit-plus", status="error"})': 1,  # the one the Encoder refused
-    "sum(ray_image_edit_request_seconds_count)": 3,
-    'sum(ray_image_edit_queue_seconds_count{stage="encode"})': 3,
-    'sum(ray_image_edit_queue_seconds_count{stage="denoise"})': 4,
-    'sum(ray_image_edit_queue_seconds_count{stage="decode"})': 4,
-    'sum(ray_image_edit_stage_seconds_count{stage="encode"})': 3 + BULK_ROWS,
-    'sum(ray_image_edit_stage_seconds_count{stage="denoise"})': 4 + BULK_ROWS,
-    'sum(ray_image_edit_stage_seconds_count{stage="decode"})': 4 + BULK_ROWS,
-    # Online, one request at a time: four Encoder batches of 1; the bulk job: two batches of 4.
-    'sum(ray_image_edit_batch_size_bucket{stage="encode", le="1.0"})': 4,
-    'sum(ray_image_edit_batch_size_bucket{stage="encode", le="2.0"})': 4,
-    'sum(ray_image_edit_batch_size_bucket{stage="encode", le="4.0"})': 6,
+    "sum(ray_image_edit_request_seconds_count)": 5,
+    'sum(ray_image_edit_queue_seconds_count{stage="encode"})': 5,
+    'sum(ray_image_edit_queue_seconds_count{stage="denoise"})': 6,
+    'sum(ray_image_edit_queue_seconds_count{stage="decode"})': 6,
+    'sum(ray_image_edit_stage_seconds_count{stage="encode"})': 5 + BULK_ROWS,
+    'sum(ray_image_edit_stage_seconds_count{stage="denoise"})': 6 + BULK_ROWS,
+    'sum(ray_image_edit_stage_seconds_count{stage="decode"})': 6 + BULK_ROWS,
+    # Online, one request at a time: six Encoder batches of 1; the bulk job: two batches of 4.
+    'sum(ray_image_edit_batch_size_bucket{stage="encode", le="1.0"})': 6,
+    'sum(ray_image_edit_batch_size_bucket{stage="encode", le="2.0"})': 6,
+    'sum(ray_image_edit_batch_size_bucket{stage="encode", le="4.0"})': 8,
+    # Online denoising requests by adapter (none: the base model), adapter loads and the eviction.
+    'sum(ray_image_edit_adapter_requests_total{adapter="none"})': 4,
+    'sum(ray_image_edit_adapter_requests_total{adapter="style"})': 1,
+    'sum(ray_image_edit_adapter_loads_total{status="ok"})': 2,
+    'sum(ray_image_edit_adapter_evictions_total{adapter="style"})': 1,
+    "sum(ray_image_edit_adapter_load_seconds_count)": 2,
     'sum(ray_image_edit_bulk_rows_total{model="edit-plus", status="ok"})': BULK_ROWS,
     "sum(ray_image_edit_denoise_active_requests)": 0,
     "sum(ray_image_edit_denoise_waiting_requests)": 0,
@@ -166,10 +177,10 @@ def test_each_metric_moves_as_the_workload_says(observed):
     got = {expr: prom.value(expr) for expr in EXPECTED}
     assert got == pytest.approx(EXPECTED)
 
-    # The denoiser's loop: 4 images x 2 steps, batched into at least 2 and at most 8 forwards, each
+    # The denoiser's loop: 6 images x 2 steps, batched into at least 2 and at most 12 forwards, each
     # recorded once in every per-forward metric.
     steps = prom.value("sum(ray_image_edit_denoise_steps_total)")
-    assert 2 <= steps <= 8
+    assert 2 <= steps <= 12
     for name in ("denoise_step_seconds", "denoise_rows", "denoise_tokens"):
         assert prom.value(f"sum(ray_image_edit_{name}_count)") == steps, name
     assert prom.value('sum(ray_image_edit_denoise_rows_bucket{le="1.0"})') == 0  # CFG on: 2 rows a request
