@@ -112,9 +112,6 @@ class AdapterStore:
         metrics.ADAPTER_EVICTIONS.inc(model=self.model_name, adapter=name)
         logger.info("unloaded LoRA adapter %r", name)
 
-    def close(self) -> None:
-        self._readers.shutdown(wait=False, cancel_futures=True)
-
     # ---- internals ---------------------------------------------------------------------------------
 
     def _read_of(self, name: str) -> Future:  # under self._lock

@@ -10,13 +10,13 @@ leaves those fields unset.
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+from deployments.settings import PROJECT_DIR
+
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
 
 

@@ -14,7 +14,8 @@ from deployments.errors import ModelLoadError
 ENGINE_SETTINGS_FILE = "edit_engine.json"
 
 # Tiny checkpoints generated on first use (git-ignored); the first is the default model everywhere.
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+PROJECT_DIR = Path(__file__).resolve().parents[1]  # relative paths in configs (e.g. adapter sources) start here
+MODELS_DIR = PROJECT_DIR / "models"
 TINY_MODEL_DIRS = {
     MODELS_DIR / "tiny-edit-plus": "edit-plus", MODELS_DIR / "tiny-edit": "edit", MODELS_DIR / "tiny-ip2p": "ip2p"
 }
