@@ -43,7 +43,9 @@ from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from deployments.parameters import parse
-from deployments.tiny import write_checkpoint
+from deployments.generated import ensure_written
+from deployments.settings import MODELS_DIR
+from deployments.tiny import BUILD_MARKER, TINY_BUILD, write_checkpoint
 
 CONFIG = Path(__file__).resolve().parents[1] / "serve" / "config.yaml"
 APP = "edit"
@@ -61,6 +63,7 @@ class Job:
     steps: int
     seed: int
     input_size: tuple[int, int] | None = None  # (width, height) of its own input image; None: the workload's
+    adapter: str | None = None  # a LoRA adapter it asks for (as `model`), at the adapter's scale
 
     def form(self) -> dict[str, str]:
         return {
@@ -69,15 +72,16 @@ class Job:
             "size": "auto" if self.size is None else f"{self.size}x{self.size}",
             "num_inference_steps": str(self.steps),
             "seed": str(self.seed),
+            **({"model": self.adapter} if self.adapter else {}),
         }
 
 
 def tiny_at_working_size(size: int) -> Path:
     """The tiny checkpoint with its VAE (and VL) image area at size x size, so that the whole edit —
     input latents and output — runs at the workload's resolution. Written once, under models/."""
-    path = CONFIG.parents[1] / "models" / f"tiny-edit-plus-{size}"
-    if not path.is_dir():
-        write_checkpoint(path, "edit-plus", vae_image_area=size * size, condition_image_area=size * size)
+    path = MODELS_DIR / f"tiny-edit-plus-{size}"
+    write = lambda out: write_checkpoint(out, "edit-plus", vae_image_area=size * size, condition_image_area=size * size)
+    ensure_written(path, BUILD_MARKER, TINY_BUILD, write)  # rewritten when the tiny builder changed
     return path
 
 
@@ -123,7 +127,8 @@ def served_app(model: str, config_path: Path = CONFIG, lora: dict | None = None,
     config = yaml.safe_load(config_path.read_text())
     args = config["applications"][0]["args"]
     args["model"] = model
-    args["lora"] = lora or {}  # the config's adapters are the default model's
+    if lora is not None:
+        args["lora"] = lora
     args.setdefault("denoiser", {}).update(denoiser)
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
         s.bind(("127.0.0.1", 0))

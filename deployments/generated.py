@@ -35,6 +35,11 @@ def ensure_generated(model: str) -> None:
         write = lambda out: tiny.write_checkpoint(out, variant)
     else:
         return
+    ensure_written(path, marker, build, write)
+
+
+def ensure_written(path: Path, marker: str, build: int, write: Callable[[Path], object]) -> None:
+    """Has `write` build `path` unless it holds build `build` already (under the lock, atomically)."""
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
     with open(LOCK_FILE, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes

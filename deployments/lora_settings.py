@@ -6,10 +6,15 @@ A request picks adapters with its `lora` field (a JSON list of {"name", "scale"}
 `model=<adapter name>`). An adapter may carry the scheduler it was distilled for (Qwen-Image-Lightning:
 a few steps, CFG off) and defaults for the request fields it needs, which apply where the request
 leaves those fields unset.
+
+A checkpoint directory may ship adapters of its own: `adapters/adapters.json`, a mapping of name ->
+adapter settings whose sources are relative to that directory (the tiny checkpoints ship theirs). A
+deployment offers them besides its configured ones; `offering_checkpoint_adapters` merges them.
 """
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,6 +23,7 @@ from pydantic_core import PydanticCustomError
 from deployments.settings import PROJECT_DIR
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
+CHECKPOINT_ADAPTERS = Path("adapters") / "adapters.json"  # inside a checkpoint directory
 
 
 class _Settings(BaseModel):
@@ -77,6 +83,19 @@ class LoraSettings(_Settings):
         if self.max_per_request > self.max_loaded:
             raise ValueError(f"max_per_request ({self.max_per_request}) may not exceed max_loaded ({self.max_loaded})")
         return self
+
+    def offering_checkpoint_adapters(self, checkpoint: Path) -> "LoraSettings":
+        """These settings plus the adapters the checkpoint directory ships (CHECKPOINT_ADAPTERS); one
+        configured here under the same name wins."""
+        shipped_file = checkpoint / CHECKPOINT_ADAPTERS
+        if not shipped_file.is_file():
+            return self
+        shipped = {
+            name: {**adapter, "source": str(shipped_file.parent / adapter["source"])}
+            for name, adapter in json.loads(shipped_file.read_text()).items()
+        }
+        configured = self.model_dump()["adapters"]
+        return LoraSettings.model_validate({**self.model_dump(), "adapters": {**shipped, **configured}})
 
     def resolved(self, choices: list[dict[str, Any]]) -> tuple[tuple[str, float], ...]:
         """A request's validated `lora` choices as (name, scale) pairs, each scale given or the adapter's

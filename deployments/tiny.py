@@ -46,7 +46,7 @@ VARIANTS = (*PIPELINES, "ip2p")
 
 # Bump when the builder's output changes, so generated default checkpoints are rebuilt on next use
 # (deployments/generated.py).
-TINY_BUILD = 3
+TINY_BUILD = 4
 BUILD_MARKER = "tiny_build.txt"
 
 SPECIAL_TOKENS = [

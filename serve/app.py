@@ -21,12 +21,13 @@ def build_app(settings: AppSettings) -> Application:
     ensure_generated(model)  # the tiny default on first use (each stage's node makes sure again)
     spec = resolve_model(model)
     name = settings.served_model_name or model_name(model)
-    served = ServedModel(name, spec, settings.lora)
+    lora = settings.lora.offering_checkpoint_adapters(spec.path)  # the configured adapters and the checkpoint's own
+    served = ServedModel(name, spec, lora)
     served.form_model(settings.limits, settings.request_timeout_s)  # refuses adapters the family can't use, here
     stage = {}
     for key, deployment in (("encoder", EncoderDeployment), ("denoiser", DenoiserDeployment), ("decoder", DecoderDeployment)):
         stage_settings = getattr(settings, key)
-        stage[key] = deployment.options(**stage_settings.deployment.options()).bind(model, stage_settings, name, settings.lora)
+        stage[key] = deployment.options(**stage_settings.deployment.options()).bind(model, stage_settings, name, lora)
     return Ingress.options(**settings.ingress.deployment.options()).bind(
         stage["encoder"], stage["denoiser"], stage["decoder"], settings, served
     )

@@ -11,7 +11,8 @@ every row is `ok`. With no cluster address (RAY_ADDRESS) it starts a local Ray c
 The manifest's optional columns and their flags are the model family's declared request fields
 (cluster/bulk/manifest.py); rows are held to the same limits, with the same messages, as online
 requests (`--limits`). Rows may name LoRA adapters in a `lora` column (the API's JSON); the adapters
-offered are those of `--adapters` (a Serve config's `lora` settings, or a YAML mapping of them).
+offered are those of `--adapters` (a Serve config's `lora` settings, or a YAML mapping of them) and
+the checkpoint's own (deployments/lora_settings.py).
 """
 
 import argparse
@@ -23,7 +24,6 @@ from pathlib import Path
 import pyarrow.dataset
 import ray
 import ray.util.metrics
-import yaml
 
 from cluster.bulk.manifest import NOT_COLUMNS, ManifestError, check_ids, check_schema
 from cluster.bulk.outputs import remove_partial_files
@@ -41,6 +41,7 @@ from deployments.models import ModelSpec, model_name, resolve_model
 from deployments.parameter_flags import add_parameter_flags, given, parameter_fields
 from deployments.parameters import parse
 from deployments.settings import model_from_env
+from serve.settings import load_app_settings
 
 BULK_DEFAULTS = {"seed": 0}  # unlike online (random), so that re-running a job draws the same images
 
@@ -56,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "online requests are (default: the built-in limits, serve/config.yaml's)")
     p.add_argument("--adapters", type=Path, default=None,
                    help="a Serve config file (its app's `lora`) or a YAML mapping of LoRA settings: the adapters a "
-                   "row's `lora` may name (default: none)")
+                   "row's `lora` may name, besides the checkpoint's own (default: none)")
     d = p.add_argument_group("defaults for the manifest's optional columns (a row's own value wins)")
     add_parameter_flags(d, NOT_COLUMNS, BULK_DEFAULTS)
     r = p.add_argument_group("resources (defaults fit one GPU, or this CPU machine)")
@@ -75,16 +76,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_app_settings(path: Path | None, key: str, cls):
-    """`cls` from a YAML file: a Serve config file's (first) app's `key` settings, or a mapping of them."""
-    if path is None:
-        return cls()
-    config = yaml.safe_load(path.read_text()) or {}
-    if "applications" in config:
-        config = (config["applications"][0].get("args") or {}).get(key) or {}
-    return cls.model_validate(config)
-
-
 def _has_cuda() -> bool:
     import torch
 
@@ -100,7 +91,7 @@ def main(argv=None) -> int:
     defaults = {**BULK_DEFAULTS, **given(args, list(parameter_fields(NOT_COLUMNS)))}
     manifest = pyarrow.dataset.dataset(args.manifest, format="parquet")
     try:
-        lora = load_app_settings(args.adapters, "lora", LoraSettings)
+        lora = load_app_settings(args.adapters, "lora", LoraSettings).offering_checkpoint_adapters(spec.path)
         # The flags as a row would use them: refused with the message a row (or an online request) gets.
         parse(spec.request_model(limits, lora), {**defaults, "prompt": "check", "image": [b""]})
         check_schema(manifest.schema, spec.declared)

@@ -102,11 +102,11 @@ def test_the_page_offers_the_adapters_and_applies_the_ticked_ones(page_url, brow
     browser.find_element(By.TAG_NAME, "summary").click()
     WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "[data-adapter]"))
     offered = [tick.get_attribute("data-adapter") for tick in browser.find_elements(By.CSS_SELECTOR, "[data-adapter]")]
-    assert sorted(offered) == ["broken", "detail", "lightning", "style"]
+    assert sorted(offered) == ["broken", "detail", "lightning-4step", "style"]
     browser.find_element(By.ID, "files").send_keys(str(photo))
     browser.find_element(By.ID, "prompt").send_keys("make it autumn")
-    browser.find_element(By.CSS_SELECTOR, '[data-adapter="lightning"]').click()
-    browser.find_element(By.CSS_SELECTOR, '[data-scale-of="lightning"]').send_keys("0.5")
+    browser.find_element(By.CSS_SELECTOR, '[data-adapter="lightning-4step"]').click()
+    browser.find_element(By.CSS_SELECTOR, '[data-scale-of="lightning-4step"]').send_keys("0.5")
     browser.find_element(By.ID, "submit").click()
     WebDriverWait(browser, 120).until(lambda b: b.find_element(By.ID, "status").text.startswith("Done"))
-    assert '"lora": "[{\\"name\\":\\"lightning\\",\\"scale\\":0.5}]"' in browser.find_element(By.ID, "params").text
+    assert '"lora": "[{\\"name\\":\\"lightning-4step\\",\\"scale\\":0.5}]"' in browser.find_element(By.ID, "params").text

@@ -225,7 +225,7 @@ def test_bulk_rows_choose_adapters_with_a_lora_column(tiny_checkpoints, tmp_path
         "default": [{"name": "detail", "scale": 0.8}],  # --lora, at the adapter's configured scale
     }
     # A row's image is the engine's for the same request and adapters.
-    lora = LoraSettings.model_validate(settings)
+    lora = LoraSettings.model_validate(settings).offering_checkpoint_adapters(Path(model))
     request = edit_request(model, [(tmp_path / "in.png").read_bytes()], lora, prompt="make it autumn", seed=0,
                            num_inference_steps=2, lora=rows["stacked"])
     expected = Decoder(model).decode(Denoiser(model, lora=lora).denoise([Encoder(model, lora=lora).encode(request)])[0]).data

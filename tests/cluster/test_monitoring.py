@@ -133,9 +133,7 @@ def observed(tiny_checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("monitoring")
     model = tiny_checkpoints["edit-plus"]
     started = time.time()
-    lora = {"max_loaded": 1, "max_per_request": 1, "adapters": {
-        name: {"source": f"{model}/adapters/{file}"} for name, file in (("style", "style-peft.safetensors"), ("detail", "detail-kohya.safetensors"))
-    }}
+    lora = {"max_loaded": 1, "max_per_request": 1}  # the checkpoint's own adapters, one loaded at a time
     with served_app(model, lora=lora) as app, prometheus(root) as prom:
         run_workload(app.base, model, root, prom)
         idle_since = time.time()

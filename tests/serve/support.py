@@ -32,21 +32,11 @@ def app_settings(model: str, lora: dict | None = None) -> AppSettings:
 
 
 def adapter_settings(checkpoint: str) -> dict:
-    """LoRA settings offering the tiny checkpoint's adapters (as serve/config.yaml does) and `broken`, a
-    corrupt file, written here."""
-    directory = Path(checkpoint) / "adapters"
-    (directory / "broken.safetensors").write_bytes(b"\x00" * 64)
-    lightning = {"source": str(directory / "lightning-like.safetensors"), "scheduler": "lightning",
-                 "defaults": {"num_inference_steps": 4, "true_cfg_scale": 1.0}, "description": "4 steps, CFG off"}
-    return {
-        "max_per_request": 2, "max_scale": 2.0,
-        "adapters": {
-            "style": {"source": str(directory / "style-peft.safetensors")},
-            "detail": {"source": str(directory / "detail-kohya.safetensors"), "scale": 0.8},
-            "lightning": lightning,
-            "broken": {"source": str(directory / "broken.safetensors")},
-        },
-    }
+    """LoRA settings offering, besides the tiny checkpoint's own adapters (style, detail 0.8,
+    lightning-4step: deployments/tiny_adapters.py), `broken`, a corrupt file written here."""
+    broken = Path(checkpoint) / "adapters" / "broken.safetensors"
+    broken.write_bytes(b"\x00" * 64)
+    return {"max_per_request": 2, "max_scale": 2.0, "adapters": {"broken": {"source": str(broken)}}}
 
 
 class Client:

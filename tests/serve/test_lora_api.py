@@ -25,11 +25,11 @@ def image_of(response) -> bytes:
 
 def test_models_lists_every_adapter_under_its_base(client):
     models = {model["id"]: model for model in client.get("/v1/models").json()["data"]}
-    assert set(models) == {"edit-plus", "style", "detail", "lightning", "broken"}
-    for name in ("style", "detail", "lightning", "broken"):
+    assert set(models) == {"edit-plus", "style", "detail", "lightning-4step", "broken"}
+    for name in ("style", "detail", "lightning-4step", "broken"):
         assert models[name]["parent"] == "edit-plus" and models[name]["object"] == "model"
-    assert models["lightning"]["scheduler"] == "lightning"
-    assert models["lightning"]["defaults"] == {"num_inference_steps": 4, "true_cfg_scale": 1.0}
+    assert models["lightning-4step"]["scheduler"] == "lightning"
+    assert models["lightning-4step"]["defaults"] == {"num_inference_steps": 4, "true_cfg_scale": 1.0}
     assert models["detail"]["scale"] == 0.8
     assert models["edit-plus"]["parameters"]["properties"]["lora"]["type"] == "array"
 
@@ -46,7 +46,7 @@ def test_model_names_an_adapter_as_lora_does(client):
 
 def test_lightning_adapter_runs_its_own_defaults(client):
     before = denoiser_stats()["steps"]
-    response = edit(client, model="lightning", num_inference_steps="")  # empty = unset: the adapter's 4 steps
+    response = edit(client, model="lightning-4step", num_inference_steps="")  # empty = unset: the adapter's 4 steps
     image_of(response)
     assert denoiser_stats()["steps"] - before >= 4
 
@@ -54,10 +54,10 @@ def test_lightning_adapter_runs_its_own_defaults(client):
 @pytest.mark.parametrize("fields, param, says", [
     ({"lora": '[{"name": "nope"}]'}, "lora", "unknown adapter 'nope'"),
     ({"lora": '[{"name": "style", "scale": 3}]'}, "lora", "scale must be in [-2.0, 2.0]"),
-    ({"lora": '[{"name": "style"}, {"name": "detail"}, {"name": "lightning"}]'}, "lora", "at most 2 adapters"),
+    ({"lora": '[{"name": "style"}, {"name": "detail"}, {"name": "lightning-4step"}]'}, "lora", "at most 2 adapters"),
     ({"lora": "style"}, "lora", "JSON list"),
     ({"lora": '[{"name": "style", "weight": 1}]'}, "lora", "lora[0].weight"),
-    ({"lora": '[{"name": "lightning"}, {"name": "style"}]', "model": "nope"}, "model", "its adapters"),
+    ({"lora": '[{"name": "lightning-4step"}, {"name": "style"}]', "model": "nope"}, "model", "its adapters"),
 ])
 def test_bad_adapter_choices_are_refused_naming_the_field(client, fields, param, says):
     response = edit(client, **fields)

@@ -94,3 +94,16 @@ def test_the_ray_serve_internals_python_m_serve_relies_on_are_there():
         inspect.signature(api.serve_start).parameters
     )
     assert "config" in inspect.signature(ServeControllerClient.deploy_apps).parameters
+
+
+@pytest.mark.parametrize("variant", ["edit-plus", "ip2p"])
+def test_the_default_config_serves_every_tiny_model(variant, tiny_checkpoints, monkeypatch):
+    """`MODEL=models/tiny-ip2p make serve` works with serve/config.yaml: the config lists no adapters of
+    its own; a checkpoint that ships adapters (adapters/adapters.json) offers them, one that doesn't, none."""
+    from serve.app import build_app
+
+    monkeypatch.setenv("MODEL", tiny_checkpoints[variant])
+    ingress = build_app(settings_of(CONFIG))
+    served = ingress._bound_deployment.init_args[-1]
+    expected = {"style", "detail", "lightning-4step"} if variant == "edit-plus" else set()
+    assert set(served.lora.adapters) == expected
