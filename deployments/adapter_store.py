@@ -41,6 +41,7 @@ class AdapterStore:
         self.device = device
         self.model_name = model_name  # the metrics' `model` label
         self._installed: collections.OrderedDict[str, None] = collections.OrderedDict()  # least recently used first
+        self.loads = 0  # adapters installed so far
         self._reads: dict[str, Future] = {}  # read (or failed) and not installed yet
         self._read_started: dict[str, float] = {}
         self._lock = threading.Lock()  # _reads is shared with callers of `prefetch`
@@ -157,6 +158,7 @@ class AdapterStore:
             logger.warning("LoRA adapter %r failed to load: %s", name, error)
             return error
         self._installed[name] = None
+        self.loads += 1
         seconds = time.perf_counter() - self._read_started.pop(name, time.perf_counter())
         metrics.ADAPTER_LOADS.inc(model=self.model_name, adapter=name, status="ok")
         metrics.ADAPTER_LOAD_SECONDS.observe(seconds, model=self.model_name)

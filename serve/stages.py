@@ -180,7 +180,12 @@ class DenoiserDeployment:
             ticket.cancel()
 
     def stats(self) -> dict:
-        return dataclasses.asdict(self.loop.stats)
+        """The engine loop's counters, and this replica's id, loaded adapters and adapter loads so far."""
+        adapters = self.loop.denoiser.adapters
+        return dataclasses.asdict(self.loop.stats) | {
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "adapters": list(adapters.installed), "adapter_loads": adapters.loads,
+        }
 
     def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and replaces it."""

@@ -1,14 +1,15 @@
 """LoRA adapters over HTTP: listed by /v1/models, chosen with `model=` or stacked with `lora` (raw
 HTTP and the openai SDK), refused with 400s naming the field, and a corrupt adapter failing only the
-requests that asked for it."""
+requests that asked for it, and requests routed to the Denoiser replica holding their adapter."""
 
 import base64
 
 import pytest
 from openai import BadRequestError, OpenAI
+from ray import serve
 
 from tests.helpers import image_bytes, random_image
-from tests.serve.support import denoiser_stats
+from tests.serve.support import Client, app_settings, denoiser_stats, deployed
 
 PHOTO = image_bytes(random_image(80, 64, seed=3))
 
@@ -85,3 +86,23 @@ def test_openai_sdk_selects_and_stacks_adapters(served):
     with pytest.raises(BadRequestError) as info:
         sdk.images.edit(image=photo, prompt="x", extra_body={**extra, "lora": '[{"name": "nope"}]'})
     assert info.value.body["param"] == "lora"
+
+
+def test_requests_go_to_the_denoiser_replica_holding_their_adapter(ray_cluster, tiny_checkpoints):
+    """Two Denoiser replicas holding one adapter each (max_loaded 1): Ray Serve's model multiplexing
+    sends each request to the replica that holds its adapter, so adapters asked for in turn are loaded
+    once each rather than evicting each other (random routing: about one load per two requests)."""
+    from serve.app import build_app
+
+    settings = app_settings(tiny_checkpoints["edit-plus"], {"max_loaded": 1, "max_per_request": 1})
+    two = settings.denoiser.deployment.model_copy(update={"num_replicas": 2})
+    settings = settings.model_copy(update={"denoiser": settings.denoiser.model_copy(update={"deployment": two})})
+    with deployed(build_app(settings), "routing", "/routing"):
+        client = Client(f"{ray_cluster}/routing")
+        for adapter in ("style", "detail") * 6:
+            image_of(edit(client, model=adapter))
+        denoiser = serve.get_deployment_handle("Denoiser", "routing")
+        holders = {name: denoiser.options(multiplexed_model_id=name).stats.remote().result(timeout_s=60) for name in ("style", "detail")}
+    assert [holders[name]["adapters"] for name in ("style", "detail")] == [["style"], ["detail"]]
+    assert holders["style"]["replica"] != holders["detail"]["replica"]
+    assert holders["style"]["adapter_loads"] + holders["detail"]["adapter_loads"] <= 3  # 2, give or take a first race
