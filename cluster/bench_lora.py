@@ -42,8 +42,8 @@ from deployments.limits import Limits
 from deployments.lora_settings import LoraAdapter, LoraSettings
 from deployments.models import resolve_model
 from deployments.parameters import parse
+from deployments.settings import load_app_settings
 from deployments.tiny_adapters import ADAPTERS_DIR, OFFERED, write_lightning_format
-from serve.settings import load_app_settings
 
 ADAPTERS_USED = 4
 CHURN_ADAPTERS = 20

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from deployments.errors import ModelLoadError
 
 # A small JSON file of the project's own beside `model_index.json`; real checkpoints don't have one.
@@ -68,3 +70,13 @@ def model_from_env(configured: str | None = None) -> str:
     """The model to serve: `MODEL` (a checkpoint directory or a hub id), else `configured`, else the
     tiny default."""
     return os.environ.get("MODEL") or configured or str(DEFAULT_MODEL_DIR)
+
+
+def load_app_settings(path: Path | None, key: str, cls):
+    """`cls` from a YAML file: a Serve config file's (first) app's `key` settings, or a mapping of them."""
+    if path is None:
+        return cls()
+    config = yaml.safe_load(path.read_text()) or {}
+    if "applications" in config:
+        config = (config["applications"][0].get("args") or {}).get(key) or {}
+    return cls.model_validate(config)

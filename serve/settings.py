@@ -6,10 +6,7 @@ stops the deployment with a message naming the field, the value and what is allo
 `lora` the LoRA adapters offered (deployments/lora_settings.py).
 """
 
-from pathlib import Path
 from typing import Annotated, Literal
-
-import yaml
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.serve.config import AutoscalingConfig
@@ -142,12 +139,3 @@ class AppSettings(_Settings):
     denoiser: DenoiserStage = Field(default_factory=DenoiserStage)
     decoder: BatchedStage = Field(default_factory=BatchedStage)
 
-
-def load_app_settings(path: Path | None, key: str, cls):
-    """`cls` from a YAML file: a Serve config file's (first) app's `key` settings, or a mapping of them."""
-    if path is None:
-        return cls()
-    config = yaml.safe_load(path.read_text()) or {}
-    if "applications" in config:
-        config = (config["applications"][0].get("args") or {}).get(key) or {}
-    return cls.model_validate(config)

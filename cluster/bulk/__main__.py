@@ -40,8 +40,7 @@ from deployments.lora_settings import LoraSettings
 from deployments.models import ModelSpec, model_name, resolve_model
 from deployments.parameter_flags import add_parameter_flags, given, parameter_fields
 from deployments.parameters import parse
-from deployments.settings import model_from_env
-from serve.settings import load_app_settings
+from deployments.settings import load_app_settings, model_from_env
 
 BULK_DEFAULTS = {"seed": 0}  # unlike online (random), so that re-running a job draws the same images
 
