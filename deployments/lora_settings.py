@@ -94,8 +94,9 @@ class LoraSettings(_Settings):
             name: {**adapter, "source": str(shipped_file.parent / adapter["source"])}
             for name, adapter in json.loads(shipped_file.read_text()).items()
         }
-        configured = self.model_dump()["adapters"]
-        return LoraSettings.model_validate({**self.model_dump(), "adapters": {**shipped, **configured}})
+        settings = self.model_dump()
+        settings["adapters"] = {**shipped, **settings["adapters"]}
+        return LoraSettings.model_validate(settings)
 
     def resolved(self, choices: list[dict[str, Any]]) -> tuple[tuple[str, float], ...]:
         """A request's validated `lora` choices as (name, scale) pairs, each scale given or the adapter's
