@@ -85,15 +85,23 @@ def prometheus(root: Path):
         log.close()
 
 
+# One series of the first edit per process that records it: the ingress and each stage's replica.
+FIRST_EDIT_SERIES = (
+    "sum(ray_image_edit_request_seconds_count)",
+    *(f'sum(ray_image_edit_stage_seconds_count{{stage="{stage}"}})' for stage in ("encode", "denoise", "decode")),
+)
+
+
 def run_workload(base: str, model: str, root: Path, prom: Prometheus) -> None:
     """Two refusals and three edits (four images), then a bulk job of BULK_ROWS rows on the same
-    cluster. The first edit's metrics reach Prometheus before the rest are sent: rate() only sees
-    increases of a series Prometheus already had."""
+    cluster. The first edit's metrics, from every process that records them, reach Prometheus before
+    the rest are sent: rate() only sees increases of a series Prometheus already had."""
     post = lambda files, data: requests.post(f"{base}/v1/images/edits", files=files, data=data, timeout=120)  # noqa: E731
     image = {"image": ("in.png", IMAGE, "image/png")}
     assert post(image, {**EDIT, "prompt": ""}).status_code == 400  # refused while parsing
     assert post(image, EDIT).status_code == 200
-    wait_for(prom, "sum(ray_image_edit_request_seconds_count)", 1)
+    for recorded_by_each_process in FIRST_EDIT_SERIES:  # each replica exports on its own clock
+        wait_for(prom, recorded_by_each_process, 1)
     thin = {"image": ("thin.png", image_bytes(random_image(400, 16)), "image/png")}
     assert post(thin, {**EDIT, "size": "auto"}).status_code == 400  # refused by the Encoder
     for data in ({**EDIT, "seed": "1"}, {**EDIT, "n": "2"}):
