@@ -7,7 +7,8 @@ A younger request may pass one that does not fit (backfilling the room left), bu
 waited `max_wait_steps` steps: from then on nothing younger is admitted, the batch drains until the
 starving request fits, and it goes next. A request larger than the budget on its own runs alone. A
 request that is not ready (its LoRA adapters are still loading, or there is no room to load them until
-running requests finish) fits nowhere; once starving, it too stops younger ones passing it.
+running requests finish) fits nowhere; once starving, it too stops younger ones passing it. A `solo`
+request (the bulk job retrying a row whose batch failed as a whole) runs only in a step of its own.
 """
 
 from collections.abc import Hashable, Sequence
@@ -21,6 +22,7 @@ class Candidate(Protocol):
     tokens: int  # tokens across its rows per forward
     waited_steps: int  # engine steps it has spent waiting
     ready: bool  # whether it can start now (its LoRA adapters are loaded)
+    solo: bool  # runs with no other request in its steps
 
 
 T = TypeVar("T", bound=Candidate)
@@ -36,14 +38,14 @@ class AdmissionPolicy:
 
     def admit(self, waiting: Sequence[T], active: Sequence[T]) -> list[T]:
         """The waiting requests (oldest first) to add to `active` before the next step."""
-        if not waiting or (active and not self.continuous):
+        if not waiting or (active and not self.continuous) or any(r.solo for r in active):
             return []
         buckets = {r.bucket for r in active}
         rows = sum(r.rows for r in active)
         tokens = sum(r.tokens for r in active)
         admitted: list[T] = []
         for request in waiting:
-            fits = request.ready and (
+            fits = request.ready and not request.solo and not any(r.solo for r in admitted) and (
                 rows + request.rows <= self.max_batch_rows
                 and tokens + request.tokens <= self.token_budget
                 and len(buckets | {request.bucket}) <= self.max_buckets_per_step

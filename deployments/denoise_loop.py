@@ -55,6 +55,7 @@ class Ticket:
     admitted_at: float | None = None
     waited_steps: int = 0
     ready: bool = False  # its adapters are loaded: set before each admission
+    solo: bool = False  # shares no forward with other requests
     job: DenoiseJob | None = None  # started at admission, on the loop's thread
 
     @property
@@ -132,12 +133,15 @@ class DenoiseLoop:
 
     # ---- the caller's side (any thread) -----------------------------------------------------------
 
-    def submit(self, conditioning: Conditioning, on_step: OnStep | None = None, preview_after: frozenset[int] = frozenset()) -> Ticket:
+    def submit(
+        self, conditioning: Conditioning, on_step: OnStep | None = None, preview_after: frozenset[int] = frozenset(),
+        solo: bool = False,
+    ) -> Ticket:
         """Queues a request; its ticket's future resolves to its Latents or its error. `on_step` hears
         of each step, with a preview (the predicted clean latents) after the step counts in
-        `preview_after`. Raises OverloadedError when `max_waiting` requests are already waiting, and
+        `preview_after`; a `solo` request runs in steps of its own. Raises OverloadedError when `max_waiting` requests are already waiting, and
         EngineStoppedError once the loop has stopped."""
-        ticket = Ticket(conditioning, self.denoiser.footprint(conditioning), on_step, preview_after)
+        ticket = Ticket(conditioning, self.denoiser.footprint(conditioning), on_step, preview_after, solo=solo)
         for name in [name for name, _ in conditioning.adapters] or ["none"]:
             metrics.ADAPTER_REQUESTS.inc(model=self.model_name, adapter=name)
         with self._wakeup:

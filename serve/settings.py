@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import DeploymentSchema
 
-from deployments.admission import AdmissionPolicy
 from deployments.fast_path import ATTENTION_BACKENDS, FastPath
 from deployments.limits import Limits
+from deployments.loop_settings import LoopSettings
 from deployments.lora_settings import LoraSettings
 
 
@@ -74,31 +74,11 @@ class BatchedStage(_Settings):
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
 
-class DenoiserStage(_Settings):
-    """The Denoiser replica's engine loop: step-level (continuous) batching under a token budget."""
+class DenoiserStage(LoopSettings):
+    """The Denoiser replica's engine loop: step-level (continuous) batching under a token budget
+    (the admission settings are deployments/loop_settings.py's, shared with the bulk job)."""
 
-    continuous: bool = Field(
-        True,
-        description="Admit waiting requests between any two steps; false falls back to whole-request "
-        "batching (a batch starts only when the previous one has finished).",
-    )
-    token_budget: int = Field(
-        65536, ge=1, description="Most tokens per transformer forward: image + text tokens, CFG rows counted."
-    )
-    max_batch_rows: int = Field(
-        16, ge=1, description="Most rows per step (a guided request takes 2 with Qwen-Image-Edit, 3 with InstructPix2Pix)."
-    )
     max_waiting: int = Field(64, ge=1, description="Requests waiting in the loop before new ones get 503.")
-    max_buckets_per_step: int = Field(
-        4, ge=1,
-        description="Most latent shapes (aspect ratios / sizes) in one engine step, one forward each. More "
-        "shapes: a waiting request of another shape joins at the next step; 1: one shape at a time (fewer, "
-        "fuller forwards; requests of other shapes wait for it to drain).",
-    )
-    max_wait_steps: int = Field(
-        32, ge=1,
-        description="Aging: once a request has waited this many steps, no younger request is admitted before it.",
-    )
     wedged_after_s: float = Field(
         120, gt=0, description="A denoising step running longer than this marks the replica unhealthy."
     )
@@ -109,11 +89,6 @@ class DenoiserStage(_Settings):
     )
     fast_path: FastPathSettings = Field(default_factory=FastPathSettings)
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
-
-    def policy(self) -> AdmissionPolicy:
-        return AdmissionPolicy(
-            self.token_budget, self.max_batch_rows, self.max_wait_steps, self.continuous, self.max_buckets_per_step
-        )
 
 
 class IngressSettings(_Settings):

@@ -1,12 +1,15 @@
 """Bulk re-editing of a Parquet manifest with Ray Data, through the online app's own stage classes:
 
     python -m cluster.bulk --manifest IN.parquet --output OUT [--model M] [--num-inference-steps 8] ...
-    ray job submit -- python -m cluster.bulk --manifest s3://bucket/manifest/ --output /mnt/out
+    ray job submit -- python -m cluster.bulk --manifest s3://bucket/catalog/ --output s3://bucket/edited
 
-read_parquet -> read images + build requests -> Encoder pool -> Denoiser pool (batched) -> Decoder
-pool (writes OUT/images/<safe-id>.<ext> atomically) -> OUT/results/ (Parquet, one row per id).
-Re-running the same command skips ids already `ok` and retries the rest; exit code 0 only when
-every row is `ok`. With no cluster address (RAY_ADDRESS) it starts a local Ray cluster.
+read_parquet -> drop ids already done -> read images + build requests (tasks) -> Encoder pool ->
+Denoiser pool (the online engine loop) -> Decoder pool (writes OUT/images/<safe-id>.<ext>
+atomically) -> OUT/results/ (Parquet parts of one schema, one row per id; cluster/bulk/results.py).
+Manifest, images and OUT may be local or on any filesystem pyarrow supports (s3:// with the usual
+AWS_* variables). Re-running the same command skips ids already `ok` and retries the rest; exit
+code 0 only when every row is `ok`. With no cluster address (RAY_ADDRESS) it starts a local Ray
+cluster.
 
 The manifest's optional columns and their flags are the model family's declared request fields
 (cluster/bulk/manifest.py); rows are held to the same limits, with the same messages, as online
@@ -21,21 +24,25 @@ import os
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset
 import ray
 import ray.util.metrics
 
+from cluster.bulk.image_reads import ImageReader, manifest_folder
 from cluster.bulk.manifest import NOT_COLUMNS, ManifestError, check_ids, check_schema
-from cluster.bulk.outputs import remove_partial_files
-from cluster.bulk.requests import ToRequests
-from cluster.bulk.results import compact, to_result_rows, write_part
+from cluster.bulk.requests import RequestBuilder
+from cluster.bulk.results import ResultsWriter, compact, to_result_rows
 from cluster.bulk.stages import DecodeActor, DenoiseActor, EncodeActor
+from cluster.bulk.storage import Output
 from cluster.bulk.tally import Tally
 from deployments import metrics
 from deployments.errors import InvalidInputError
 from deployments.fast_path import ATTENTION_BACKENDS, FastPath
 from deployments.generated import ensure_generated
 from deployments.limits import Limits
+from deployments.loop_settings import LoopSettings
 from deployments.lora_settings import LoraSettings
 from deployments.models import ModelSpec, model_name, resolve_model
 from deployments.parameter_flags import add_parameter_flags, given, parameter_fields
@@ -43,13 +50,16 @@ from deployments.parameters import parse
 from deployments.settings import load_app_settings, model_from_env
 
 BULK_DEFAULTS = {"seed": 0}  # unlike online (random), so that re-running a job draws the same images
+LOOP_FLAGS = ("token_budget", "max_batch_rows", "max_buckets_per_step", "max_wait_steps")  # the engine loop's, as online
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     gpu = _has_cuda()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", required=True, help="Parquet file or directory (local or any pyarrow URI, e.g. s3://)")
-    p.add_argument("--output", required=True, type=Path, help="output directory OUT")
+    p.add_argument("--output", required=True, help="output location OUT: a directory or a URI (e.g. s3://bucket/prefix)")
+    p.add_argument("--image-root", default=None,
+                   help="refuse image paths (after resolving relative ones) outside this directory or URI prefix")
     p.add_argument("--model", default=None, help="checkpoint directory or hub id (default: $MODEL or the tiny model)")
     p.add_argument("--limits", type=Path, default=None,
                    help="a Serve config file (its app's `limits`) or a YAML mapping of limits; rows are held to them as "
@@ -60,11 +70,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     d = p.add_argument_group("defaults for the manifest's optional columns (a row's own value wins)")
     add_parameter_flags(d, NOT_COLUMNS, BULK_DEFAULTS)
     r = p.add_argument_group("resources (defaults fit one GPU, or this CPU machine)")
+    r.add_argument("--read-tasks", type=int, default=2,
+                   help="most tasks reading images and building requests at once (more for object stores far away)")
     for stage, gpus in (("encoder", 0.25), ("denoiser", 0.5), ("decoder", 0.25)):
         r.add_argument(f"--{stage}-actors", type=int, default=1, help=f"{stage} pool size")
-        r.add_argument(f"--{stage}-batch-size", type=int, default=8 if stage == "denoiser" else 4)
+        r.add_argument(f"--{stage}-batch-size", type=int, default=4,
+                       help="rows per call (the Denoiser's loop batches rows of several calls by its budget)")
         r.add_argument(f"--{stage}-gpus", type=float, default=gpus if gpu else 0, help="GPU fraction per actor")
         r.add_argument(f"--{stage}-cpus", type=float, default=0.5, help="CPUs per actor")
+    loop = p.add_argument_group("the Denoiser's engine loop (deployments/loop_settings.py, as online)")
+    for name in LOOP_FLAGS:
+        field = LoopSettings.model_fields[name]
+        loop.add_argument(f"--denoiser-{name.replace('_', '-')}", dest=name, type=int, default=field.default, help=field.description)
+    o = p.add_argument_group("results")
+    o.add_argument("--results-part-rows", type=int, default=10_000, help="rows per results part (at most; see --results-part-seconds)")
+    o.add_argument("--results-part-seconds", type=float, default=60.0,
+                   help="a results part is committed at the latest this long after its first row arrived")
     f = p.add_argument_group("fast path (deployments/fast_path.py), for every stage")
     f.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="native")
     f.add_argument("--compile", action="store_true", help="regional torch.compile of the transformer, warmed up at start")
@@ -88,8 +109,9 @@ def main(argv=None) -> int:
     spec = resolve_model(model)  # fails here, once, on a model that can't be found
     limits = load_app_settings(args.limits, "limits", Limits)
     defaults = {**BULK_DEFAULTS, **given(args, list(parameter_fields(NOT_COLUMNS)))}
-    manifest = pyarrow.dataset.dataset(args.manifest, format="parquet")
     try:
+        loop = LoopSettings.model_validate({name: getattr(args, name) for name in LOOP_FLAGS})
+        manifest = pyarrow.dataset.dataset(args.manifest, format="parquet")
         lora = load_app_settings(args.adapters, "lora", LoraSettings).offering_checkpoint_adapters(spec.path)
         # The flags as a row would use them: refused with the message a row (or an online request) gets.
         parse(spec.request_model(limits, lora), {**defaults, "prompt": "check", "image": [b""]})
@@ -98,19 +120,21 @@ def main(argv=None) -> int:
     except InvalidInputError as e:
         print(f"error: --{e.param.replace('_', '-')}: {e.message}", file=sys.stderr)
         return 2
-    except (ManifestError, ValueError) as e:  # ValueError: adapters the model can't use (pydantic's too)
+    except (ManifestError, ValueError, OSError) as e:  # ValueError: adapters the model can't use (pydantic's too)
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = args.output
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "results").mkdir(parents=True, exist_ok=True)
-
-    removed = remove_partial_files(out)
-    done = compact(out)
+    output = Output.at(args.output)
+    output.prepare()
+    removed = output.remove_partial_files()
+    done = compact(output, spec.declared)
     print(f"resuming: {len(done)} id(s) already ok, {removed} partial file(s) removed", flush=True)
     connect(args)
     tally = Tally(model=model_name(model), skipped=len(done))
-    run(args, spec, done, limits, lora, defaults, tally)
+    writer = ResultsWriter(output, args.results_part_rows, args.results_part_seconds)
+    for rows in run(args, spec, done, limits, lora, loop, defaults, output):
+        writer.add(rows)
+        tally.add(rows)
+    writer.flush()
     print("\n" + tally.summary())
     return 0 if tally.error == 0 else 1
 
@@ -128,52 +152,59 @@ def connect(args) -> None:
     metrics.bind(ray.util.metrics)
 
 
-def run(args, spec: ModelSpec, done: set[str], limits: Limits, lora: LoraSettings, defaults: dict, tally: Tally) -> None:
-    """The pipeline over the manifest's rows not in `done`, `defaults` filling their missing parameters."""
+def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSettings, loop: LoopSettings,
+        defaults: dict, output: Output):
+    """The pipeline over the manifest's rows not in `done`, `defaults` filling their missing parameters;
+    yields result rows as they come."""
     model, declared = spec.model_id, spec.declared
-    manifest_dir = None if "://" in args.manifest else str(Path(args.manifest).resolve().parent)
+    images = ImageReader(manifest_folder(args.manifest), limits.max_image_bytes, args.image_root)
 
     # The `item` column carries the stage contracts as pickled Python objects; saying so explicitly
     # stops every worker from warning that it fell back to that.
     ray.data.DataContext.get_current().enable_fallback_to_arrow_object_ext_type = True
     ds = ray.data.read_parquet(args.manifest)
-    if done:
-        ds = ds.filter(lambda row: row["id"] not in done)
+    if len(done):  # whole blocks at once; the ids travel once, in the object store
+        ds = ds.map_batches(drop_done, fn_args=(done,), batch_format="pyarrow", batch_size=None)
     # Small blocks let the stages overlap: a Parquet file is one block, and a map step works through
     # a whole block before handing anything on, so without this each stage would wait for the last.
     ds = ds.repartition(target_num_rows_per_block=args.encoder_batch_size)
-    pool = ray.data.ActorPoolStrategy
     ds = ds.map_batches(
-        ToRequests, fn_constructor_args=(spec, limits, lora, defaults, manifest_dir), batch_format="pandas",
-        compute=pool(size=1), num_cpus=REQUESTS_CPUS,
+        RequestBuilder(spec, limits, lora, defaults, images), batch_format="pandas", num_cpus=REQUESTS_CPUS,
+        concurrency=args.read_tasks,
     )
     fast_path = FastPath(
         attention_backend=args.attention_backend, compile=args.compile, vae_tiling=args.vae_tiling,
         vae_slicing=args.vae_slicing, pinned_transfers=args.pinned_transfers,
     )
-    actors = {"encoder": (EncodeActor, ()), "denoiser": (DenoiseActor, ()), "decoder": (DecodeActor, (str(args.output),))}
+    # Enough Denoiser calls in flight that its loop always has rows waiting to join the running batch.
+    denoiser_calls = max(2, math.ceil(loop.max_batch_rows / args.denoiser_batch_size) + 1)
+    actors = {
+        "encoder": (EncodeActor, (), 1), "denoiser": (DenoiseActor, (loop,), denoiser_calls), "decoder": (DecodeActor, (output,), 1),
+    }
     for stage in STAGES:
-        actor, extra = actors[stage]
+        actor, extra, calls = actors[stage]
         ds = ds.map_batches(
             actor,
             fn_constructor_args=(model, fast_path, lora, *extra),
             batch_format="pandas",
             batch_size=getattr(args, f"{stage}_batch_size"),
-            compute=pool(size=getattr(args, f"{stage}_actors")),
+            compute=ray.data.ActorPoolStrategy(size=getattr(args, f"{stage}_actors"), max_concurrent_calls_per_actor=calls),
             num_cpus=getattr(args, f"{stage}_cpus"),
             num_gpus=getattr(args, f"{stage}_gpus"),
         )
     for batch in ds.iter_batches(batch_format="pandas", batch_size=args.decoder_batch_size):  # results as they come
-        rows = to_result_rows(batch, model, declared)
-        write_part(args.output, rows)
-        tally.add(rows)
+        yield to_result_rows(batch, model, declared)
+
+
+def drop_done(rows: pa.Table, done: pa.Array) -> pa.Table:
+    return rows.filter(pc.invert(pc.is_in(rows["id"], value_set=done)))
 
 
 def local_cpus(args) -> int:
     """Logical CPUs for a local cluster: every actor pool at once, plus a core for Ray Data's read
     tasks — with fewer, the pools take them all and the job waits forever for a read to start."""
     pools = sum(getattr(args, f"{stage}_actors") * getattr(args, f"{stage}_cpus") for stage in STAGES)
-    return max(os.cpu_count() or 1, math.ceil(pools + REQUESTS_CPUS) + 1)
+    return max(os.cpu_count() or 1, math.ceil(pools + args.read_tasks * REQUESTS_CPUS) + 1)
 
 
 if __name__ == "__main__":

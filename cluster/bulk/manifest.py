@@ -11,7 +11,6 @@ family's fields is refused; other columns are carried along unread.
 """
 
 import functools
-from collections import Counter
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -77,7 +76,8 @@ def check_ids(ids: pa.ChunkedArray | pa.Array) -> None:
     empty = pc.sum(pc.equal(pc.utf8_length(ids), 0)).as_py() or 0
     if empty:
         raise ManifestError(f"manifest refused: {empty} row(s) have an empty id")
-    repeated = [value for value, count in Counter(ids.to_pylist()).items() if count > 1]
+    counts = pc.value_counts(ids)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist()
     if repeated:
         listed = ", ".join(repr(value) for value in repeated[:MAX_LISTED])
         more = f" and {len(repeated) - MAX_LISTED} more" if len(repeated) > MAX_LISTED else ""

@@ -1,18 +1,18 @@
-"""Manifest rows -> EditRequests, the first step of the bulk job: reads each row's image file(s),
-fills null and missing parameters from the job's flags, validates against the family's declaration
-and the limits (the same validation, and messages, as the online API).
+"""Manifest rows -> EditRequests, the first step of the bulk job: reads each row's image file(s)
+(cluster/bulk/image_reads.py), fills null and missing parameters from the job's flags, validates
+against the family's declaration and the limits (the same validation, and messages, as the online
+API). It runs as Ray Data tasks, as many at once as the cluster has room for.
 
 Kept apart from the stage actors so that its worker imports neither diffusers nor transformers:
 several seconds less start-up on a small machine, where every worker's imports compete for cores.
 """
 
-from pathlib import Path
-
 import json
+from dataclasses import dataclass
 
 import pandas as pd
-import pyarrow.fs
 
+from cluster.bulk.image_reads import ImageReader
 from cluster.bulk.manifest import parameter_columns
 from deployments.contracts import EditRequest
 from deployments.errors import EditError
@@ -22,24 +22,28 @@ from deployments.models import ModelSpec
 from deployments.parameters import EditParameters, parse
 
 
-class ToRequests:
-    """Manifest rows -> EditRequests: reads the image file(s), fills defaults, validates."""
+@dataclass(frozen=True)
+class RequestBuilder:
+    """What turns a manifest row into an EditRequest: the model's declaration, limits and adapters,
+    the job's defaults, where images are read."""
 
-    def __init__(self, spec: ModelSpec, limits: Limits, lora: LoraSettings, defaults: dict, manifest_dir: str | None):
-        self.model = spec.request_model(limits, lora)  # built here: a bound model pickles poorly
-        self.columns = tuple(parameter_columns(spec.declared))
-        self.defaults = defaults
-        self.manifest_dir = manifest_dir
+    spec: ModelSpec
+    limits: Limits
+    lora: LoraSettings
+    defaults: dict
+    images: ImageReader
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        model = _request_model(self.spec, self.limits, self.lora)
+        columns = tuple(parameter_columns(self.spec.declared))
         rows = []
         for row in batch.to_dict("records"):
-            values = self._values(row)
+            values = self._values(row, columns)
             out = {"id": row["id"], "instruction": row["instruction"], **values, "item": None, "error": None}
             try:
-                parameters = parse(self.model, {**values, "prompt": row["instruction"], "image": self._images(row["image"])})
+                parameters = parse(model, {**values, "prompt": row["instruction"], "image": self._images(row["image"])})
                 out["item"] = EditRequest(parameters, request_id=row["id"])
-                out.update(as_columns(parameters, self.columns))  # as used: defaults filled, adapters' scales resolved
+                out.update(as_columns(parameters, columns))  # as used: defaults filled, adapters' scales resolved
             except EditError as e:
                 out["error"] = e.message
             except OSError as e:
@@ -47,10 +51,10 @@ class ToRequests:
             rows.append(out)
         return pd.DataFrame(rows)
 
-    def _values(self, row: dict) -> dict:
+    def _values(self, row: dict, columns: tuple[str, ...]) -> dict:
         """The row's parameters: its own values, the job's defaults where it has none."""
         values = {}
-        for name in self.columns:
+        for name in columns:
             value = row.get(name)
             if value is None or (isinstance(value, float) and pd.isna(value)):
                 value = self.defaults.get(name)
@@ -60,14 +64,19 @@ class ToRequests:
 
     def _images(self, image) -> list[bytes]:
         paths = [image] if isinstance(image, str) else list(image if image is not None else [])
-        return [self._read(path) for path in paths]
+        return [self.images.read(path) for path in paths]
 
-    def _read(self, path: str) -> bytes:
-        if "://" not in path and not Path(path).is_absolute() and self.manifest_dir:
-            path = str(Path(self.manifest_dir) / path)  # relative paths are relative to the manifest
-        filesystem, location = pyarrow.fs.FileSystem.from_uri(path if "://" in path else Path(path).resolve().as_uri())
-        with filesystem.open_input_stream(location) as stream:
-            return stream.read()
+
+_REQUEST_MODELS: dict[tuple, type[EditParameters]] = {}
+
+
+def _request_model(spec: ModelSpec, limits: Limits, lora: LoraSettings) -> type[EditParameters]:
+    """The bound request model, built once per worker process (it pickles poorly, so it is not sent;
+    the settings are not hashable, their JSON is)."""
+    key = (spec.model_id, limits.model_dump_json(), lora.model_dump_json())
+    if key not in _REQUEST_MODELS:
+        _REQUEST_MODELS[key] = spec.request_model(limits, lora)
+    return _REQUEST_MODELS[key]
 
 
 def as_columns(parameters: EditParameters, columns: tuple[str, ...]) -> dict:

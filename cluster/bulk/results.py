@@ -1,77 +1,148 @@
-"""The results dataset at OUT/results/: Parquet part files, each written whole (temp + rename).
+"""The results dataset at OUT/results/: Parquet parts that any tool reads as one table
+(`pyarrow.dataset.dataset(OUT/results)`, pandas, `ray.data.read_parquet`, other engines).
 
-Resuming keeps exactly one row per id: `compact` rewrites what earlier runs left as one file of
-their `ok` rows (one per id) before the job runs the rest, so retried ids never appear twice.
+- One schema for every part, declared once here from the family's request declaration: a column
+  never changes type from one part to the next (an all-`ok` part still has a string `error`).
+- Parts of bounded count: the driver commits buffered rows as one part once it holds `part_rows`
+  rows or its oldest row has waited `part_seconds` (and at the end), so a million rows leave ~100
+  parts. A row counts as done once its part is committed; rows edited but not yet committed when a
+  job is killed are edited again on resume (same seed, same image, written over the same name).
+- Exactly one row per id across resumed runs: `compact` keeps the first `ok` row of each id and drops
+  the rest (errors are retried), rewriting only the parts that lose rows, one part at a time; what
+  the driver holds is the ids, never every row.
 """
 
+import functools
+import time
 import uuid
-from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset
 import pyarrow.parquet as pq
 
 from cluster.bulk.manifest import parameter_columns
-from cluster.bulk.outputs import write_atomic
+from cluster.bulk.storage import Output
 from deployments.parameters import EditParameters, json_types
 
 STAGE_SECONDS = ("encode_s", "denoise_s", "decode_s")
 TIMES = ("started_at", "finished_at")
+COLUMN_TYPES = {  # a declared field's JSON type -> its results column's Arrow type
+    "integer": pa.int64(),
+    "number": pa.float64(),
+    "string": pa.string(),
+    "array": pa.string(),  # as JSON text, as a manifest gives it (e.g. `lora`)
+}
+FOLDER = "results"
+SUFFIX = ".parquet"
 
 
-def result_columns(declared: type[EditParameters]) -> list[str]:
-    """A results row: what became of the id, and every parameter it was edited with (the family's)."""
-    return ["id", "status", "output", "error", "model", "instruction", *parameter_columns(declared), *STAGE_SECONDS, *TIMES]
+@functools.cache
+def result_schema(declared: type[EditParameters]) -> pa.Schema:
+    """A results row: what became of the id, every parameter it was edited with (the family's), and
+    how long each stage took it."""
+    text = ("id", "status", "output", "error", "model", "instruction")
+    fields = [pa.field(name, pa.string()) for name in text]
+    for name, field in parameter_columns(declared).items():
+        (json_type,) = json_types(field)  # one JSON type per declared field (null aside)
+        fields.append(pa.field(name, COLUMN_TYPES[json_type]))
+    fields += [pa.field(name, pa.float64()) for name in STAGE_SECONDS]
+    fields += [pa.field(name, pa.timestamp("us", tz="UTC")) for name in TIMES]
+    return pa.schema(fields)
 
 
-def results_dir(output: Path) -> Path:
-    return output / "results"
-
-
-def read_results(output: Path) -> pd.DataFrame:
-    files = sorted(results_dir(output).glob("*.parquet"))
-    if not files:
-        return pd.DataFrame(columns=["id", "status"])
-    return pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
-
-
-def compact(output: Path) -> set[str]:
-    """Keeps one `ok` row per id from earlier runs (in one new file) and returns those ids."""
-    old_files = sorted(results_dir(output).glob("*.parquet"))
-    if not old_files:
-        return set()
-    ok = read_results(output)
-    ok = ok[ok["status"] == "ok"].drop_duplicates("id")
-    if len(ok):
-        write_part(output, ok)
-    for path in old_files:  # a kill here leaves duplicates of ok rows only; the next compact drops them
-        path.unlink()
-    return set(ok["id"])
-
-
-def write_part(output: Path, rows: pd.DataFrame) -> None:
-    table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    write_atomic(output, f"results/part-{uuid.uuid4().hex}.parquet", sink.getvalue().to_pybytes())
-
-
-def to_result_rows(batch: pd.DataFrame, model: str, declared: type[EditParameters]) -> pd.DataFrame:
-    """The pipeline's last frame as result rows: status, output path, error and parameters."""
+def to_result_rows(batch: pd.DataFrame, model: str, declared: type[EditParameters]) -> pa.Table:
+    """The pipeline's last frame as result rows of the results schema."""
     ok = batch["error"].isna()
-    rows = batch.assign(
-        status=ok.map({True: "ok", False: "error"}),
-        output=batch["item"].where(ok, None),
-        model=model,
-    )
-    for column in STAGE_SECONDS + TIMES:
-        if column not in rows:  # every row of the batch failed before reaching that stage
-            rows[column] = None
-    for column in TIMES:
-        rows[column] = pd.to_datetime(rows[column], unit="s", utc=True)
-    for column, field in parameter_columns(declared).items():
-        if column not in rows:  # no row of the batch had a value
-            rows[column] = None
-        if json_types(field) == {"number"}:  # float64 even where a part's values are all whole: one schema
-            rows[column] = rows[column].astype("float64")
-    return rows[result_columns(declared)]
+    rows = batch.assign(status=np.where(ok, "ok", "error"), output=batch["item"].where(ok, None), model=model)
+    schema = result_schema(declared)
+    for name in schema.names:
+        if name not in rows:  # no row of the batch had a value (e.g. every row failed before that stage)
+            rows[name] = None
+    for name in TIMES:
+        rows[name] = pd.to_datetime(rows[name], unit="s", utc=True).dt.floor("us")  # the schema keeps microseconds
+    return pa.Table.from_pandas(rows[schema.names].reset_index(drop=True), schema=schema, preserve_index=False)
+
+
+def write_part(output: Output, rows: pa.Table) -> str:
+    sink = pa.BufferOutputStream()
+    pq.write_table(rows, sink)
+    return output.write(f"{FOLDER}/part-{uuid.uuid4().hex}{SUFFIX}", sink.getvalue().to_pybytes())
+
+
+class ResultsWriter:
+    """Buffers result rows and commits them as parts of at least `part_rows` rows, or of whatever
+    arrived within `part_seconds`."""
+
+    def __init__(self, output: Output, part_rows: int, part_seconds: float):
+        self.output, self.part_rows, self.part_seconds = output, part_rows, part_seconds
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+        self._oldest = 0.0  # when the oldest buffered row arrived
+        self.parts = 0
+
+    def add(self, rows: pa.Table) -> None:
+        if not self._buffer:
+            self._oldest = time.monotonic()
+        self._buffer.append(rows)
+        self._buffered += len(rows)
+        if self._buffered >= self.part_rows or time.monotonic() - self._oldest >= self.part_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffered:
+            write_part(self.output, pa.concat_tables(self._buffer))
+            self.parts += 1
+        self._buffer, self._buffered = [], 0
+
+
+def read_results(output: Output) -> pa.Table:
+    """Every results row (what `pyarrow.dataset.dataset(OUT/results)` reads)."""
+    return pyarrow.dataset.dataset(output.files(FOLDER, SUFFIX), filesystem=output.filesystem, format="parquet").to_table()
+
+
+def compact(output: Output, declared: type[EditParameters]) -> pa.Array:
+    """Leaves one `ok` row per id from earlier runs (their first, in part order) and no error rows;
+    returns those ids. Parts that lose rows, or were written with another schema, are rewritten
+    (the new part first, then the old one deleted: a kill in between leaves only duplicates of `ok`
+    rows, which the next compaction drops)."""
+    schema = result_schema(declared)
+    parts = output.files(FOLDER, SUFFIX)
+    if not parts:
+        return pa.array([], pa.string())
+    index = pa.concat_tables(_part_index(output, n, path) for n, path in enumerate(parts))
+    ok = index.filter(pc.equal(index["status"], "ok"))
+    first = ok.group_by("id", use_threads=False).aggregate([("position", "min")])  # the first ok row of each id
+    kept = index.filter(pc.is_in(index["position"], value_set=first["position_min"]))
+    kept_per_part = np.bincount(kept["part"].to_numpy(), minlength=len(parts))
+    rows_per_part = np.bincount(index["part"].to_numpy(), minlength=len(parts))
+    for n, path in enumerate(parts):
+        same_schema = pq.read_schema(path, filesystem=output.filesystem).remove_metadata() == schema
+        if kept_per_part[n] == rows_per_part[n] and same_schema:
+            continue  # the common case: an untouched part is never read in full
+        if kept_per_part[n]:
+            rows = kept.filter(pc.equal(kept["part"], n))["row"]
+            table = pq.read_table(path, filesystem=output.filesystem).take(rows)
+            write_part(output, _as_schema(table, schema, path))
+        output.delete(path)
+    return kept["id"].combine_chunks()
+
+
+def _part_index(output: Output, n: int, path: str) -> pa.Table:
+    """One part's ids and statuses, with where each row lies (part n, row) and its global position."""
+    table = pq.read_table(path, columns=["id", "status"], filesystem=output.filesystem)
+    return table.append_column("part", pa.array(np.full(len(table), n, np.int64))).append_column(
+        "row", pa.array(np.arange(len(table), dtype=np.int64))
+    ).append_column("position", pa.array(n * 2**32 + np.arange(len(table), dtype=np.int64)))
+
+
+def _as_schema(table: pa.Table, schema: pa.Schema, path: str) -> pa.Table:
+    """An earlier run's rows in the results schema (e.g. a part whose `error` column was null-typed)."""
+    if set(table.column_names) != set(schema.names):
+        raise ValueError(
+            f"{path} holds results of another model family or version (columns {table.column_names}); "
+            "write this job's results to a new --output"
+        )
+    return table.select(schema.names).cast(schema)

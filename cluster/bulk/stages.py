@@ -1,33 +1,52 @@
 """The bulk job's engine steps: EditRequests -> the engine's three stage classes, as Ray Data actors.
 
 Each batch is a pandas frame with one row per manifest row: `id`, `item` (the stage contract the row
-is at: EditRequest, Conditioning, Latents; None once decoded), `error` (None while the row is fine),
-the effective parameters, per-stage seconds and the wall-clock times at which the engine began and
-finished the row (unix seconds). A row that fails keeps its error and passes through
-the later steps untouched, so one bad row never stops the others.
+is at: EditRequest, Conditioning, Latents; the image's path once decoded), `error` (None while the
+row is fine), the effective parameters, per-stage seconds and the wall-clock times at which the
+engine began and finished the row (unix seconds).
+
+No row can stop the job: a row that fails keeps its error and passes through the later steps
+untouched; when a batch fails as a whole (say, out of memory) or a row fails for a reason that is not
+its own input's, its rows run again one at a time and only those that fail alone become errors.
+
+The Denoiser runs the online engine loop (deployments/denoise_loop.py) under the same admission
+policy: each actor takes several batches at once (threads), and the loop admits their rows between
+steps within the token budget and row limit, so bulk has the online memory bound and continuous
+admission.
 """
 
+import logging
 import time
-from pathlib import Path
+from concurrent.futures import wait
 
 import pandas as pd
 import ray.util.metrics
 
-from cluster.bulk.outputs import safe_name, write_atomic
+from cluster.bulk.storage import Output, safe_name
 from deployments import metrics
 from deployments.decoder import Decoder
+from deployments.denoise_loop import DenoiseLoop
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
-from deployments.errors import EditError, each_or_error
+from deployments.errors import EditError, each_or_error, failed_alone
 from deployments.fast_path import FastPath
+from deployments.loop_settings import LoopSettings
 from deployments.lora_settings import LoraSettings
 from deployments.models import model_name
+
+logger = logging.getLogger(__name__)
+
+
+def own_fault(result) -> bool:
+    """Whether a row's failure is its own input's (a 4xx: running it again alone would not help)."""
+    return isinstance(result, EditError) and 400 <= result.status < 500
 
 
 class StageActor:
     """Runs one engine stage over a batch's healthy rows; timing each row with its batch."""
 
     stage: str
+    verb: str  # what failed, in an error message: "denoising"
     engine_class: type  # the engine's stage class this actor runs
     takes_adapters = False  # whether its engine class needs the LoRA settings
 
@@ -37,13 +56,33 @@ class StageActor:
         options = {"lora": lora} if self.takes_adapters else {}
         self.engine = self.engine_class(model, fast_path=fast_path, **options)
 
-    def run(self, items: list) -> list:
+    def run(self, items: list, alone: bool) -> list:
+        """Each item's result, or the exception it alone ended with; `alone`: sharing no work with others."""
         raise NotImplementedError
+
+    def isolated(self, items: list) -> list:
+        """Each item's result or EditError, every failure held to the row that fails alone."""
+        try:
+            results = self.run(items, alone=False)
+        except Exception as error:  # the batch as a whole
+            logger.warning("a %s batch of %d row(s) failed (%s); running its rows one at a time", self.stage, len(items), error)
+            results = [error] * len(items)
+        return [
+            result if not isinstance(result, Exception) or own_fault(result) else self._alone(item)
+            for item, result in zip(items, results)
+        ]
+
+    def _alone(self, item):
+        try:
+            (result,) = self.run([item], alone=True)
+        except Exception as error:
+            result = error
+        return failed_alone(result, self.verb, item.request_id) if isinstance(result, Exception) else result
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         healthy = batch.index[batch["error"].isna()]
         started, started_at = time.perf_counter(), time.time()
-        results = self.run(list(batch.loc[healthy, "item"])) if len(healthy) else []
+        results = self.isolated(list(batch.loc[healthy, "item"])) if len(healthy) else []
         seconds = time.perf_counter() - started
         if len(healthy):
             metrics.record_batch(self.model_name, self.stage, len(healthy), seconds)
@@ -64,38 +103,51 @@ class StageActor:
 
 
 class EncodeActor(StageActor):
-    stage = "encode"
+    stage, verb = "encode", "encoding"
     engine_class = Encoder
     takes_adapters = True  # their schedulers decide the fewest steps
 
-    def run(self, items):
+    def run(self, items, alone):
         return self.engine.encode_batch(items)
 
 
 class DenoiseActor(StageActor):
-    stage = "denoise"
+    """Hands each batch's rows to the actor's engine loop and waits for them; several batches (one per
+    concurrent call) are in the loop at once."""
+
+    stage, verb = "denoise", "denoising"
     engine_class = Denoiser
     takes_adapters = True
 
-    def run(self, items):
-        return self.engine.denoise_batch(items)
+    def __init__(self, model: str, fast_path: FastPath, lora: LoraSettings, loop: LoopSettings):
+        super().__init__(model, fast_path, lora)
+        # Ray Data bounds what waits here (calls in flight x batch size); nothing is refused.
+        self.loop = DenoiseLoop(self.engine, loop.policy(), max_waiting=2**31, model_name=self.model_name)
+
+    def run(self, items, alone):
+        tickets = [self.loop.submit(conditioning, solo=alone) for conditioning in items]
+        wait([ticket.future for ticket in tickets])
+        return [ticket.future.exception() or ticket.future.result() for ticket in tickets]
 
 
 class DecodeActor(StageActor):
-    """Decodes and writes each image atomically under OUT/images/; the row keeps only its path."""
+    """Decodes and writes each image atomically to OUT/images/; the row keeps only its path."""
 
-    stage = "decode"
+    stage, verb = "decode", "decoding"
     engine_class = Decoder
 
-    def __init__(self, model: str, fast_path: FastPath, lora: LoraSettings, output_dir: str):
+    def __init__(self, model: str, fast_path: FastPath, lora: LoraSettings, output: Output):
         super().__init__(model, fast_path, lora)
-        self.output_dir = Path(output_dir)
+        self.output = output
 
-    def run(self, items):
-        return each_or_error(lambda latents: self._write(self.engine.decode(latents)), items, "decoding")
+    def run(self, items, alone):
+        return each_or_error(lambda latents: self._write(self.engine.decode(latents)), items, self.verb)
 
     def _write(self, edited) -> str:
         extension = "jpg" if edited.format == "jpeg" else edited.format
         relative = f"images/{safe_name(edited.request_id)}.{extension}"
-        write_atomic(self.output_dir, relative, edited.data)
+        try:
+            self.output.write(relative, edited.data)
+        except OSError as error:
+            raise EditError(f"output: {relative} could not be written ({error})", "output") from error
         return relative

@@ -2,8 +2,10 @@
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from deployments import metrics
 
@@ -15,21 +17,22 @@ class Tally:
     ok: int = 0
     error: int = 0
     started: float = field(default_factory=time.perf_counter)
-    first_started_at: pd.Timestamp | None = None  # when the engine took its first row
-    last_finished_at: pd.Timestamp | None = None  # when it was done with its last
+    first_started_at: datetime | None = None  # when the engine took its first row
+    last_finished_at: datetime | None = None  # when it was done with its last
 
     def __post_init__(self):
         metrics.BULK_ROWS.inc(self.skipped, model=self.model, status="skipped")
 
-    def add(self, rows: pd.DataFrame) -> None:
-        ok, error = int((rows["status"] == "ok").sum()), int((rows["status"] == "error").sum())
+    def add(self, rows: pa.Table) -> None:
+        ok = pc.sum(pc.equal(rows["status"], "ok")).as_py() or 0
+        error = len(rows) - ok
         self.ok, self.error = self.ok + ok, self.error + error
         for status, count in (("ok", ok), ("error", error)):
             metrics.BULK_ROWS.inc(count, model=self.model, status=status)
-        first, last = rows["started_at"].min(), rows["finished_at"].max()
-        if not pd.isna(first):
+        first, last = pc.min(rows["started_at"]).as_py(), pc.max(rows["finished_at"]).as_py()
+        if first is not None:
             self.first_started_at = first if self.first_started_at is None else min(first, self.first_started_at)
-        if not pd.isna(last):
+        if last is not None:
             self.last_finished_at = last if self.last_finished_at is None else max(last, self.last_finished_at)
         metrics.BULK_ROWS_PER_SECOND.set(self.running_rows_per_s(), model=self.model)
 

@@ -14,12 +14,15 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from PIL import Image
 
+from cluster.bulk.storage import safe_name
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from tests.helpers import command_line, edit_request, image_bytes, random_image
+from tests.serve.support import adapter_settings
 
 GOOD_ROWS = 24  # enough that every fault below lands mid-job (~1.5 rows/s here)
 BAD_ROWS = {  # id -> (image, instruction, size, expected error fragment)
@@ -59,15 +62,15 @@ def bulk_command(manifest: Path, out: Path, model: str) -> list[str]:
 
 
 def results(out: Path) -> pd.DataFrame:
-    return pd.concat([pq.read_table(f).to_pandas() for f in (out / "results").glob("*.parquet")], ignore_index=True)
+    return pq.read_table(out / "results").to_pandas()
 
 
-def check_exactly_once(out: Path, manifest: Path) -> pd.DataFrame:
-    table = results(out)
+def check_exactly_once(out: Path, manifest: Path, failing=BAD_ROWS) -> pd.DataFrame:
+    table = pq.read_table(out / "results").to_pandas()  # the results dataset, as any tool reads it
     expected = set(pq.read_table(manifest, columns=["id"]).column("id").to_pylist())
     assert sorted(table["id"]) == sorted(expected)  # every id, once
     ok = table[table["status"] == "ok"]
-    assert set(ok["id"]) == expected - set(BAD_ROWS)
+    assert set(ok["id"]) == expected - set(failing)
     for relative in ok["output"]:
         Image.open(out / relative).load()  # complete, decodable
     assert not list(out.rglob("*.partial"))
@@ -75,13 +78,35 @@ def check_exactly_once(out: Path, manifest: Path) -> pd.DataFrame:
 
 
 def test_bulk_job_edits_good_rows_and_reports_bad_ones(manifest, tiny_checkpoints, tmp_path):
+    """Rows failing in every stage become error rows, and every other row is edited: the reads and
+    checks (BAD_ROWS), the Encoder (a too-thin image), the Denoiser (an adapter that can't be loaded)
+    and the Decoder (an image whose path is taken by a folder)."""
+    model = tiny_checkpoints["edit-plus"]
+    table = pq.read_table(manifest)
+    table = table.append_column("lora", pa.nulls(len(table), pa.string()))
+    (manifest.parent / "imgs" / "thin.png").write_bytes(image_bytes(random_image(400, 16)))
+    later_stages = pa.Table.from_pylist([
+        {"id": "thin-image", "image": "imgs/thin.png", "instruction": "x", "seed": 1, "size": "auto", "lora": None},
+        {"id": "broken-adapter", "image": "imgs/4.png", "instruction": "x", "seed": 4, "size": None, "lora": '[{"name": "broken"}]'},
+    ], schema=table.schema)
+    staged = manifest.parent / "all-stages.parquet"
+    pq.write_table(pa.concat_tables([table, later_stages]), staged)
+    (manifest.parent / "adapters.yaml").write_text(yaml.safe_dump(adapter_settings(model)))
     out = tmp_path / "out"
-    done = subprocess.run(bulk_command(manifest, out, tiny_checkpoints["edit-plus"]), capture_output=True, text=True, timeout=480)
+    (out / "images" / f"{safe_name('row-5')}.png").mkdir(parents=True)
+    failing = {
+        **{row_id: fragment for row_id, (*_, fragment) in BAD_ROWS.items()},
+        "thin-image": "aspect ratio", "broken-adapter": "LoRA adapter 'broken' could not be loaded",
+        "row-5": "could not be written",
+    }
+
+    command = bulk_command(staged, out, model) + ["--adapters", str(manifest.parent / "adapters.yaml")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=480)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]  # some rows are errors
-    table = check_exactly_once(out, manifest)
-    errors = table.set_index("id").loc[list(BAD_ROWS)]
-    for row_id, (*_, fragment) in BAD_ROWS.items():
-        assert errors.loc[row_id, "status"] == "error" and fragment in errors.loc[row_id, "error"], row_id
+    table = check_exactly_once(out, staged, failing)
+    errors = table.set_index("id").loc[list(failing)]
+    for row_id, fragment in failing.items():
+        assert errors.loc[row_id, "status"] == "error" and fragment in errors.loc[row_id, "error"], (row_id, errors.loc[row_id, "error"])
     assert set(p.name for p in tmp_path.iterdir()) == {"out"}  # the escaping id wrote inside OUT only
     assert "skipped" in done.stdout and "rows/s" in done.stdout  # the summary table
 
@@ -192,10 +217,7 @@ def test_bulk_rows_choose_adapters_with_a_lora_column(tiny_checkpoints, tmp_path
     is offered (a Serve config's lora settings); results record the adapters used, scales resolved."""
     import json
 
-    import yaml
-
     from deployments.lora_settings import LoraSettings
-    from tests.serve.support import adapter_settings
 
     model = tiny_checkpoints["edit-plus"]
     settings = adapter_settings(model)

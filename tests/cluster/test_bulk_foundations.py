@@ -1,12 +1,16 @@
-"""The bulk job's manifest contract, output rules and tally (no Ray, no model)."""
+"""The bulk job's manifest contract, output rules, image reads and tally (no Ray, no model)."""
 
-import pandas as pd
+import os
+from datetime import datetime, timezone
+
 import pyarrow as pa
 import pytest
 
+from cluster.bulk.image_reads import ImageReader, manifest_folder
 from cluster.bulk.manifest import ManifestError, check_ids, check_schema
-from cluster.bulk.outputs import TEMP_SUFFIX, inside, remove_partial_files, safe_name, write_atomic
+from cluster.bulk.storage import TEMP_SUFFIX, Output, safe_name
 from cluster.bulk.tally import Tally
+from deployments.errors import InvalidInputError, PayloadTooLargeError
 from deployments.families import DECLARATIONS
 
 QWEN, IP2P = DECLARATIONS["QwenImageEditPlusPipeline"], DECLARATIONS["StableDiffusionInstructPix2PixPipeline"]
@@ -73,29 +77,83 @@ def test_ids_that_sanitize_alike_stay_distinct():
     assert safe_name("../x") != safe_name("x")
 
 
-def test_nothing_is_written_outside_the_root(tmp_path):
-    root = tmp_path / "out"
-    with pytest.raises(ValueError, match="outside"):
-        inside(root, "../escape.png")
-    path = write_atomic(root, f"images/{safe_name('../../escape')}.png", b"data")
-    assert path.read_bytes() == b"data" and root.resolve() in path.parents
+def test_nothing_is_written_outside_out_s_folders(tmp_path):
+    output = Output.at(str(tmp_path / "out"))
+    output.prepare()
+    for relative in ("../escape.png", "images/../../escape.png", "images/a/b.png", "other/x.png", "images/.hidden", "images/"):
+        with pytest.raises(ValueError, match="not a file name inside OUT"):
+            output.write(relative, b"data")
+    path = output.write(f"images/{safe_name('../../escape')}.png", b"data")
+    assert open(path, "rb").read() == b"data" and path.startswith(str(tmp_path / "out" / "images"))
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_partial_files_are_cleaned(tmp_path):
-    (tmp_path / "images").mkdir()
-    (tmp_path / "images" / f".x.png.123{TEMP_SUFFIX}").write_bytes(b"torn")
-    write_atomic(tmp_path, "images/y.png", b"whole")
-    assert remove_partial_files(tmp_path) == 1
-    assert [p.name for p in (tmp_path / "images").iterdir()] == ["y.png"]
+def test_partial_files_are_cleaned_in_out_s_own_folders_only(tmp_path):
+    output = Output.at(str(tmp_path))
+    output.prepare()
+    for torn in (tmp_path / "images" / f".x.png.123{TEMP_SUFFIX}", tmp_path / "results" / f".part-1.parquet.9{TEMP_SUFFIX}"):
+        torn.write_bytes(b"torn")
+    theirs = tmp_path / "notes" / f"draft{TEMP_SUFFIX}"  # a user's file that happens to share the suffix
+    theirs.parent.mkdir()
+    theirs.write_bytes(b"keep me")
+    output.write("images/y.png", b"whole")
+    assert output.remove_partial_files() == 2
+    assert [p.name for p in (tmp_path / "images").iterdir()] == ["y.png"] and theirs.exists()
+    assert output.files("images", ".png") == [str(tmp_path / "images" / "y.png")]
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+    (tmp_path / "catalog" / "imgs").mkdir(parents=True)
+    (tmp_path / "catalog" / "imgs" / "a.png").write_bytes(b"x" * 2000)
+    (tmp_path / "catalog" / "manifest.parquet").write_bytes(b"")
+    (tmp_path / "secret.png").write_bytes(b"s" * 10)
+    return tmp_path
+
+
+def test_relative_images_start_at_the_manifest_s_folder(image_tree):
+    catalog = image_tree / "catalog"
+    assert manifest_folder(str(catalog / "manifest.parquet")) == str(catalog)  # a file: its folder
+    assert manifest_folder(str(catalog)) == str(catalog)  # a directory: itself
+    reader = ImageReader(str(catalog), max_bytes=4096)
+    assert reader.read("imgs/a.png") == b"x" * 2000
+    assert reader.read(str(catalog / "imgs" / "a.png")) == b"x" * 2000  # absolute paths as they are
+    assert reader.locate("imgs/../imgs/a.png") == str(catalog / "imgs" / "a.png")
+
+
+def test_an_image_root_refuses_paths_outside_it(image_tree):
+    reader = ImageReader(str(image_tree / "catalog"), max_bytes=4096, root=str(image_tree / "catalog"))
+    assert reader.read("imgs/a.png") == b"x" * 2000
+    for escaping in ("../secret.png", str(image_tree / "secret.png"), "/etc/passwd", "s3://bucket/x.png"):
+        with pytest.raises(InvalidInputError, match="outside --image-root"):
+            reader.read(escaping)
+    sibling = ImageReader(str(image_tree), max_bytes=4096, root=str(image_tree / "cat"))  # a prefix is not a folder
+    with pytest.raises(InvalidInputError, match="outside --image-root"):
+        sibling.read("catalog/imgs/a.png")
+
+
+def test_reads_are_capped_and_only_of_regular_files(image_tree):
+    reader = ImageReader(str(image_tree / "catalog"), max_bytes=1024)
+    with pytest.raises(PayloadTooLargeError, match="at most 1024 bytes, got 2000"):
+        reader.read("imgs/a.png")
+    for device in ("/dev/zero", "/dev/stdin", str(image_tree)):
+        with pytest.raises(InvalidInputError, match="not a file"):
+            reader.read(device)
+    with pytest.raises(InvalidInputError, match="could not be read \\(not found\\)"):
+        reader.read("imgs/missing.png")
+    os.mkfifo(image_tree / "pipe.png")
+    with pytest.raises(InvalidInputError, match="not a file"):
+        ImageReader(str(image_tree), max_bytes=1024).read("pipe.png")
 
 
 def test_running_rate_counts_from_the_engines_first_row_to_its_last():
     def rows(statuses, started, finished):
-        return pd.DataFrame({
+        at = lambda seconds: None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc)  # noqa: E731
+        timestamp = pa.timestamp("us", tz="UTC")
+        return pa.table({
             "status": statuses,
-            "started_at": pd.to_datetime(started, unit="s", utc=True),
-            "finished_at": pd.to_datetime(finished, unit="s", utc=True),
+            "started_at": pa.array([at(s) for s in started], timestamp),
+            "finished_at": pa.array([at(s) for s in finished], timestamp),
         })
 
     tally = Tally(model="tiny", skipped=3)

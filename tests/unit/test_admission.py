@@ -13,6 +13,7 @@ class R:
     tokens: int = 100
     waited_steps: int = 0
     ready: bool = True
+    solo: bool = False
 
 
 POLICY = AdmissionPolicy(token_budget=400, max_batch_rows=6, max_wait_steps=5)
@@ -77,3 +78,11 @@ def test_a_request_whose_adapters_are_not_loaded_waits_and_once_starving_blocks_
     starving = R("1", ready=False, waited_steps=5)
     assert names(POLICY.admit([starving, R("2")], [R("x")])) == []  # the batch drains until it can load
     assert names(POLICY.admit([R("1", waited_steps=5), R("2")], [])) == ["1", "2"]
+
+
+def test_a_solo_request_runs_in_steps_of_its_own():
+    solo = R("solo", solo=True)
+    assert names(POLICY.admit([solo, R("2")], [])) == ["solo"]  # nothing joins it
+    assert names(POLICY.admit([R("2")], [solo])) == []  # nor joins it later
+    assert names(POLICY.admit([R("1"), solo, R("3")], [])) == ["1", "3"]  # it waits for an empty step
+    assert names(POLICY.admit([R("solo", solo=True, waited_steps=5), R("3")], [R("x")])) == []  # and drains the batch

@@ -1,0 +1,88 @@
+"""Reading a manifest row's images: from a local disk or any URI pyarrow has a filesystem for.
+
+- A relative path is relative to the manifest's location: the folder of a manifest file, or the
+  manifest folder itself (`s3://bucket/catalog/` + `imgs/1.png`), whatever its filesystem.
+- With an image root (`--image-root`), a path that resolves outside it is refused: a manifest from
+  elsewhere cannot make the job read the machine's files.
+- Reads are capped at the online limit on image bytes (`max_image_bytes`), and only regular files
+  are read (a device or a pipe would stall the reader).
+"""
+
+import functools
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pyarrow.fs as pafs
+
+from cluster.bulk.storage import filesystem_and_path
+from deployments.errors import InvalidInputError, PayloadTooLargeError
+
+
+def manifest_folder(manifest: str) -> str:
+    """Where a manifest's relative image paths start: its folder (a directory manifest) or the folder
+    holding it (a single file), as an absolute path or a URI."""
+    filesystem, path = filesystem_and_path(manifest)
+    is_file = filesystem.get_file_info(path).type == pafs.FileType.File
+    prefix, location = _split(manifest if "://" in manifest else path)
+    return prefix + (posixpath.dirname(location) if is_file else location)
+
+
+def _split(location: str) -> tuple[str, str]:
+    """"scheme://bucket" and the normalised path of a URI; "" and the normalised path of a local one."""
+    if "://" not in location:
+        return "", posixpath.normpath(location)
+    scheme, netloc, path, *_ = urlsplit(location)
+    return f"{scheme}://{netloc}", posixpath.normpath(path or "/")
+
+
+@dataclass(frozen=True)
+class ImageReader:
+    base: str  # manifest_folder(...)
+    max_bytes: int
+    root: str | None = None  # --image-root: every image must lie inside it
+
+    def locate(self, image: str) -> str:
+        """The image's absolute location; raises InvalidInputError when it lies outside the root."""
+        if "://" not in image and not posixpath.isabs(image):
+            image = f"{self.base.rstrip('/')}/{image}"
+        prefix, path = _split(image)
+        location = prefix + path
+        if self.root is not None:
+            root_prefix, root_path = _split(self.root if "://" in self.root else str(Path(self.root).resolve()))
+            inside = prefix == root_prefix and (path == root_path or path.startswith(root_path.rstrip("/") + "/"))
+            if not inside:
+                raise InvalidInputError("image", f"{image!r} lies outside --image-root {self.root}")
+        return location
+
+    def read(self, image: str) -> bytes:
+        location = self.locate(image)
+        filesystem, path = _filesystem(location)
+        info = filesystem.get_file_info(path)
+        if info.type != pafs.FileType.File:
+            why = "not found" if info.type == pafs.FileType.NotFound else "not a file"
+            raise InvalidInputError("image", f"{image!r} could not be read ({why})")
+        if info.size is not None and info.size > self.max_bytes:
+            raise PayloadTooLargeError("image", f"each image may be at most {self.max_bytes} bytes, got {info.size}")
+        with filesystem.open_input_stream(path) as stream:
+            data = stream.read(self.max_bytes + 1)  # never more, whatever the listing said
+        if len(data) > self.max_bytes:
+            raise PayloadTooLargeError("image", f"each image may be at most {self.max_bytes} bytes, got more")
+        return data
+
+
+@functools.lru_cache(maxsize=64)
+def _filesystem_of(prefix: str) -> tuple[pafs.FileSystem, str]:
+    """A URI prefix's filesystem and the path its "/" has there ("bucket" on object stores), made once
+    per scheme and bucket in each worker: an S3 client per read would be slow."""
+    filesystem, root = pafs.FileSystem.from_uri(prefix + "/")
+    return filesystem, root.rstrip("/")
+
+
+def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    prefix, path = _split(location)
+    if not prefix:
+        return pafs.LocalFileSystem(), path
+    filesystem, root = _filesystem_of(prefix)
+    return filesystem, root + path
