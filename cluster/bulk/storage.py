@@ -74,11 +74,15 @@ class Output:
                 stream.write(data)
             return path
         temp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
+        try:
+            with open(temp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)  # a failed write leaves nothing behind
+            raise
         return path
 
     def files(self, folder: str, suffix: str) -> list[str]:

@@ -86,6 +86,10 @@ def test_nothing_is_written_outside_out_s_folders(tmp_path):
     path = output.write(f"images/{safe_name('../../escape')}.png", b"data")
     assert open(path, "rb").read() == b"data" and path.startswith(str(tmp_path / "out" / "images"))
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    (tmp_path / "out" / "images" / "taken.png").mkdir()  # a write that fails leaves no temp file
+    with pytest.raises(OSError):
+        output.write("images/taken.png", b"data")
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == sorted([os.path.basename(path), "taken.png"])
 
 
 def test_partial_files_are_cleaned_in_out_s_own_folders_only(tmp_path):
