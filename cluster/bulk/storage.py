@@ -63,8 +63,9 @@ class Output:
         return f"{self.root}/{relative}"
 
     def prepare(self) -> None:
-        for folder in FOLDERS:  # object stores have no folders; creating them is a no-op there
-            self.filesystem.create_dir(f"{self.root}/{folder}", recursive=True)
+        if self.local:  # object stores have no folders (pyarrow would put empty marker objects)
+            for folder in FOLDERS:
+                self.filesystem.create_dir(f"{self.root}/{folder}", recursive=True)
 
     def write(self, relative: str, data: bytes) -> str:
         """Writes `data` to OUT/`relative` atomically; returns its path within the filesystem."""
