@@ -4,6 +4,8 @@ and in bulk jobs (`--limits`). They bound the declared request fields (deploymen
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from deployments.errors import PayloadTooLargeError
+
 HARD_MAX_STEPS = 1000  # the most any limit may allow: beyond it a request is a mistake, not a setting
 HARD_MAX_N = 16
 
@@ -29,3 +31,7 @@ class Limits(BaseModel):
         4 * 50 * 1024 * 1024, ge=1,
         description="Most n x steps x output pixels one request may ask for: bounds what one request can cost.",
     )
+
+    def image_too_large(self, param: str, got: str) -> PayloadTooLargeError:
+        """The error for an image over `max_image_bytes` (413), online and in bulk alike."""
+        return PayloadTooLargeError(param, f"each image may be at most {self.max_image_bytes} bytes, got {got}")

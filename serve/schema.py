@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from starlette.datastructures import FormData, UploadFile
 
 from deployments.contracts import EditRequest
-from deployments.errors import InvalidInputError, PayloadTooLargeError
+from deployments.errors import InvalidInputError
 from deployments.images import inspect_image
 from deployments.limits import Limits
 from deployments.lora_settings import LoraSettings
@@ -120,7 +120,7 @@ async def read_uploads(form: FormData, limits: Limits, max_images: int) -> list[
         if not isinstance(file, UploadFile):
             raise InvalidInputError(param, "must be an uploaded file (multipart/form-data), not a text field")
         if file.size is not None and file.size > limits.max_image_bytes:  # known before reading it in
-            raise PayloadTooLargeError(param, f"each image may be at most {limits.max_image_bytes} bytes, got {file.size}")
+            raise limits.image_too_large(param, str(file.size))
         data = await file.read()
         inspect_image(data, param, limits.max_image_pixels)  # format and size from the header: refuse early
         uploads.append(data)

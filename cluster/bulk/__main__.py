@@ -30,7 +30,7 @@ import pyarrow.dataset
 import ray
 import ray.util.metrics
 
-from cluster.bulk.image_reads import ImageReader, manifest_folder
+from cluster.bulk.image_reads import ImageReader
 from cluster.bulk.manifest import NOT_COLUMNS, ManifestError, check_ids, check_schema
 from cluster.bulk.requests import RequestBuilder
 from cluster.bulk.results import ResultsWriter, compact, to_result_rows
@@ -157,7 +157,7 @@ def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSetting
     """The pipeline over the manifest's rows not in `done`, `defaults` filling their missing parameters;
     yields result rows as they come."""
     model, declared = spec.model_id, spec.declared
-    images = ImageReader(manifest_folder(args.manifest), limits.max_image_bytes, args.image_root)
+    images = ImageReader.for_manifest(args.manifest, limits, args.image_root)
 
     # The `item` column carries the stage contracts as pickled Python objects; saying so explicitly
     # stops every worker from warning that it fell back to that.

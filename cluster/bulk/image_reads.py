@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 
 from cluster.bulk.storage import filesystem_and_path
-from deployments.errors import InvalidInputError, PayloadTooLargeError
+from deployments.errors import InvalidInputError
+from deployments.limits import Limits
 
 
 def manifest_folder(manifest: str) -> str:
@@ -40,8 +41,15 @@ def _split(location: str) -> tuple[str, str]:
 @dataclass(frozen=True)
 class ImageReader:
     base: str  # manifest_folder(...)
-    max_bytes: int
-    root: str | None = None  # --image-root: every image must lie inside it
+    limits: Limits  # its max_image_bytes caps every read
+    root: str | None = None  # --image-root, absolute: every image must lie inside it
+
+    @classmethod
+    def for_manifest(cls, manifest: str, limits: Limits, root: str | None = None) -> "ImageReader":
+        """Resolved where the job starts: a worker's working directory is not the job's."""
+        if root is not None and "://" not in root:
+            root = str(Path(root).resolve())
+        return cls(manifest_folder(manifest), limits, root)
 
     def locate(self, image: str) -> str:
         """The image's absolute location; raises InvalidInputError when it lies outside the root."""
@@ -50,7 +58,7 @@ class ImageReader:
         prefix, path = _split(image)
         location = prefix + path
         if self.root is not None:
-            root_prefix, root_path = _split(self.root if "://" in self.root else str(Path(self.root).resolve()))
+            root_prefix, root_path = _split(self.root)
             inside = prefix == root_prefix and (path == root_path or path.startswith(root_path.rstrip("/") + "/"))
             if not inside:
                 raise InvalidInputError("image", f"{image!r} lies outside --image-root {self.root}")
@@ -63,12 +71,13 @@ class ImageReader:
         if info.type != pafs.FileType.File:
             why = "not found" if info.type == pafs.FileType.NotFound else "not a file"
             raise InvalidInputError("image", f"{image!r} could not be read ({why})")
-        if info.size is not None and info.size > self.max_bytes:
-            raise PayloadTooLargeError("image", f"each image may be at most {self.max_bytes} bytes, got {info.size}")
+        most = self.limits.max_image_bytes
+        if info.size is not None and info.size > most:
+            raise self.limits.image_too_large("image", str(info.size))
         with filesystem.open_input_stream(path) as stream:
-            data = stream.read(self.max_bytes + 1)  # never more, whatever the listing said
-        if len(data) > self.max_bytes:
-            raise PayloadTooLargeError("image", f"each image may be at most {self.max_bytes} bytes, got more")
+            data = stream.read(most + 1)  # never more, whatever the listing said
+        if len(data) > most:
+            raise self.limits.image_too_large("image", "more")
         return data
 
 

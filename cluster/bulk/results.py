@@ -112,15 +112,17 @@ def compact(output: Output, declared: type[EditParameters]) -> pa.Array:
     parts = output.files(FOLDER, SUFFIX)
     if not parts:
         return pa.array([], pa.string())
-    index = pa.concat_tables(_part_index(output, n, path) for n, path in enumerate(parts))
+    indexes, same_schema = zip(*(_part_index(output, n, path, schema) for n, path in enumerate(parts)))
+    index = pa.concat_tables(indexes)
+    position = pc.add(pc.multiply(index["part"], 2**32), index["row"])  # orders rows by part, then within it
+    index = index.append_column("position", position)
     ok = index.filter(pc.equal(index["status"], "ok"))
     first = ok.group_by("id", use_threads=False).aggregate([("position", "min")])  # the first ok row of each id
     kept = index.filter(pc.is_in(index["position"], value_set=first["position_min"]))
     kept_per_part = np.bincount(kept["part"].to_numpy(), minlength=len(parts))
     rows_per_part = np.bincount(index["part"].to_numpy(), minlength=len(parts))
     for n, path in enumerate(parts):
-        same_schema = pq.read_schema(path, filesystem=output.filesystem).remove_metadata() == schema
-        if kept_per_part[n] == rows_per_part[n] and same_schema:
+        if kept_per_part[n] == rows_per_part[n] and same_schema[n]:
             continue  # the common case: an untouched part is never read in full
         if kept_per_part[n]:
             rows = kept.filter(pc.equal(kept["part"], n))["row"]
@@ -130,12 +132,15 @@ def compact(output: Output, declared: type[EditParameters]) -> pa.Array:
     return kept["id"].combine_chunks()
 
 
-def _part_index(output: Output, n: int, path: str) -> pa.Table:
-    """One part's ids and statuses, with where each row lies (part n, row) and its global position."""
-    table = pq.read_table(path, columns=["id", "status"], filesystem=output.filesystem)
-    return table.append_column("part", pa.array(np.full(len(table), n, np.int64))).append_column(
-        "row", pa.array(np.arange(len(table), dtype=np.int64))
-    ).append_column("position", pa.array(n * 2**32 + np.arange(len(table), dtype=np.int64)))
+def _part_index(output: Output, n: int, path: str, schema: pa.Schema) -> tuple[pa.Table, bool]:
+    """One part's ids and statuses with where each row lies (part n, row), and whether the part has
+    the results schema: one open of the file for both."""
+    with output.filesystem.open_input_file(path) as file:
+        part = pq.ParquetFile(file)
+        table = part.read(columns=["id", "status"])
+        same_schema = part.schema_arrow.remove_metadata() == schema
+    table = table.append_column("part", pa.array(np.full(len(table), n, np.int64)))
+    return table.append_column("row", pa.array(np.arange(len(table), dtype=np.int64))), same_schema
 
 
 def _as_schema(table: pa.Table, schema: pa.Schema, path: str) -> pa.Table:

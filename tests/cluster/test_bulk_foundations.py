@@ -11,6 +11,7 @@ from cluster.bulk.manifest import ManifestError, check_ids, check_schema
 from cluster.bulk.storage import TEMP_SUFFIX, Output, safe_name
 from cluster.bulk.tally import Tally
 from deployments.errors import InvalidInputError, PayloadTooLargeError
+from deployments.limits import Limits
 from deployments.families import DECLARATIONS
 
 QWEN, IP2P = DECLARATIONS["QwenImageEditPlusPipeline"], DECLARATIONS["StableDiffusionInstructPix2PixPipeline"]
@@ -119,25 +120,28 @@ def test_relative_images_start_at_the_manifest_s_folder(image_tree):
     catalog = image_tree / "catalog"
     assert manifest_folder(str(catalog / "manifest.parquet")) == str(catalog)  # a file: its folder
     assert manifest_folder(str(catalog)) == str(catalog)  # a directory: itself
-    reader = ImageReader(str(catalog), max_bytes=4096)
+    reader = ImageReader(str(catalog), Limits(max_image_bytes=4096))
     assert reader.read("imgs/a.png") == b"x" * 2000
     assert reader.read(str(catalog / "imgs" / "a.png")) == b"x" * 2000  # absolute paths as they are
     assert reader.locate("imgs/../imgs/a.png") == str(catalog / "imgs" / "a.png")
 
 
-def test_an_image_root_refuses_paths_outside_it(image_tree):
-    reader = ImageReader(str(image_tree / "catalog"), max_bytes=4096, root=str(image_tree / "catalog"))
+def test_an_image_root_refuses_paths_outside_it(image_tree, monkeypatch):
+    monkeypatch.chdir(image_tree)  # a relative root is the job's, resolved before any worker sees it
+    reader = ImageReader.for_manifest(str(image_tree / "catalog" / "manifest.parquet"), Limits(), root="catalog")
+    assert (reader.base, reader.root) == (str(image_tree / "catalog"), str(image_tree / "catalog"))
+    reader = ImageReader(str(image_tree / "catalog"), Limits(max_image_bytes=4096), root=str(image_tree / "catalog"))
     assert reader.read("imgs/a.png") == b"x" * 2000
     for escaping in ("../secret.png", str(image_tree / "secret.png"), "/etc/passwd", "s3://bucket/x.png"):
         with pytest.raises(InvalidInputError, match="outside --image-root"):
             reader.read(escaping)
-    sibling = ImageReader(str(image_tree), max_bytes=4096, root=str(image_tree / "cat"))  # a prefix is not a folder
+    sibling = ImageReader(str(image_tree), Limits(max_image_bytes=4096), root=str(image_tree / "cat"))  # a prefix is not a folder
     with pytest.raises(InvalidInputError, match="outside --image-root"):
         sibling.read("catalog/imgs/a.png")
 
 
 def test_reads_are_capped_and_only_of_regular_files(image_tree):
-    reader = ImageReader(str(image_tree / "catalog"), max_bytes=1024)
+    reader = ImageReader(str(image_tree / "catalog"), Limits(max_image_bytes=1024))
     with pytest.raises(PayloadTooLargeError, match="at most 1024 bytes, got 2000"):
         reader.read("imgs/a.png")
     for device in ("/dev/zero", "/dev/stdin", str(image_tree)):
@@ -147,7 +151,7 @@ def test_reads_are_capped_and_only_of_regular_files(image_tree):
         reader.read("imgs/missing.png")
     os.mkfifo(image_tree / "pipe.png")
     with pytest.raises(InvalidInputError, match="not a file"):
-        ImageReader(str(image_tree), max_bytes=1024).read("pipe.png")
+        ImageReader(str(image_tree), Limits(max_image_bytes=1024)).read("pipe.png")
 
 
 def test_running_rate_counts_from_the_engines_first_row_to_its_last():
