@@ -8,7 +8,8 @@ import pytest
 
 from cluster.bulk.__main__ import parse_args
 from cluster.bulk.manifest import NOT_COLUMNS, parameter_columns
-from cluster.bulk.requests import ToRequests
+from cluster.bulk.image_reads import ImageReader
+from cluster.bulk.requests import RequestBuilder
 from deployments.lora_settings import LoraSettings
 from deployments.models import resolve_model
 from tests.helpers import image_bytes, random_image
@@ -62,7 +63,8 @@ def test_the_bulk_columns_and_flags_are_the_declared_fields(declared):
 def test_an_out_of_range_value_is_refused_alike_online_and_in_a_bulk_row(client, declared, tmp_path):
     spec, model = declared
     (tmp_path / "in.png").write_bytes(PNG)
-    rows = ToRequests(spec, app_settings(spec.model_id).limits, LoraSettings(), {}, str(tmp_path))
+    limits = app_settings(spec.model_id).limits
+    rows = RequestBuilder(spec, limits, LoraSettings(), {}, ImageReader(str(tmp_path), limits))
     checked = 0
     for name, schema in model.model_json_schema()["properties"].items():
         value = out_of_range(schema)
