@@ -45,7 +45,7 @@ class AdmissionPolicy:
         tokens = sum(r.tokens for r in active)
         admitted: list[T] = []
         for request in waiting:
-            fits = request.ready and not request.solo and not any(r.solo for r in admitted) and (
+            fits = request.ready and not request.solo and (
                 rows + request.rows <= self.max_batch_rows
                 and tokens + request.tokens <= self.token_budget
                 and len(buckets | {request.bucket}) <= self.max_buckets_per_step
@@ -53,6 +53,8 @@ class AdmissionPolicy:
             alone = request.ready and not active and not admitted  # an oversized request still runs, by itself
             if fits or alone:
                 admitted.append(request)
+                if request.solo:
+                    break  # nothing joins it
                 buckets.add(request.bucket)
                 rows += request.rows
                 tokens += request.tokens

@@ -139,8 +139,8 @@ class DenoiseLoop:
     ) -> Ticket:
         """Queues a request; its ticket's future resolves to its Latents or its error. `on_step` hears
         of each step, with a preview (the predicted clean latents) after the step counts in
-        `preview_after`; a `solo` request runs in steps of its own. Raises OverloadedError when `max_waiting` requests are already waiting, and
-        EngineStoppedError once the loop has stopped."""
+        `preview_after`; a `solo` request runs in steps of its own. Raises OverloadedError when
+        `max_waiting` requests are already waiting, and EngineStoppedError once the loop has stopped."""
         ticket = Ticket(conditioning, self.denoiser.footprint(conditioning), on_step, preview_after, solo=solo)
         for name in [name for name, _ in conditioning.adapters] or ["none"]:
             metrics.ADAPTER_REQUESTS.inc(model=self.model_name, adapter=name)
