@@ -166,8 +166,9 @@ EXPECTED = {  # PromQL -> value after the workload (model label: the checkpoint 
     'sum(ray_image_edit_batch_size_bucket{stage="encode", le="1.0"})': 6,
     'sum(ray_image_edit_batch_size_bucket{stage="encode", le="2.0"})': 6,
     'sum(ray_image_edit_batch_size_bucket{stage="encode", le="4.0"})': 8,
-    # Online denoising requests by adapter (none: the base model), adapter loads and the eviction.
-    'sum(ray_image_edit_adapter_requests_total{adapter="none"})': 4,
+    # Denoising requests by adapter (none: the base model) — four online, and the bulk rows, which run
+    # the same engine loop — adapter loads and the eviction.
+    'sum(ray_image_edit_adapter_requests_total{adapter="none"})': 4 + BULK_ROWS,
     'sum(ray_image_edit_adapter_requests_total{adapter="style"})': 1,
     'sum(ray_image_edit_adapter_loads_total{status="ok"})': 2,
     'sum(ray_image_edit_adapter_evictions_total{adapter="style"})': 1,
@@ -183,10 +184,11 @@ def test_each_metric_moves_as_the_workload_says(observed):
     got = {expr: prom.value(expr) for expr in EXPECTED}
     assert got == pytest.approx(EXPECTED)
 
-    # The denoiser's loop: 6 images x 2 steps, batched into at least 2 and at most 12 forwards, each
-    # recorded once in every per-forward metric.
+    # The denoiser's loops (online and the bulk job's): 6 online images and BULK_ROWS rows x 2 steps,
+    # batched into at least 2 + 2 and at most 12 + 2 x BULK_ROWS forwards, each recorded once in every
+    # per-forward metric.
     steps = prom.value("sum(ray_image_edit_denoise_steps_total)")
-    assert 2 <= steps <= 12
+    assert 4 <= steps <= 12 + 2 * BULK_ROWS
     for name in ("denoise_step_seconds", "denoise_rows", "denoise_tokens"):
         assert prom.value(f"sum(ray_image_edit_{name}_count)") == steps, name
     assert prom.value('sum(ray_image_edit_denoise_rows_bucket{le="1.0"})') == 0  # CFG on: 2 rows a request
