@@ -1,6 +1,6 @@
 """Bulk job throughput against the online endpoint's saturated throughput, same workload, one run.
 
-    python -m cluster.bench_bulk [--model DIR_OR_HUB_ID] [--rows 128] [--report bench-bulk.json]
+    python -m cluster.bench_bulk [--model DIR_OR_HUB_ID] [--rows 128] [--online-rows N] [--report bench-bulk.json]
 
 Workload: 128x128 edits, 8 steps, CFG on (as cluster/bench.py). The bulk side is
 `python -m cluster.bulk` over a generated manifest, timed by its own summary — once running (from
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from cluster.bench import Job, input_image, run_served, served_app, tiny_at_working_size
 
-SUMMARY = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$", re.MULTILINE)
+SUMMARY = re.compile(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s*$", re.MULTILINE)
 
 
 def run_bulk(model: str, jobs: list[Job], image: bytes) -> dict:
@@ -50,7 +50,7 @@ def run_bulk(model: str, jobs: list[Job], image: bytes) -> dict:
     match = SUMMARY.findall(done.stdout)
     if done.returncode != 0 or not match:
         raise SystemExit(f"the bulk job failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    ok, error, _, rows_per_s, running_rows_per_s, job_wall = match[-1]
+    ok, error, _, rows_per_s, running_rows_per_s, job_wall, driver_mb = match[-1]
     return {
         "rows": int(ok) + int(error),
         "ok": int(ok),
@@ -59,13 +59,15 @@ def run_bulk(model: str, jobs: list[Job], image: bytes) -> dict:
         "end_to_end_s": round(wall, 2),  # the whole command, interpreter start-up included
         "end_to_end_rows_per_s": round(len(jobs) / wall, 4),
         "job_wall_s": float(job_wall),
+        "driver_peak_rss_mb": int(driver_mb),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--rows", type=int, default=128)
+    parser.add_argument("--rows", type=int, default=128, help="bulk rows")
+    parser.add_argument("--online-rows", type=int, default=None, help="online requests (default: --rows); rates compare either way")
     parser.add_argument("--report", type=Path, default=Path("bench-bulk.json"))
     args = parser.parse_args()
     model = args.model or os.environ.get("MODEL") or str(tiny_at_working_size(128))
@@ -75,7 +77,7 @@ def main() -> None:
     report = {"model": model, "cpu_count": os.cpu_count(), "bulk": run_bulk(model, jobs, image)}
     with served_app(model) as app:
         run_served(app, image, jobs[:8], 8, 300)  # warm-up
-        report["online_c8"] = run_served(app, image, jobs, 8, 600)
+        report["online_c8"] = run_served(app, image, jobs[:args.online_rows or args.rows], 8, 600)
         report["online_c8"].pop("by_job")
     online = report["online_c8"]["images_per_s"]
     report["bulk_vs_online"] = round(report["bulk"]["running_rows_per_s"] / online, 3)

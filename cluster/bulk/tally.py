@@ -1,5 +1,6 @@
 """Counts the bulk job's results as they arrive (also as metrics) and prints the summary table at the end."""
 
+import resource
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -50,9 +51,11 @@ class Tally:
 
     def summary(self) -> str:
         wall = time.perf_counter() - self.started
+        driver_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
         return (
-            f"{'ok':>8} {'error':>8} {'skipped':>8} {'rows/s':>8} {'running':>8} {'wall s':>8}\n"
+            f"{'ok':>8} {'error':>8} {'skipped':>8} {'rows/s':>8} {'running':>8} {'wall s':>8} {'driver MB':>10}\n"
             f"{self.ok:>8} {self.error:>8} {self.skipped:>8} {self.rows_per_s():>8.2f} "
-            f"{self.running_rows_per_s():>8.2f} {wall:>8.1f}\n"
-            "rows/s: over the whole run, start-up included; running: from the engine's first row to its last"
+            f"{self.running_rows_per_s():>8.2f} {wall:>8.1f} {driver_mb:>10}\n"
+            "rows/s: over the whole run, start-up included; running: from the engine's first row to its last; "
+            "driver MB: the driver's peak resident memory"
         )
