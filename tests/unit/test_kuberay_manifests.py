@@ -79,7 +79,7 @@ def test_rayjob_runs_the_bulk_command_on_gpus():
     command = shlex.split(job["spec"]["entrypoint"])
     assert command[:3] == ["python", "-m", "cluster.bulk"]
     args = parse_args(command[3:])  # the real CLI accepts every flag
-    assert args.manifest.startswith("s3://")
+    assert args.manifest.startswith("s3://") and args.output.startswith("s3://")  # nodes share no disk
     for stage in STAGES:
         assert getattr(args, f"{stage}_gpus") > 0, stage
     cluster = job["spec"]["rayClusterSpec"]
