@@ -1,6 +1,7 @@
 """The bulk job's manifest contract, output rules, image reads and tally (no Ray, no model)."""
 
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -170,3 +171,37 @@ def test_running_rate_counts_from_the_engines_first_row_to_its_last():
     assert (tally.ok, tally.error, tally.skipped) == (3, 1, 3)
     assert tally.running_rows_per_s() == pytest.approx(4 / 4.0)
     assert "running" in tally.summary().splitlines()[0]
+
+
+def test_a_batch_that_fails_as_a_whole_reruns_its_rows_alone():
+    """Out of memory on a batch, say: its rows run again one at a time, and only a row that fails
+    alone is an error (a 4xx, the row's own fault, is not rerun)."""
+    from cluster.bulk.stages import StageActor
+
+    @dataclass
+    class Item:
+        request_id: str
+
+    class Flaky(StageActor):
+        stage, verb = "denoise", "denoising"
+
+        def __init__(self):  # no engine: `run` stands for it
+            self.calls = []
+
+        def run(self, items, alone):
+            self.calls.append(([item.request_id for item in items], alone))
+            if len(items) > 1:
+                raise MemoryError("the batch does not fit")
+            (item,) = items
+            if item.request_id == "bad":
+                raise RuntimeError("fails alone too")
+            return [InvalidInputError("size", "too big") if item.request_id == "own" else f"done {item.request_id}"]
+
+    stage = Flaky()
+    results = stage.isolated([Item("a"), Item("bad"), Item("b")])
+    assert results[0] == "done a" and results[2] == "done b"
+    assert "internal error while denoising (RuntimeError)" in results[1].message
+    assert stage.calls == [(["a", "bad", "b"], False), (["a"], True), (["bad"], True), (["b"], True)]
+    stage.calls.clear()
+    (own,) = stage.isolated([Item("own")])
+    assert own.message == "size: too big" and stage.calls == [(["own"], False)]  # its own fault: not rerun
