@@ -57,13 +57,24 @@ def decode_image(data: bytes, param: str = "image", max_pixels: int = MAX_INPUT_
     Transparent pixels are composited over white (their hidden colour is arbitrary); 16-bit images are
     scaled to 8 bits rather than clipped; CMYK, grey and palette images become RGB.
     """
+    return to_rgb(open_image(data, param, max_pixels))
+
+
+def open_image(
+    data: bytes, param: str = "image", max_pixels: int = MAX_INPUT_PIXELS, formats: tuple[str, ...] = tuple(PIL_FORMATS)
+) -> Image.Image:
+    """Decodes uploaded bytes, after `inspect_image` has accepted them as one of `formats`, into an
+    upright image (EXIF orientation applied) in the file's own mode."""
     header = inspect_image(data, param, max_pixels)
+    if header.format not in formats:
+        allowed = " or ".join(f.upper() for f in formats)
+        raise InvalidInputError(param, f"must be a {allowed} file, got a {header.format.upper()} one")
     try:
         image = _open(data, header.format)
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
         raise InvalidInputError(param, f"is corrupt or truncated and could not be decoded ({e})") from e
-    return to_rgb(ImageOps.exif_transpose(image))
+    return ImageOps.exif_transpose(image)
 
 
 def _open(data: bytes, fmt: str) -> Image.Image:

@@ -168,13 +168,44 @@ class EditParameters(BaseModel):
         """The fields this family adds to the shared ones (e.g. its guidance scales)."""
         return tuple(name for name in cls.model_fields if name not in EditParameters.model_fields)
 
+    @classmethod
+    def file_fields(cls) -> tuple[str, ...]:
+        """The fields holding uploaded files (`image`, a family's `mask`): multipart files online, path
+        columns in a bulk manifest."""
+        return tuple(name for name, field in cls.model_fields.items() if bytes in _leaf_types(field.annotation))
+
     def family_values(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.family_fields()}
+        """The family's own values a stage needs beyond its tensors (its uploads become tensors)."""
+        files = self.file_fields()
+        return {name: getattr(self, name) for name in self.family_fields() if name not in files}
 
     @property
     def adapters(self) -> tuple[tuple[str, float], ...]:
         """The adapters to apply, as (name, scale) pairs (scales resolved at validation)."""
         return tuple((choice.name, choice.scale) for choice in self.lora)
+
+
+def _leaf_types(annotation) -> set:
+    """The plain types inside an annotation (`list[bytes] | None` -> {bytes, NoneType})."""
+    args = typing.get_args(annotation)
+    if not args:
+        return {annotation}
+    return set().union(*(_leaf_types(arg) for arg in args))
+
+
+def checked_file(check) -> AfterValidator:
+    """A validator of an uploaded file's bytes by `check(data, param)`, which raises InvalidInputError
+    (e.g. images.inspect_image): its message becomes the refusal's."""
+
+    def validate(data: bytes | None, info) -> bytes | None:
+        if data is not None:
+            try:
+                check(data, info.field_name)
+            except InvalidInputError as e:
+                raise PydanticCustomError("file", "{message}", {"message": e.message.removeprefix(f"{e.param}: ")}) from None
+        return data
+
+    return AfterValidator(validate)
 
 
 def refused(param: str, message: str) -> PydanticCustomError:
@@ -278,7 +309,7 @@ def invalid_input(error: ValidationError, model: type[BaseModel]) -> InvalidInpu
         return InvalidInputError(param, _not_a_field(param, model))
     if kind == "missing":
         return InvalidInputError(param, "is required")
-    if field is None or kind in ("empty_prompt", "nul", "size"):
+    if field is None or kind in ("empty_prompt", "nul", "size", "file"):
         return InvalidInputError(param, problem["msg"])
     if kind == "literal_error":
         return InvalidInputError(param, f"must be one of {problem['ctx']['expected']}, got {value!r}")

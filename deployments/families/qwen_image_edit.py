@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
+from diffusers import QwenImageEditInpaintPipeline, QwenImageEditPipeline, QwenImageEditPlusPipeline
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (
     calculate_dimensions,
     calculate_shift,
@@ -23,6 +24,8 @@ from deployments.contracts import Conditioning, EditRequest, Latents, OutputSpec
 from deployments.errors import InvalidInputError, ModelLoadError
 from deployments.families.base import DenoiseJob, Footprint, ModelFamily, TensorSpec
 from deployments.families.batch_invariance import make_per_row_linears_batch_invariant
+from deployments.families.qwen_image_edit_parameters import first_step
+from deployments.masks import outpainting_canvas, read_mask
 from deployments.models import ModelSpec
 
 PIPELINES = {cls.__name__: cls for cls in (QwenImageEditPipeline, QwenImageEditPlusPipeline)}
@@ -44,13 +47,20 @@ class QwenImageEdit(ModelFamily):
         "negative_prompt_embeds": TensorSpec("(S', D), with true CFG only", optional=True),
         "negative_prompt_embeds_mask": TensorSpec("(S',)", optional=True),
         "image_latents": TensorSpec("(L_img, C) normalized, packed, all input images concatenated"),
+        # Masked edits (a mask or an outpainting canvas) only:
+        "mask": TensorSpec("(L, C) packed like the latents: 1 = edit, 0 = keep", optional=True),
+        "image_posterior": TensorSpec("(2z, 1, h, w) image 1's VAE posterior (mean, log-variance)", optional=True),
+        "latents_normalization": TensorSpec("(2, z) the VAE's latents_mean and 1 / latents_std", optional=True),
     }
 
     def __init__(self, spec: ModelSpec, role: str, loaded: dict[str, Any], *args, **kwargs):
         self.plus = spec.pipeline_class == QwenImageEditPlusPipeline.__name__
         # diffusers' pipeline holding only this role's components: its prompt template, image
         # processor and static helpers are the reference we must match.
-        self.pipe = PIPELINES[spec.pipeline_class](**{name: loaded.get(name) for name in ALL_COMPONENTS})
+        components = {name: loaded.get(name) for name in ALL_COMPONENTS}
+        self.pipe = PIPELINES[spec.pipeline_class](**components)
+        # Masked edits follow diffusers' inpaint pipeline (Qwen-Image-Edit's; Edit-Plus has none): its mask processor.
+        self.mask_processor = QwenImageEditInpaintPipeline(**components).mask_processor
         super().__init__(spec, role, loaded, *args, **kwargs)
 
     def set_up_denoiser(self) -> None:
@@ -66,8 +76,13 @@ class QwenImageEdit(ModelFamily):
         parameters = request.parameters
         true_cfg = parameters.negative_prompt is not None and parameters.true_cfg_scale > 1  # diffusers' rule
         self._check_prompts(parameters, true_cfg, self.pipe.processor.tokenizer, self.spec.settings.max_prompt_tokens)
-        condition_images, vae_images, vae_sizes = self._prepare_images(images)
         width, height = self._output_size(parameters.output_size, images)
+        edit_area = None
+        if parameters.masked:  # the mask applies to image 1 (its canvas, when outpainting), at its latent grid
+            images, edit_area = self._masked_images(parameters, images)
+        condition_images, vae_images, vae_sizes = self._prepare_images(images, exact_first=parameters.placement is not None)
+        if edit_area is not None:
+            width, height = vae_sizes[0]
         prompt_embeds, prompt_mask = self._encode_prompt(parameters.prompt, condition_images)
         negative_embeds = negative_mask = None
         if true_cfg:
@@ -78,8 +93,11 @@ class QwenImageEdit(ModelFamily):
             "prompt_embeds_mask": prompt_mask,
             "negative_prompt_embeds": negative_embeds,
             "negative_prompt_embeds_mask": negative_mask,
-            "image_latents": self._encode_image_latents(vae_images),
         }
+        if edit_area is None:
+            tensors["image_latents"] = self._encode_image_latents(vae_images)
+        else:
+            tensors.update(self._encode_masked(vae_images, edit_area, width, height))
         return self._conditioning(
             request,
             tensors,
@@ -88,13 +106,16 @@ class QwenImageEdit(ModelFamily):
             width=width,
         )
 
-    def _prepare_images(self, images: list[Image.Image]):
-        """Condition image(s) for the VL encoder (PIL) and VAE image(s) (B, C, 1, H, W) with their sizes."""
+    def _prepare_images(self, images: list[Image.Image], exact_first: bool = False):
+        """Condition image(s) for the VL encoder (PIL) and VAE image(s) (B, C, 1, H, W) with their sizes:
+        the model's area at each image's aspect ratio (with `exact_first`, image 1 at its own size)."""
         settings, processor = self.spec.settings, self.pipe.image_processor
         condition_images, vae_images, vae_sizes = [], [], []
-        for image in images:
+        for i, image in enumerate(images):
             ratio = image.width / image.height
             vae_width, vae_height = calculate_dimensions(settings.vae_image_area, ratio)
+            if exact_first and i == 0:
+                vae_width, vae_height = image.size
             condition_width, condition_height = calculate_dimensions(settings.condition_image_area, ratio)
             too_thin = min(vae_width, vae_height, condition_width, condition_height) < 32
             if too_thin or max(ratio, 1 / ratio) > MAX_ASPECT_RATIO:
@@ -122,6 +143,15 @@ class QwenImageEdit(ModelFamily):
         width, height = calculate_dimensions(self.spec.settings.vae_image_area, image.width / image.height)
         return width // multiple * multiple, height // multiple * multiple
 
+    @staticmethod
+    def _masked_images(parameters, images: list[Image.Image]) -> tuple[list[Image.Image], Image.Image]:
+        """The images with image 1 on its outpainting canvas (when placed), and the area to edit in image 1."""
+        first = images[0]
+        edit_area = None if parameters.mask is None else read_mask(parameters.mask, first.size)
+        if parameters.placement is not None:
+            first, edit_area = outpainting_canvas(first, edit_area, parameters.output_size, parameters.position)
+        return [first, *images[1:]], edit_area
+
     def _encode_prompt(self, prompt: str, condition_images: list[Image.Image]):
         """(S, D) embeddings and their (S,) mask for one prompt, on the CPU."""
         images = condition_images if self.plus else condition_images[0]
@@ -130,14 +160,46 @@ class QwenImageEdit(ModelFamily):
             mask = torch.ones(embeds.shape[:2], dtype=torch.long)
         return self.to_host(embeds[0], mask[0])
 
-    def _encode_image_latents(self, vae_images: list[torch.Tensor]) -> torch.Tensor:
-        """Normalized, packed latents of every input image, concatenated: (L_img, C)."""
+    def _encode_image_latents(self, vae_images: list[torch.Tensor], first: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalized, packed latents of every input image, concatenated: (L_img, C) (image 1's given as `first`)."""
         packed = []
-        for image in vae_images:
-            latents = self.pipe._encode_vae_image(image.to(self.device, self.dtype), generator=None)
-            _, channels, _, height, width = latents.shape  # (1, C, 1, h, w)
-            packed.append(self.pipe._pack_latents(latents, 1, channels, height, width))
+        for i, image in enumerate(vae_images):
+            latents = first if first is not None and i == 0 else self.pipe._encode_vae_image(image.to(self.device, self.dtype), generator=None)
+            packed.append(self._pack(latents))
         return self.to_host(torch.cat(packed, dim=1)[0])[0]
+
+    def _pack(self, latents: torch.Tensor) -> torch.Tensor:
+        """(1, C, 1, h, w) -> (1, L, 4C) 2x2 patches, as diffusers packs them."""
+        _, channels, _, height, width = latents.shape
+        return self.pipe._pack_latents(latents, 1, channels, height, width)
+
+    def _encode_masked(self, vae_images: list[torch.Tensor], edit_area: Image.Image, width: int, height: int) -> dict:
+        """A masked edit's tensors: image 1's VAE posterior, which the Denoiser samples with each image's own
+        generator (diffusers' inpaint pipeline samples it, where the edit pipeline takes its mode), the
+        image latents with image 1's mode in its place until then, and the area to edit at the latent grid."""
+        vae = self.loaded["vae"]
+        posterior = vae.encode(vae_images[0].to(self.device, self.dtype)).latent_dist
+        normalization = torch.stack([torch.tensor(vae.config.latents_mean), 1.0 / torch.tensor(vae.config.latents_std)])
+        normalization = normalization.to(self.device, self.dtype)  # computed as diffusers computes them
+        image_latents = self._encode_image_latents(vae_images, first=_normalized(posterior.mode(), normalization))
+        posterior_parameters, normalization = self.to_host(posterior.parameters[0], normalization)
+        return {
+            "image_latents": image_latents,
+            "image_posterior": posterior_parameters,
+            "latents_normalization": normalization,
+            "mask": self._mask_latents(edit_area, width, height),
+        }
+
+    def _mask_latents(self, edit_area: Image.Image, width: int, height: int) -> torch.Tensor:
+        """(L, C) the area to edit, binarized at the output's latent grid and packed like the latents.
+        Adapted from diffusers' QwenImageEditInpaintPipeline (`__call__`, `prepare_mask_latents`)."""
+        condition = self.mask_processor.preprocess(edit_area, height=height, width=width)  # (1, 1, H, W), 1 = edit
+        scale = self.pipe.vae_scale_factor * 2
+        rows, cols = 2 * (height // scale), 2 * (width // scale)
+        mask = torch.nn.functional.interpolate(condition, size=(rows, cols)).to(self.device, self.dtype)
+        channels = self.loaded["vae"].config.z_dim  # the transformer's in_channels // 4
+        packed = self.pipe._pack_latents(mask.repeat(1, channels, 1, 1), 1, channels, rows, cols)
+        return self.to_host(packed[0])[0]
 
     # ---- Denoiser ------------------------------------------------------------------------------
 
@@ -192,19 +254,56 @@ class QwenImageEdit(ModelFamily):
         _, rows, cols = conditioning.img_shapes[0]
         channels = transformer.config.in_channels // 4
         generator = torch.Generator("cpu").manual_seed(conditioning.seed)
+        tensors = self.device_tensors(conditioning)
+        # A masked edit samples image 1's posterior first, with the same generator, as diffusers' inpaint pipeline.
+        image_latents = self._sampled_image_latents(tensors, generator) if "mask" in tensors else None
         noise = randn_tensor((1, 1, channels, 2 * rows, 2 * cols), generator=generator, device=self.device, dtype=self.dtype)
         latents = self.pipe._pack_latents(noise, 1, channels, 2 * rows, 2 * cols)  # (1, L, C)
 
         scheduler, timesteps = self.new_schedule(conditioning.num_inference_steps, latents.shape[1], self.device, conditioning.scheduler)
 
-        return DenoiseJob(
+        job = DenoiseJob(
             conditioning=conditioning,
             latents=latents,
             scheduler=scheduler,
             timesteps=timesteps,
             footprint=self.footprint(conditioning),
-            tensors=self.device_tensors(conditioning),
+            tensors=tensors,
         )
+        if image_latents is not None:
+            self._start_masked(job, image_latents)
+        return job
+
+    def _sampled_image_latents(self, tensors: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        """(1, L, C) image 1's latents sampled from its VAE posterior with `generator`, normalized and packed
+        (diffusers' inpaint `_encode_vae_image`, split at the stage boundary)."""
+        posterior = DiagonalGaussianDistribution(tensors["image_posterior"][None])
+        return self._pack(_normalized(posterior.sample(generator), tensors["latents_normalization"]))
+
+    def _start_masked(self, job: DenoiseJob, image_latents: torch.Tensor) -> None:
+        """Adapted from diffusers' QwenImageEditInpaintPipeline: `strength` drops the schedule's first
+        steps, and the sample starts from the image latents noised to the first kept timestep. The
+        transformer sees the sampled image latents as its condition."""
+        first = first_step(len(job.timesteps), job.conditioning.parameters["strength"])
+        job.timesteps = job.timesteps[first:]
+        job.scheduler.set_begin_index(first)
+        noise = job.latents
+        job.latents = job.scheduler.scale_noise(image_latents, job.timesteps[:1], noise)
+        condition = job.tensors["image_latents"]
+        job.tensors["image_latents"] = torch.cat([image_latents[0], condition[image_latents.shape[1] :]])
+        job.state.update(image_latents=image_latents, noise=noise)
+
+    def after_step(self, job: DenoiseJob, noise_pred: torch.Tensor) -> None:
+        """A masked edit keeps the image outside the mask: there the sample is replaced by the image latents
+        noised to the next timestep (the clean ones after the last step), as diffusers' inpaint pipeline."""
+        if "mask" not in job.tensors:
+            return
+        known = job.state["image_latents"]
+        following = job.step_index + 1
+        if following < len(job.timesteps):
+            known = job.scheduler.scale_noise(known, job.timesteps[following : following + 1], job.state["noise"])
+        mask = job.tensors["mask"]
+        job.latents = (1 - mask) * known + mask * job.latents
 
     @torch.no_grad()
     def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
@@ -245,8 +344,13 @@ class QwenImageEdit(ModelFamily):
     # ---- Decoder -------------------------------------------------------------------------------
 
     def predicted_clean(self, job: DenoiseJob, noise_pred: torch.Tensor) -> torch.Tensor:
-        # Flow matching predicts the velocity v = noise - x0, and x_t = x0 + sigma * v.
-        return job.latents - job.scheduler.sigmas[job.step_index] * noise_pred
+        # Flow matching predicts the velocity v = noise - x0, and x_t = x0 + sigma * v (the schedule may
+        # begin past its first sigma: a masked edit's strength).
+        clean = job.latents - job.scheduler.sigmas[job.scheduler.begin_index + job.step_index] * noise_pred
+        if "mask" in job.tensors:  # outside the mask, the image it keeps
+            mask = job.tensors["mask"]
+            clean = (1 - mask) * job.state["image_latents"] + mask * clean
+        return clean
 
     @torch.no_grad()
     def decode(self, latents: Latents) -> np.ndarray:
@@ -258,6 +362,13 @@ class QwenImageEdit(ModelFamily):
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(unpacked.device, unpacked.dtype)
         image = vae.decode(unpacked / inv_std + mean, return_dict=False)[0][:, :, 0]  # (1, 3, H, W) in [-1, 1]
         return self.pipe.image_processor.postprocess(image, output_type="np")[0]
+
+
+def _normalized(latents: torch.Tensor, normalization: torch.Tensor) -> torch.Tensor:
+    """(1, z, 1, h, w) VAE latents in the transformer's space: (latents - latents_mean) / latents_std per
+    channel, computed as diffusers' `_encode_vae_image` computes it."""
+    mean, inv_std = (values.view(1, -1, 1, 1, 1) for values in normalization)
+    return (latents - mean) * inv_std
 
 
 def _true_cfg(positive: torch.Tensor, negative: torch.Tensor, scale: float) -> torch.Tensor:

@@ -1,8 +1,23 @@
 import pytest
+import torch
+from diffusers import QwenImageEditInpaintPipeline, QwenImageEditPipeline, QwenImageEditPlusPipeline
+from diffusers.pipelines.qwenimage import (
+    pipeline_qwenimage_edit,
+    pipeline_qwenimage_edit_inpaint,
+    pipeline_qwenimage_edit_plus,
+)
 
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
+from deployments.settings import EngineSettings
+
+# The diffusers pipelines the engine must reproduce: name -> (class, its module, the tiny checkpoint).
+REFERENCES = {
+    "edit": (QwenImageEditPipeline, pipeline_qwenimage_edit, "edit"),
+    "edit-plus": (QwenImageEditPlusPipeline, pipeline_qwenimage_edit_plus, "edit-plus"),
+    "inpaint": (QwenImageEditInpaintPipeline, pipeline_qwenimage_edit_inpaint, "edit"),
+}
 
 
 class Stages:
@@ -16,3 +31,30 @@ class Stages:
 @pytest.fixture(scope="session")
 def stages(tiny_checkpoints) -> dict[str, Stages]:
     return {variant: Stages(path) for variant, path in tiny_checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_checkpoints):
+    """Runs a diffusers reference pipeline: run(name, monkeypatch, images, seed=..., **call arguments) ->
+    its (H, W, 3) float image.
+
+    The reference pipelines hard-code ~1024x1024 VAE and 384x384 VL-condition areas (via module-level
+    `calculate_dimensions` calls). The engine reads these areas from the checkpoint's settings; the
+    tiny checkpoints record small ones so CPU tests stay fast. So each reference run patches diffusers'
+    `calculate_dimensions` to map its hard-coded areas to the checkpoint's, which changes nothing but
+    the sizes both sides compute."""
+    pipelines = {}
+
+    def run(name, monkeypatch, images, **kwargs):
+        pipeline_cls, module, variant = REFERENCES[name]
+        settings = EngineSettings.for_model(tiny_checkpoints[variant])
+        areas = {1024 * 1024: settings.vae_image_area, 384 * 384: settings.condition_image_area}
+        original = module.calculate_dimensions
+        monkeypatch.setattr(module, "calculate_dimensions", lambda area, ratio: original(areas[area], ratio))
+        if name not in pipelines:
+            pipelines[name] = pipeline_cls.from_pretrained(tiny_checkpoints[variant])
+        image = images if name == "edit-plus" else images[0]
+        generator = torch.Generator("cpu").manual_seed(kwargs.pop("seed"))
+        return pipelines[name](image=image, generator=generator, output_type="np", **kwargs).images[0]
+
+    return run

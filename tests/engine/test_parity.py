@@ -1,50 +1,16 @@
-"""The staged engine reproduces the diffusers reference pipelines: <= 1e-4 on the float image.
-
-The reference pipelines hard-code ~1024x1024 VAE and 384x384 VL-condition areas (via module-level
-`calculate_dimensions` calls and, in Edit-Plus, the CONDITION_IMAGE_SIZE / VAE_IMAGE_SIZE constants).
-The engine reads these areas from the checkpoint's settings; the tiny checkpoints record small ones so
-CPU tests stay fast. So each reference run patches diffusers' `calculate_dimensions` to map its
-hard-coded areas to the checkpoint's, which changes nothing but the sizes both sides compute.
-"""
+"""The staged engine reproduces the diffusers reference pipelines: <= 1e-4 on the float image
+(the reference runs: tests/engine/conftest.py)."""
 
 import io
 
 import numpy as np
 import pytest
-import torch
-from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
-from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit, pipeline_qwenimage_edit_plus
 from PIL import Image
 
 from deployments.images import decode_image
-from deployments.settings import EngineSettings
 from tests.helpers import edit_request, image_bytes, random_image
 
-REFERENCES = {
-    "edit": (QwenImageEditPipeline, pipeline_qwenimage_edit),
-    "edit-plus": (QwenImageEditPlusPipeline, pipeline_qwenimage_edit_plus),
-}
 STEPS = 3
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_checkpoints):
-    pipelines = {}
-
-    def run(variant, monkeypatch, images, **kwargs):
-        pipeline_cls, module = REFERENCES[variant]
-        settings = EngineSettings.for_model(tiny_checkpoints[variant])
-        areas = {1024 * 1024: settings.vae_image_area, 384 * 384: settings.condition_image_area}
-        original = module.calculate_dimensions
-        monkeypatch.setattr(module, "calculate_dimensions", lambda area, ratio: original(areas[area], ratio))
-        if variant not in pipelines:
-            pipelines[variant] = pipeline_cls.from_pretrained(tiny_checkpoints[variant])
-        image = images if variant == "edit-plus" else images[0]
-        generator = torch.Generator("cpu").manual_seed(kwargs.pop("seed"))
-        return pipelines[variant](image=image, generator=generator, output_type="np", **kwargs).images[0]
-
-    return run
-
 
 CASES = [
     # variant, image sizes, prompt, negative prompt, CFG scale

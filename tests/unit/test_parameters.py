@@ -11,11 +11,13 @@ from deployments.families.loading import FAMILY_OF
 from deployments.limits import Limits
 from deployments.parameters import EditParameters, parse, request_model
 from deployments.settings import EngineSettings
+from tests.helpers import image_bytes, random_image
 
 QWEN = request_model(DECLARATIONS["QwenImageEditPlusPipeline"])
 EDIT = request_model(DECLARATIONS["QwenImageEditPipeline"])
 IP2P = request_model(DECLARATIONS["StableDiffusionInstructPix2PixPipeline"])
 IMAGE = [b"not decoded here"]
+MASK = image_bytes(random_image(8, 8, mode="RGBA"))  # its pixels are read by the Encoder; its header here
 
 
 def refusal(model, **values) -> InvalidInputError:
@@ -59,7 +61,14 @@ def test_every_supported_pipeline_has_a_declaration_and_its_math():
     ({"negative_prompt": 3}, "negative_prompt", "string"),
     ({"output_format": "gif"}, "output_format", "one of 'png', 'jpeg' or 'webp', got 'gif'"),
     ({"output_compression": 101}, "output_compression", "[0, 100]"),
-    ({"mask": "x"}, "mask", "is not a field of this API"),
+    ({"mask": b"x"}, "mask", "is not a recognizable PNG, JPEG or WebP image"),
+    ({"mask": image_bytes(random_image(8, 8), "JPEG")}, "mask", "must be a PNG with an alpha channel, got a JPEG file"),
+    ({"mask": MASK, "size": "512x512"}, "size", "a masked edit is made at the (first) image's framing"),
+    ({"mask": MASK, "strength": 1.5}, "strength", "a finite number in [0, 1], got 1.5"),
+    ({"mask": MASK, "strength": 0}, "strength", "0.0 runs none of the 50 steps"),
+    ({"placement": "left"}, "placement", "must be 'center' or 'X,Y' (non-negative pixels), got 'left'"),
+    ({"placement": "-1,0", "size": "512x512"}, "placement", "must be 'center' or 'X,Y'"),
+    ({"placement": "center"}, "placement", "give a size (WIDTHxHEIGHT) as well"),
     ({"guidance_scale": 7.5}, "guidance_scale", "does not apply to Qwen-Image-Edit models; they take true_cfg_scale"),
 ])
 def test_invalid_values_are_refused_naming_the_field(values, param, fragment):
@@ -72,6 +81,7 @@ def test_invalid_values_are_refused_naming_the_field(values, param, fragment):
     (IP2P, {"true_cfg_scale": 4.0}, "true_cfg_scale", "they take guidance_scale and image_guidance_scale"),
     (IP2P, {"size": "64x64"}, "size", "edit at the input image's size"),
     (IP2P, {"image_guidance_scale": 21}, "image_guidance_scale", "[0, 20]"),
+    (IP2P, {"mask": MASK}, "mask", "does not apply to InstructPix2Pix models"),
 ])
 def test_each_family_takes_its_own_fields(model, values, param, fragment):
     error = refusal(model, **values)
@@ -86,6 +96,12 @@ def test_defaults_are_filled_in_and_values_kept():
     qwen = parse(QWEN, {"image": IMAGE, "prompt": "x", "seed": 7, "size": "512x256"})
     assert (qwen.seed, qwen.output_size, qwen.negative_prompt, qwen.true_cfg_scale) == (7, (512, 256), " ", 4.0)
     assert qwen.num_inference_steps == 50 and 0 <= parse(QWEN, {"image": IMAGE, "prompt": "x"}).seed < 2**31
+    assert (qwen.masked, qwen.strength, qwen.family_values()) == (False, 0.6, {"true_cfg_scale": 4.0, "strength": 0.6, "placement": None})
+    masked = parse(QWEN, {"image": IMAGE, "prompt": "x", "mask": MASK, "strength": "1"})
+    assert masked.masked and masked.mask == MASK and masked.strength == 1.0 and "mask" not in masked.family_values()
+    assert parse(QWEN, {"image": IMAGE, "prompt": "x", "size": "96x64", "placement": "8,16"}).position == (8, 16)
+    assert parse(QWEN, {"image": IMAGE, "prompt": "x", "strength": 0}).strength == 0  # ignored without a mask
+    assert QWEN.file_fields() == ("image", "mask") and IP2P.file_fields() == ("image",)
 
 
 def test_limits_and_checkpoint_defaults_bind_the_declaration_and_its_schema():
