@@ -80,7 +80,7 @@ class Ingress:
         try:
             form = await self._read_form(http)
             try:
-                uploads = await read_uploads(form, self.settings.limits, self.served.spec.declared.max_input_images)
+                uploads = await read_uploads(form, self.settings.limits, self.form_model)
                 parsed = parse_edit_form(form, uploads, self.form_model)
             finally:
                 await form.close()

@@ -107,40 +107,52 @@ class EditForm:
     stream_progress: bool = False  # also stream an `image_edit.progress` event per denoising step
 
 
-async def read_uploads(form: FormData, limits: Limits, max_images: int) -> list[bytes]:
-    """The uploaded image files, refused early (before decoding) when too many, too large or not images."""
+async def read_uploads(form: FormData, limits: Limits, form_model: type[BaseModel]) -> dict[str, bytes | list[bytes]]:
+    """The uploaded files of the family's file fields (`image`, a list; e.g. `mask`, one file), refused
+    early (before decoding) when too many, too large or not images."""
+    max_images = form_model.declaration.max_input_images
     files = [file for name in IMAGE_FIELDS for file in form.getlist(name)]
     if not files:
         raise InvalidInputError("image", f"upload 1 to {max_images} image files as `image` (or `image[]`)")
     if len(files) > max_images:
         raise InvalidInputError("image", f"give 1 to {max_images} image(s), got {len(files)}")
-    uploads = []
-    for i, file in enumerate(files):
-        param = "image" if len(files) == 1 else f"image[{i}]"
-        if not isinstance(file, UploadFile):
-            raise InvalidInputError(param, "must be an uploaded file (multipart/form-data), not a text field")
-        if file.size is not None and file.size > limits.max_image_bytes:  # known before reading it in
-            raise limits.image_too_large(param, str(file.size))
-        data = await file.read()
-        inspect_image(data, param, limits.max_image_pixels)  # format and size from the header: refuse early
-        uploads.append(data)
+    uploads: dict[str, bytes | list[bytes]] = {
+        "image": [await _read(file, "image" if len(files) == 1 else f"image[{i}]", limits) for i, file in enumerate(files)]
+    }
+    for name in form_model.file_fields():
+        given = form.getlist(name) if name != "image" else []
+        if len(given) > 1:
+            raise InvalidInputError(name, f"give one file, got {len(given)}")
+        if given:
+            uploads[name] = await _read(given[0], name, limits)
     return uploads
 
 
-def parse_edit_form(form: FormData, uploads: list[bytes], form_model: type[BaseModel]) -> EditForm:
-    """The form's text fields and `uploads` validated by `form_model` (ServedModel.form_model)."""
-    if form.get("mask") is not None:
-        raise InvalidInputError("mask", "masks are not supported; describe the region in the prompt instead")
-    values: dict[str, object] = {"image": uploads}
+async def _read(file, param: str, limits: Limits) -> bytes:
+    if not isinstance(file, UploadFile):
+        raise InvalidInputError(param, "must be an uploaded file (multipart/form-data), not a text field")
+    if file.size is not None and file.size > limits.max_image_bytes:  # known before reading it in
+        raise limits.image_too_large(param, str(file.size))
+    data = await file.read()
+    inspect_image(data, param, limits.max_image_pixels)  # format and size from the header: refuse early
+    return data
+
+
+def parse_edit_form(form: FormData, uploads: dict[str, bytes | list[bytes]], form_model: type[BaseModel]) -> EditForm:
+    """The form's text fields and `uploads` (read_uploads) validated by `form_model` (ServedModel.form_model)."""
+    values: dict[str, object] = dict(uploads)
     text_fields = _text_fields(form_model)
     for name in form.keys():
-        if name in IMAGE_FIELDS:
+        if name in IMAGE_FIELDS or name in uploads:
             continue
         given = form.getlist(name)
         if len(given) > 1:
             raise InvalidInputError(name, f"give it once, got {len(given)} values")
-        if not isinstance(given[0], str):
+        if not isinstance(given[0], str) and name in form_model.model_fields:
             raise InvalidInputError(name, "must be a text field, not a file")
+        if not isinstance(given[0], str):  # no field of this form (e.g. another family's `mask`): validation says so
+            values[name] = "(a file)"
+            continue
         if given[0] != "" or name in text_fields:  # an empty number means: not given (as HTML forms send it)
             values[name] = given[0]
     if values.get("model") in form_model.adapter_names:

@@ -89,7 +89,6 @@ BAD_FIELDS = {  # id -> (fields, param, message fragment)
     "steps-one": ({"num_inference_steps": "1"}, "num_inference_steps", "at least 2 steps"),  # NaN sigmas otherwise
     "timeout-zero": ({"timeout": "0"}, "timeout", "[1, 120"),
     "timeout-beyond-server": ({"timeout": "100000"}, "timeout", "[1, 120"),
-    "mask": ({"mask": "x"}, "mask", "not supported"),
 }
 
 

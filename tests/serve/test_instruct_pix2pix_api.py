@@ -68,6 +68,15 @@ def test_fields_that_do_not_apply_or_are_out_of_range_are_refused(pix2pix, field
     assert error["param"] == param and fragment in error["message"]
 
 
+def test_a_mask_does_not_apply(pix2pix):
+    mask = image_bytes(random_image(72, 48, mode="RGBA"))
+    response = pix2pix.post("/v1/images/edits", files=[("image", ("p.png", PHOTO, "image/png")), ("mask", ("m.png", mask, "image/png"))],
+                            data={"prompt": "x"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "mask" and "does not apply to InstructPix2Pix models" in error["message"]
+
+
 def test_the_qwen_app_refuses_instruct_pix2pix_fields(client):
     response = client.post("/v1/images/edits", files=[("image", ("p.png", PHOTO, "image/png"))],
                            data={"prompt": "x", "image_guidance_scale": "1.5"})
