@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--prompt", required=True, help="the edit instruction")
     parser.add_argument("--out", type=Path, required=True, help="where to write the edited image (.png, .jpg, .webp)")
     parser.add_argument("--model", default=None, help="checkpoint directory or hub id (default: $MODEL or the tiny model)")
-    flags = add_parameter_flags(parser.add_argument_group("request parameters"), NOT_FLAGS, {"seed": 0})
+    flags = add_parameter_flags(parser.add_argument_group("request parameters"), NOT_FLAGS, {"seed": 0}, files=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 

@@ -51,8 +51,8 @@ class ImageReader:
             root = str(Path(root).resolve())
         return cls(manifest_folder(manifest), limits, root)
 
-    def locate(self, image: str) -> str:
-        """The image's absolute location; raises InvalidInputError when it lies outside the root."""
+    def locate(self, image: str, param: str = "image") -> str:
+        """The image's absolute location; raises InvalidInputError (naming `param`) when it lies outside the root."""
         if "://" not in image and not posixpath.isabs(image):
             image = f"{self.base.rstrip('/')}/{image}"
         prefix, path = _split(image)
@@ -61,23 +61,30 @@ class ImageReader:
             root_prefix, root_path = _split(self.root)
             inside = prefix == root_prefix and (path == root_path or path.startswith(root_path.rstrip("/") + "/"))
             if not inside:
-                raise InvalidInputError("image", f"{image!r} lies outside --image-root {self.root}")
+                raise InvalidInputError(param, f"{image!r} lies outside --image-root {self.root}")
         return location
 
-    def read(self, image: str) -> bytes:
-        location = self.locate(image)
+    def read(self, image: str, param: str = "image") -> bytes:
+        """The file's bytes; any problem is an InvalidInputError naming `param` (the row's column)."""
+        try:
+            return self._read(image, param)
+        except OSError as e:  # the filesystem's own failures (permissions, network, ...)
+            raise InvalidInputError(param, f"{image!r} could not be read ({e})") from e
+
+    def _read(self, image: str, param: str) -> bytes:
+        location = self.locate(image, param)
         filesystem, path = _filesystem(location)
         info = filesystem.get_file_info(path)
         if info.type != pafs.FileType.File:
             why = "not found" if info.type == pafs.FileType.NotFound else "not a file"
-            raise InvalidInputError("image", f"{image!r} could not be read ({why})")
+            raise InvalidInputError(param, f"{image!r} could not be read ({why})")
         most = self.limits.max_image_bytes
         if info.size is not None and info.size > most:
-            raise self.limits.image_too_large("image", str(info.size))
+            raise self.limits.image_too_large(param, str(info.size))
         with filesystem.open_input_stream(path) as stream:
             data = stream.read(most + 1)  # never more, whatever the listing said
         if len(data) > most:
-            raise self.limits.image_too_large("image", "more")
+            raise self.limits.image_too_large(param, "more")
         return data
 
 

@@ -2,12 +2,13 @@
 (deployments/parameters.py and the family's `*_parameters.py`) and checked before any work starts.
 
 Required columns: `id` (string, unique), `image` (a path/URI string, or a list of them for models
-taking several images) and `instruction` (the API's `prompt`). Optional: every other field the
-family declares, under its API name, except `n` (a row makes one image): e.g. `negative_prompt`,
-`seed`, `num_inference_steps`, `size`, `output_format`, `lora` (JSON text, as the API takes it) and the
-family's own guidance fields. Missing
-columns and null values take the job's flags, then the declaration's defaults. A column of another
-family's fields is refused; other columns are carried along unread.
+taking several images) and `instruction` (the API's `prompt`). Optional: the family's other file
+fields as path/URI strings (Qwen-Image-Edit's `mask`; null: none), and every other field the family
+declares, under its API name, except `n` (a row makes one image): e.g. `negative_prompt`, `seed`,
+`num_inference_steps`, `size`, `output_format`, `lora` (JSON text, as the API takes it) and the
+family's own guidance fields. Missing columns and null values take the job's flags, then the
+declaration's defaults. A column of another family's fields is refused; other columns are carried
+along unread.
 """
 
 import functools
@@ -37,7 +38,13 @@ class ManifestError(ValueError):
 def parameter_columns(declared: type[EditParameters]) -> dict[str, dict]:
     """The optional columns of `declared`'s family -> their fields' JSON schemas."""
     properties = declared.model_json_schema()["properties"]
-    return {name: properties[name] for name in declared.model_fields if name not in NOT_COLUMNS}
+    files = declared.file_fields()
+    return {name: properties[name] for name in declared.model_fields if name not in NOT_COLUMNS and name not in files}
+
+
+def file_columns(declared: type[EditParameters]) -> tuple[str, ...]:
+    """The optional columns of paths to files (e.g. `mask`), read like `image`."""
+    return tuple(name for name in declared.file_fields() if name != "image")
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -61,6 +68,9 @@ def check_schema(schema: pa.Schema, declared: type[EditParameters]) -> None:
             problems.append(f"column {name!r} must be string, got {types[name]}")
     if "image" in types and not _is_image_column(types["image"]):
         problems.append(f"column 'image' must be string or list<string>, got {types['image']}")
+    for name in file_columns(declared):
+        if name in types and not _is_string(types[name]):
+            problems.append(f"column {name!r} must be string (a path or URI), got {types[name]}")
     for name, field in columns.items():
         allowed = [check for json_type in json_types(field) for check in ARROW_TYPES[json_type]]
         if name in types and not any(check(types[name]) for check in allowed):

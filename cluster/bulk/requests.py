@@ -1,7 +1,7 @@
-"""Manifest rows -> EditRequests, the first step of the bulk job: reads each row's image file(s)
-(cluster/bulk/image_reads.py), fills null and missing parameters from the job's flags, validates
-against the family's declaration and the limits (the same validation, and messages, as the online
-API). It runs as Ray Data tasks, as many at once as the cluster has room for.
+"""Manifest rows -> EditRequests, the first step of the bulk job: reads each row's image file(s) and
+its other files (a mask; cluster/bulk/image_reads.py), fills null and missing parameters from the
+job's flags, validates against the family's declaration and the limits (the same validation, and
+messages, as the online API). It runs as Ray Data tasks, as many at once as the cluster has room for.
 
 Kept apart from the stage actors so that its worker imports neither diffusers nor transformers:
 several seconds less start-up on a small machine, where every worker's imports compete for cores.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from cluster.bulk.image_reads import ImageReader
-from cluster.bulk.manifest import parameter_columns
+from cluster.bulk.manifest import file_columns, parameter_columns
 from deployments.contracts import EditRequest
 from deployments.errors import EditError
 from deployments.limits import Limits
@@ -36,18 +36,18 @@ class RequestBuilder:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         model = _request_model(self.spec, self.limits, self.lora)
         columns = tuple(parameter_columns(self.spec.declared))
+        files = file_columns(self.spec.declared)
         rows = []
         for row in batch.to_dict("records"):
             values = self._values(row, columns)
             out = {"id": row["id"], "instruction": row["instruction"], **values, "item": None, "error": None}
             try:
-                parameters = parse(model, {**values, "prompt": row["instruction"], "image": self._images(row["image"])})
+                uploads = {name: self.images.read(row[name], name) for name in files if _given(row.get(name))}
+                parameters = parse(model, {**values, **uploads, "prompt": row["instruction"], "image": self._images(row["image"])})
                 out["item"] = EditRequest(parameters, request_id=row["id"])
                 out.update(as_columns(parameters, columns))  # as used: defaults filled, adapters' scales resolved
             except EditError as e:
                 out["error"] = e.message
-            except OSError as e:
-                out["error"] = f"image: could not be read ({e})"
             rows.append(out)
         return pd.DataFrame(rows)
 
@@ -56,7 +56,7 @@ class RequestBuilder:
         values = {}
         for name in columns:
             value = row.get(name)
-            if value is None or (isinstance(value, float) and pd.isna(value)):
+            if not _given(value):
                 value = self.defaults.get(name)
             if value is not None:
                 values[name] = value.item() if hasattr(value, "item") else value  # numpy scalars -> Python
@@ -65,6 +65,11 @@ class RequestBuilder:
     def _images(self, image) -> list[bytes]:
         paths = [image] if isinstance(image, str) else list(image if image is not None else [])
         return [self.images.read(path) for path in paths]
+
+
+def _given(value) -> bool:
+    """Whether a cell holds a value (pandas reads a null as None, or NaN in a numeric column)."""
+    return not (value is None or (isinstance(value, float) and pd.isna(value)))
 
 
 _REQUEST_MODELS: dict[tuple, type[EditParameters]] = {}

@@ -253,3 +253,44 @@ def test_bulk_rows_choose_adapters_with_a_lora_column(tiny_checkpoints, tmp_path
     expected = Decoder(model).decode(Denoiser(model, lora=lora).denoise([Encoder(model, lora=lora).encode(request)])[0]).data
     bulk = np.asarray(Image.open(out / results.loc["stacked", "output"]), dtype=np.int16)
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
+
+
+def test_bulk_rows_edit_inside_a_mask_column(tiny_checkpoints, tmp_path):
+    """A `mask` column of paths (null: no mask) with `strength` and `placement` per row: masked rows are
+    the engine's masked edits, outpainting rows have their size, and a mask problem fails its row alone,
+    naming `mask`."""
+    from tests.engine.test_masked_edits import area, openai_mask
+
+    model = tiny_checkpoints["edit-plus"]
+    (tmp_path / "in.png").write_bytes(image_bytes(random_image(96, 64, seed=3)))
+    (tmp_path / "mask.png").write_bytes(openai_mask(area("irregular")))
+    rows = [  # id, mask, strength, size, placement
+        ("masked", "mask.png", 0.7, None, None),
+        ("plain", None, None, None, None),
+        ("outpainted", None, 1.0, "128x80", "16,8"),
+        ("missing-mask", "nope.png", None, None, None),
+        ("mask-without-alpha", "in.png", None, None, None),
+    ]
+    table = pa.Table.from_pylist(
+        [{"id": i, "image": "in.png", "instruction": "make it autumn", "mask": m, "strength": s, "size": z, "placement": p}
+         for i, m, s, z, p in rows],
+        schema=pa.schema([("id", pa.string()), ("image", pa.string()), ("instruction", pa.string()), ("mask", pa.string()),
+                          ("strength", pa.float64()), ("size", pa.string()), ("placement", pa.string())]),
+    )
+    pq.write_table(table, tmp_path / "manifest.parquet")
+    out = tmp_path / "out"
+    done = subprocess.run(bulk_command(tmp_path / "manifest.parquet", out, model), capture_output=True, text=True, timeout=480)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]  # two rows are errors
+    results = pq.read_table(out / "results").to_pandas().set_index("id")
+    assert "mask: 'nope.png' could not be read (not found)" in results.loc["missing-mask", "error"]
+    assert "mask: has no alpha channel" in results.loc["mask-without-alpha", "error"]
+    assert list(results.loc[["masked", "plain", "outpainted"], "status"]) == ["ok"] * 3
+    assert list(results.loc[["masked", "plain", "outpainted"], "strength"]) == [0.7, 0.6, 1.0]  # as used
+    assert results.loc["outpainted", "placement"] == "16,8"
+    assert Image.open(out / results.loc["outpainted", "output"]).size == (128, 80)
+
+    request = edit_request(model, [(tmp_path / "in.png").read_bytes()], prompt="make it autumn", seed=0,
+                           num_inference_steps=2, mask=(tmp_path / "mask.png").read_bytes(), strength=0.7)
+    expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
+    bulk = np.asarray(Image.open(out / results.loc["masked", "output"]), dtype=np.int16)
+    assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1

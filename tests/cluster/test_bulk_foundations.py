@@ -26,6 +26,7 @@ def schema(**columns) -> pa.Schema:
 def test_a_valid_schema_passes():
     check_schema(schema(seed=pa.int64(), true_cfg_scale=pa.float32(), size=pa.string()), QWEN)
     check_schema(schema(image=pa.list_(pa.string())), QWEN)  # Edit-Plus: 1-3 images per row
+    check_schema(schema(mask=pa.string(), strength=pa.float64(), placement=pa.string()), QWEN)  # masked edits
     check_schema(schema(guidance_scale=pa.float64(), image_guidance_scale=pa.int32()), IP2P)
 
 
@@ -34,10 +35,12 @@ def test_guidance_columns_of_the_other_family_are_refused():
         check_schema(schema(true_cfg_scale=pa.float64()), IP2P)
     with pytest.raises(ManifestError, match="column 'image_guidance_scale' does not apply to Qwen-Image-Edit"):
         check_schema(schema(image_guidance_scale=pa.float64()), QWEN)
+    with pytest.raises(ManifestError, match="column 'mask' does not apply to InstructPix2Pix models"):
+        check_schema(schema(mask=pa.string()), IP2P)
 
 
 def test_missing_and_mistyped_columns_are_all_named():
-    bad = pa.schema([("id", pa.int64()), ("image", pa.int32()), ("seed", pa.string())])
+    bad = pa.schema([("id", pa.int64()), ("image", pa.int32()), ("seed", pa.string()), ("mask", pa.binary())])
     with pytest.raises(ManifestError) as info:
         check_schema(bad, QWEN)
     message = str(info.value)
@@ -45,6 +48,7 @@ def test_missing_and_mistyped_columns_are_all_named():
     assert "'id' must be string, got int64" in message
     assert "'image' must be string or list<string>, got int32" in message
     assert "'seed' has type string; it must be integer" in message
+    assert "'mask' must be string (a path or URI), got binary" in message
 
 
 @pytest.mark.parametrize(
