@@ -2,11 +2,16 @@
 `python -m serve` with the tiny model: upload, instruct, watch the progress bar and previews, get the
 result; an empty instruction shows its error by the field. Screenshots go to the test's temp dir."""
 
+import base64
+import io
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from deployments.limits import Limits
 from deployments.models import resolve_model
@@ -81,7 +86,7 @@ def test_the_page_fields_are_the_declared_parameters(page_url, browser, tiny_che
     rendered = {
         field.get_attribute("name"): field for field in browser.find_elements(By.CSS_SELECTOR, "#fields [name]")
     }
-    assert set(rendered) == set(declared) - {"image", "prompt", "n", "lora"}  # one image per edit; adapters apart
+    assert set(rendered) == set(declared) - {"image", "prompt", "n", "lora", "mask"}  # one image per edit; adapters, mask apart
     for name, field in rendered.items():
         schema = next((o for o in declared[name].get("anyOf", []) if o.get("type") != "null"), declared[name])
         if "enum" in schema:
@@ -110,3 +115,72 @@ def test_the_page_offers_the_adapters_and_applies_the_ticked_ones(page_url, brow
     browser.find_element(By.ID, "submit").click()
     WebDriverWait(browser, 120).until(lambda b: b.find_element(By.ID, "status").text.startswith("Done"))
     assert '"lora": "[{\\"name\\":\\"lightning-4step\\",\\"scale\\":0.5}]"' in browser.find_element(By.ID, "params").text
+
+
+def painted_mask(browser) -> np.ndarray:
+    """The alpha channel of the mask the page would send now (its maskBlob), (H, W)."""
+    data_url = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "maskBlob().then((blob) => { const r = new FileReader(); r.onload = () => done(r.result); r.readAsDataURL(blob); });"
+    )
+    mask = Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1])))
+    assert mask.format == "PNG" and mask.mode == "RGBA"
+    return np.asarray(mask)[..., 3]
+
+
+def drag(browser, element, start: tuple[int, int], by: tuple[int, int]) -> None:
+    """A pointer drag over `element`, from `start` (pixels from its centre) by `by`."""
+    ActionChains(browser).move_to_element_with_offset(element, *start).click_and_hold().move_by_offset(*by).release().perform()
+
+
+def test_a_painted_stroke_becomes_the_mask_and_erasing_takes_it_back(page_url, browser, tmp_path):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image_bytes(random_image(96, 64, seed=5)))
+    browser.get(page_url)
+    wait_for_fields(browser)
+    browser.find_element(By.ID, "files").send_keys(str(photo))
+    view = browser.find_element(By.ID, "mask-view")
+    WebDriverWait(browser, 30).until(lambda b: view.is_displayed())
+    assert view.size == {"width": 480, "height": 320}  # shown 5x: 5 screen pixels per image pixel
+
+    drag(browser, view, (-140, 0), (200, 0))  # screen x 100..300 at y 160: image x 20..60 at y 32
+    browser.save_screenshot(str(tmp_path / "4-painted.png"))
+    alpha = painted_mask(browser)
+    assert alpha.shape == (64, 96)  # the image's size, as OpenAI's masks
+    assert (alpha[32, 20:61] == 0).all(), "the stroke is not transparent"
+    ys, xs = np.nonzero(alpha == 0)
+    assert xs.min() >= 16 and xs.max() <= 64 and ys.min() >= 28 and ys.max() <= 36  # nothing but the stroke (24 px brush)
+    assert (alpha[alpha > 0] == 255).all()
+
+    browser.find_element(By.ID, "eraser").click()
+    drag(browser, view, (-150, 0), (100, 0))  # image x 18..38
+    alpha = painted_mask(browser)
+    assert (alpha[32, 20:36] == 255).all() and (alpha[32, 42:61] == 0).all()
+
+    browser.find_element(By.ID, "prompt").send_keys("remove the line")
+    browser.find_element(By.TAG_NAME, "summary").click()
+    browser.find_element(By.NAME, "num_inference_steps").send_keys("2")
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 120).until(lambda b: b.find_element(By.ID, "status").text.startswith("Done"))
+    assert "320x224" in browser.find_element(By.ID, "status").text  # the image's framing at the model's area
+    assert '"mask": "(painted)"' in browser.find_element(By.ID, "params").text
+
+
+def test_extending_the_canvas_outpaints_to_the_chosen_aspect_ratio(page_url, browser, tmp_path):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image_bytes(random_image(96, 64, seed=6)))
+    browser.get(page_url)
+    wait_for_fields(browser)
+    browser.find_element(By.ID, "files").send_keys(str(photo))
+    WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "mask-view").is_displayed())
+    Select(browser.find_element(By.ID, "extend")).select_by_visible_text("16:9")
+    fields = {name: browser.find_element(By.NAME, name).get_attribute("value") for name in ("size", "placement", "strength")}
+    assert fields == {"size": "128x64", "placement": "center", "strength": "1"}  # 96x64 centred on 16:9, in multiples of 16
+    assert browser.execute_script("return [document.getElementById('mask-view').width, document.getElementById('mask-view').height]") == [128, 64]
+    browser.find_element(By.ID, "prompt").send_keys("extend the scene")
+    browser.find_element(By.TAG_NAME, "summary").click()
+    browser.find_element(By.NAME, "num_inference_steps").send_keys("2")
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 120).until(lambda b: b.find_element(By.ID, "status").text.startswith("Done"))
+    browser.save_screenshot(str(tmp_path / "5-outpainted.png"))
+    assert "128x64" in browser.find_element(By.ID, "status").text
