@@ -1,4 +1,5 @@
-"""Qwen-Image-Edit family math (QwenImageEditPipeline, QwenImageEditPlusPipeline for -2509/-2511).
+"""Qwen-Image-Edit family math (QwenImageEditPipeline, QwenImageEditPlusPipeline for -2509/-2511);
+masked edits and outpainting in qwen_image_masked_edits.py.
 
 Adapted from diffusers 0.42 `pipelines/qwenimage/pipeline_qwenimage_edit{,_plus}.py` (`__call__`
 split into encode / start + predict / decode). Where diffusers has a helper we call it (on a pipeline
@@ -10,7 +11,6 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import QwenImageEditInpaintPipeline, QwenImageEditPipeline, QwenImageEditPlusPipeline
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import (
     calculate_dimensions,
     calculate_shift,
@@ -24,8 +24,7 @@ from deployments.contracts import Conditioning, EditRequest, Latents, OutputSpec
 from deployments.errors import InvalidInputError, ModelLoadError
 from deployments.families.base import DenoiseJob, Footprint, ModelFamily, TensorSpec
 from deployments.families.batch_invariance import make_per_row_linears_batch_invariant
-from deployments.families.qwen_image_edit_parameters import first_step
-from deployments.masks import outpainting_canvas, read_mask
+from deployments.families.qwen_image_masked_edits import MaskedEdits
 from deployments.models import ModelSpec
 
 PIPELINES = {cls.__name__: cls for cls in (QwenImageEditPipeline, QwenImageEditPlusPipeline)}
@@ -33,7 +32,7 @@ ALL_COMPONENTS = ("scheduler", "vae", "text_encoder", "tokenizer", "processor", 
 MAX_ASPECT_RATIO = 16  # beyond it an image's short side rounds to nothing at the VL area
 
 
-class QwenImageEdit(ModelFamily):
+class QwenImageEdit(MaskedEdits, ModelFamily):
     pipeline_classes = tuple(PIPELINES)
     components = {
         "encode": ("processor", "text_encoder", "vae", "scheduler"),  # the scheduler's config: which step counts it runs
@@ -143,15 +142,6 @@ class QwenImageEdit(ModelFamily):
         width, height = calculate_dimensions(self.spec.settings.vae_image_area, image.width / image.height)
         return width // multiple * multiple, height // multiple * multiple
 
-    @staticmethod
-    def _masked_images(parameters, images: list[Image.Image]) -> tuple[list[Image.Image], Image.Image]:
-        """The images with image 1 on its outpainting canvas (when placed), and the area to edit in image 1."""
-        first = images[0]
-        edit_area = None if parameters.mask is None else read_mask(parameters.mask, first.size)
-        if parameters.placement is not None:
-            first, edit_area = outpainting_canvas(first, edit_area, parameters.output_size, parameters.position)
-        return [first, *images[1:]], edit_area
-
     def _encode_prompt(self, prompt: str, condition_images: list[Image.Image]):
         """(S, D) embeddings and their (S,) mask for one prompt, on the CPU."""
         images = condition_images if self.plus else condition_images[0]
@@ -161,45 +151,17 @@ class QwenImageEdit(ModelFamily):
         return self.to_host(embeds[0], mask[0])
 
     def _encode_image_latents(self, vae_images: list[torch.Tensor], first: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalized, packed latents of every input image, concatenated: (L_img, C) (image 1's given as `first`)."""
-        packed = []
-        for i, image in enumerate(vae_images):
-            latents = first if first is not None and i == 0 else self.pipe._encode_vae_image(image.to(self.device, self.dtype), generator=None)
-            packed.append(self._pack(latents))
-        return self.to_host(torch.cat(packed, dim=1)[0])[0]
+        """Normalized, packed latents of every input image, concatenated: (L_img, C); image 1's (1, C, 1, h, w)
+        latents may be given as `first`."""
+        latents = [] if first is None else [first]
+        for image in vae_images[len(latents) :]:
+            latents.append(self.pipe._encode_vae_image(image.to(self.device, self.dtype), generator=None))
+        return self.to_host(torch.cat([self._pack(each) for each in latents], dim=1)[0])[0]
 
     def _pack(self, latents: torch.Tensor) -> torch.Tensor:
         """(1, C, 1, h, w) -> (1, L, 4C) 2x2 patches, as diffusers packs them."""
         _, channels, _, height, width = latents.shape
         return self.pipe._pack_latents(latents, 1, channels, height, width)
-
-    def _encode_masked(self, vae_images: list[torch.Tensor], edit_area: Image.Image, width: int, height: int) -> dict:
-        """A masked edit's tensors: image 1's VAE posterior, which the Denoiser samples with each image's own
-        generator (diffusers' inpaint pipeline samples it, where the edit pipeline takes its mode), the
-        image latents with image 1's mode in its place until then, and the area to edit at the latent grid."""
-        vae = self.loaded["vae"]
-        posterior = vae.encode(vae_images[0].to(self.device, self.dtype)).latent_dist
-        normalization = torch.stack([torch.tensor(vae.config.latents_mean), 1.0 / torch.tensor(vae.config.latents_std)])
-        normalization = normalization.to(self.device, self.dtype)  # computed as diffusers computes them
-        image_latents = self._encode_image_latents(vae_images, first=_normalized(posterior.mode(), normalization))
-        posterior_parameters, normalization = self.to_host(posterior.parameters[0], normalization)
-        return {
-            "image_latents": image_latents,
-            "image_posterior": posterior_parameters,
-            "latents_normalization": normalization,
-            "mask": self._mask_latents(edit_area, width, height),
-        }
-
-    def _mask_latents(self, edit_area: Image.Image, width: int, height: int) -> torch.Tensor:
-        """(L, C) the area to edit, binarized at the output's latent grid and packed like the latents.
-        Adapted from diffusers' QwenImageEditInpaintPipeline (`__call__`, `prepare_mask_latents`)."""
-        condition = self.mask_processor.preprocess(edit_area, height=height, width=width)  # (1, 1, H, W), 1 = edit
-        scale = self.pipe.vae_scale_factor * 2
-        rows, cols = 2 * (height // scale), 2 * (width // scale)
-        mask = torch.nn.functional.interpolate(condition, size=(rows, cols)).to(self.device, self.dtype)
-        channels = self.loaded["vae"].config.z_dim  # the transformer's in_channels // 4
-        packed = self.pipe._pack_latents(mask.repeat(1, channels, 1, 1), 1, channels, rows, cols)
-        return self.to_host(packed[0])[0]
 
     # ---- Denoiser ------------------------------------------------------------------------------
 
@@ -274,37 +236,6 @@ class QwenImageEdit(ModelFamily):
             self._start_masked(job, image_latents)
         return job
 
-    def _sampled_image_latents(self, tensors: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
-        """(1, L, C) image 1's latents sampled from its VAE posterior with `generator`, normalized and packed
-        (diffusers' inpaint `_encode_vae_image`, split at the stage boundary)."""
-        posterior = DiagonalGaussianDistribution(tensors["image_posterior"][None])
-        return self._pack(_normalized(posterior.sample(generator), tensors["latents_normalization"]))
-
-    def _start_masked(self, job: DenoiseJob, image_latents: torch.Tensor) -> None:
-        """Adapted from diffusers' QwenImageEditInpaintPipeline: `strength` drops the schedule's first
-        steps, and the sample starts from the image latents noised to the first kept timestep. The
-        transformer sees the sampled image latents as its condition."""
-        first = first_step(len(job.timesteps), job.conditioning.parameters["strength"])
-        job.timesteps = job.timesteps[first:]
-        job.scheduler.set_begin_index(first)
-        noise = job.latents
-        job.latents = job.scheduler.scale_noise(image_latents, job.timesteps[:1], noise)
-        condition = job.tensors["image_latents"]
-        job.tensors["image_latents"] = torch.cat([image_latents[0], condition[image_latents.shape[1] :]])
-        job.state.update(image_latents=image_latents, noise=noise)
-
-    def after_step(self, job: DenoiseJob, noise_pred: torch.Tensor) -> None:
-        """A masked edit keeps the image outside the mask: there the sample is replaced by the image latents
-        noised to the next timestep (the clean ones after the last step), as diffusers' inpaint pipeline."""
-        if "mask" not in job.tensors:
-            return
-        known = job.state["image_latents"]
-        following = job.step_index + 1
-        if following < len(job.timesteps):
-            known = job.scheduler.scale_noise(known, job.timesteps[following : following + 1], job.state["noise"])
-        mask = job.tensors["mask"]
-        job.latents = (1 - mask) * known + mask * job.latents
-
     @torch.no_grad()
     def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
         # One row per job, plus one for its negative prompt when it uses true CFG (with the job's adapters too).
@@ -347,10 +278,7 @@ class QwenImageEdit(ModelFamily):
         # Flow matching predicts the velocity v = noise - x0, and x_t = x0 + sigma * v (the schedule may
         # begin past its first sigma: a masked edit's strength).
         clean = job.latents - job.scheduler.sigmas[job.scheduler.begin_index + job.step_index] * noise_pred
-        if "mask" in job.tensors:  # outside the mask, the image it keeps
-            mask = job.tensors["mask"]
-            clean = (1 - mask) * job.state["image_latents"] + mask * clean
-        return clean
+        return self._outside_the_mask(job, job.state["image_latents"], clean) if "mask" in job.tensors else clean
 
     @torch.no_grad()
     def decode(self, latents: Latents) -> np.ndarray:
@@ -362,13 +290,6 @@ class QwenImageEdit(ModelFamily):
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(unpacked.device, unpacked.dtype)
         image = vae.decode(unpacked / inv_std + mean, return_dict=False)[0][:, :, 0]  # (1, 3, H, W) in [-1, 1]
         return self.pipe.image_processor.postprocess(image, output_type="np")[0]
-
-
-def _normalized(latents: torch.Tensor, normalization: torch.Tensor) -> torch.Tensor:
-    """(1, z, 1, h, w) VAE latents in the transformer's space: (latents - latents_mean) / latents_std per
-    channel, computed as diffusers' `_encode_vae_image` computes it."""
-    mean, inv_std = (values.view(1, -1, 1, 1, 1) for values in normalization)
-    return (latents - mean) * inv_std
 
 
 def _true_cfg(positive: torch.Tensor, negative: torch.Tensor, scale: float) -> torch.Tensor:
