@@ -120,7 +120,9 @@ async def read_uploads(form: FormData, limits: Limits, form_model: type[BaseMode
         "image": [await _read(file, "image" if len(files) == 1 else f"image[{i}]", limits) for i, file in enumerate(files)]
     }
     for name in form_model.file_fields():
-        given = form.getlist(name) if name != "image" else []
+        if name == "image":
+            continue
+        given = form.getlist(name)
         if len(given) > 1:
             raise InvalidInputError(name, f"give one file, got {len(given)}")
         if given:
