@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cluster.bulk.__main__ import parse_args
-from cluster.bulk.manifest import NOT_COLUMNS, parameter_columns
+from cluster.bulk.manifest import NOT_COLUMNS, file_columns, parameter_columns
 from cluster.bulk.image_reads import ImageReader
 from cluster.bulk.requests import RequestBuilder
 from deployments.lora_settings import LoraSettings
@@ -55,7 +55,8 @@ def test_the_openapi_document_lists_the_declared_fields_with_their_ranges(client
 def test_the_bulk_columns_and_flags_are_the_declared_fields(declared):
     spec, model = declared
     columns = parameter_columns(spec.declared)
-    assert set(columns) == set(model.model_fields) - set(NOT_COLUMNS)
+    assert set(columns) == set(model.model_fields) - set(NOT_COLUMNS) - {"mask"}
+    assert file_columns(spec.declared) == ("mask",)  # a column of paths, read like `image`; no flag
     args = parse_args(["--manifest", "m.parquet", "--output", "out"])
     assert all(hasattr(args, name) for name in columns)  # --num-inference-steps, --true-cfg-scale, ...
 
