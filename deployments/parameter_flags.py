@@ -13,7 +13,7 @@ from pathlib import Path
 from deployments.families import DECLARATIONS
 from deployments.parameters import json_types, request_model
 
-FLAG_TYPES = {"integer": int, "number": float, "string": str, "array": str}  # an array as JSON text
+FLAG_TYPES = {"integer": int, "number": float, "string": str, "array": str, "object": str}  # structured values as JSON text
 FAMILIES = sorted({declared.family for declared in DECLARATIONS.values()})
 
 

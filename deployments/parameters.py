@@ -202,7 +202,7 @@ def checked_file(check) -> AfterValidator:
             try:
                 check(data, info.field_name)
             except InvalidInputError as e:
-                raise PydanticCustomError("file", "{message}", {"message": e.message.removeprefix(f"{e.param}: ")}) from None
+                raise PydanticCustomError("as_is", "{message}", {"message": e.message.removeprefix(f"{e.param}: ")}) from None
         return data
 
     return AfterValidator(validate)
@@ -309,7 +309,7 @@ def invalid_input(error: ValidationError, model: type[BaseModel]) -> InvalidInpu
         return InvalidInputError(param, _not_a_field(param, model))
     if kind == "missing":
         return InvalidInputError(param, "is required")
-    if field is None or kind in ("empty_prompt", "nul", "size", "file"):
+    if field is None or kind in ("empty_prompt", "nul", "size", "as_is"):
         return InvalidInputError(param, problem["msg"])
     if kind == "literal_error":
         return InvalidInputError(param, f"must be one of {problem['ctx']['expected']}, got {value!r}")
@@ -341,9 +341,10 @@ def _shown(value) -> str:
 
 
 def json_types(schema: dict) -> set[str]:
-    """The JSON types a field's JSON schema allows, null aside (e.g. {"integer"})."""
+    """The JSON types a field's JSON schema allows, null aside (e.g. {"integer"}); a structured value (a
+    `$ref` or `oneOf` of models, e.g. `cache`) is an "object"."""
     options = schema.get("anyOf", [schema])
-    return {option["type"] for option in options if option.get("type") not in (None, "null")}
+    return {option.get("type", "object") for option in options if option.get("type") != "null"}
 
 
 def _not_a_field(param: str, model: type[BaseModel]) -> str:

@@ -9,11 +9,15 @@ def _error_response(description: str) -> dict:
 
 
 def openapi_document(form_model: type[BaseModel]) -> dict:
-    form = form_model.model_json_schema()
+    # The models the form's fields are made of (`lora`'s entries, `cache`'s methods) go to the document's
+    # components, where its references resolve.
+    form = form_model.model_json_schema(ref_template="#/components/schemas/{model}")
+    models = form.pop("$defs", {})
     # OpenAI's SDK sends several images as `image[]`: the same field under a second name
     form["properties"]["image[]"] = form["properties"]["image"]
     form["required"] = [name for name in form.get("required", []) if name != "image"]  # either name will do
-    return {**DOCUMENT, "paths": {**DOCUMENT["paths"], "/v1/images/edits": _edit_path(form)}}
+    components = {**DOCUMENT["components"], "schemas": {**DOCUMENT["components"]["schemas"], **models}}
+    return {**DOCUMENT, "components": components, "paths": {**DOCUMENT["paths"], "/v1/images/edits": _edit_path(form)}}
 
 
 def _edit_path(form: dict) -> dict:

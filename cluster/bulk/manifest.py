@@ -27,6 +27,7 @@ ARROW_TYPES = {  # a declared field's JSON type -> the Arrow types its column ma
     "number": (pa.types.is_floating, pa.types.is_integer),
     "string": (pa.types.is_string, pa.types.is_large_string),
     "array": (pa.types.is_string, pa.types.is_large_string),  # as JSON text, as the API takes it (e.g. `lora`)
+    "object": (pa.types.is_string, pa.types.is_large_string),  # as JSON text (e.g. `cache`)
 }
 
 

@@ -85,6 +85,6 @@ def _request_model(spec: ModelSpec, limits: Limits, lora: LoraSettings) -> type[
 
 
 def as_columns(parameters: EditParameters, columns: tuple[str, ...]) -> dict:
-    """The parameters' values as result columns: a structured one (`lora`) as the JSON a manifest gives it in."""
+    """The parameters' values as result columns: a structured one (`lora`, `cache`) as the JSON a manifest gives it in."""
     values = parameters.model_dump(mode="json", include=set(columns))
-    return {name: json.dumps(value) if isinstance(value, list) else value for name, value in values.items()}
+    return {name: json.dumps(value) if isinstance(value, (list, dict)) else value for name, value in values.items()}

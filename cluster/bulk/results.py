@@ -34,6 +34,7 @@ COLUMN_TYPES = {  # a declared field's JSON type -> its results column's Arrow t
     "number": pa.float64(),
     "string": pa.string(),
     "array": pa.string(),  # as JSON text, as a manifest gives it (e.g. `lora`)
+    "object": pa.string(),  # as JSON text (e.g. `cache`)
 }
 FOLDER = "results"
 SUFFIX = ".parquet"

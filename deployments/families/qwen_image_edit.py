@@ -25,6 +25,12 @@ from deployments.errors import InvalidInputError, ModelLoadError
 from deployments.families.base import DenoiseJob, Footprint, ModelFamily, TensorSpec
 from deployments.families.batch_invariance import make_per_row_linears_batch_invariant
 from deployments.families.qwen_image_masked_edits import MaskedEdits
+from deployments.families.step_caching import (
+    FirstBlockCacheRow,
+    TaylorSeerRow,
+    forward_with_first_block_cache,
+    new_row_cache,
+)
 from deployments.models import ModelSpec
 
 PIPELINES = {cls.__name__: cls for cls in (QwenImageEditPipeline, QwenImageEditPlusPipeline)}
@@ -232,45 +238,70 @@ class QwenImageEdit(MaskedEdits, ModelFamily):
             footprint=self.footprint(conditioning),
             tensors=tensors,
         )
+        cache = conditioning.parameters.get("cache")  # each forward row keeps its own step cache
+        job.state["caches"] = {name: new_row_cache(cache) for name in self._row_names(conditioning)}
         if image_latents is not None:
             self._start_masked(job, image_latents)
         return job
 
     @torch.no_grad()
     def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
-        # One row per job, plus one for its negative prompt when it uses true CFG (with the job's adapters too).
-        rows = []
-        for job in jobs:
-            rows.append((job, "prompt_embeds"))
-            if self.guided(job.conditioning):
-                rows.append((job, "negative_prompt_embeds"))
-        embeds, mask = _pad_prompts([job.tensors[name] for job, name in rows], [job.tensors[name + "_mask"] for job, name in rows])
-        hidden_states = torch.cat(
-            [torch.cat([job.latents, job.tensors["image_latents"][None]], dim=1) for job, _ in rows]
-        )  # (B, L + L_img, C)
-        timestep = torch.stack([job.timestep for job, _ in rows]).to(self.dtype)  # one timestep per row
-        with lora.rows_using([job.conditioning.adapters for job, _ in rows]):
-            noise_pred = self.loaded["transformer"](
-                hidden_states=hidden_states,
-                timestep=timestep / 1000,
-                guidance=None,
-                encoder_hidden_states_mask=None if mask.all() else mask,  # as diffusers passes unpadded prompts
-                encoder_hidden_states=embeds,
-                img_shapes=[list(jobs[0].conditioning.img_shapes)] * len(rows),
-                attention_kwargs={},
-                return_dict=False,
-            )[0]
-        noise_pred = noise_pred[:, : jobs[0].latents.shape[1]]  # drop the image-latent positions
+        # One row per job, plus one for its negative prompt when it uses true CFG (with the job's adapters
+        # and step cache too). A row whose TaylorSeer predicts this step skips the forward.
+        rows = [(job, name) for job in jobs for name in self._row_names(job.conditioning)]
+        outputs: list[torch.Tensor | None] = [None] * len(rows)
+        forwarded = []
+        for i, (job, name) in enumerate(rows):
+            cache = job.state["caches"].get(name)
+            if isinstance(cache, TaylorSeerRow) and not cache.should_compute():
+                outputs[i] = cache.predict()
+            else:
+                forwarded.append(i)
+        if forwarded:
+            noise_pred = self._forward([rows[i] for i in forwarded])
+            for j, i in enumerate(forwarded):
+                outputs[i] = noise_pred[j : j + 1]
+                cache = rows[i][0].state["caches"].get(rows[i][1])
+                if isinstance(cache, TaylorSeerRow):
+                    cache.update(outputs[i])
 
         predictions, row = [], 0
         for job in jobs:
-            prediction = noise_pred[row : row + 1]
+            prediction = outputs[row]
             row += 1
             if self.guided(job.conditioning):
-                prediction = _true_cfg(prediction, noise_pred[row : row + 1], job.conditioning.parameters["true_cfg_scale"])
+                prediction = _true_cfg(prediction, outputs[row], job.conditioning.parameters["true_cfg_scale"])
                 row += 1
             predictions.append(prediction)
         return predictions
+
+    def _row_names(self, conditioning: Conditioning) -> tuple[str, ...]:
+        """The prompt embeddings of each of a request's forward rows."""
+        return ("prompt_embeds", "negative_prompt_embeds") if self.guided(conditioning) else ("prompt_embeds",)
+
+    def _forward(self, rows: list[tuple[DenoiseJob, str]]) -> torch.Tensor:
+        """(B, L, C) the transformer's noise predictions for `rows` in one forward (per-row First-Block-Cache
+        when a row has one)."""
+        jobs = [job for job, _ in rows]
+        embeds, mask = _pad_prompts([job.tensors[name] for job, name in rows], [job.tensors[name + "_mask"] for job, name in rows])
+        inputs = dict(
+            hidden_states=torch.cat([torch.cat([job.latents, job.tensors["image_latents"][None]], dim=1) for job in jobs]),  # (B, L + L_img, C)
+            timestep=torch.stack([job.timestep for job in jobs]).to(self.dtype) / 1000,  # one timestep per row
+            encoder_hidden_states_mask=None if mask.all() else mask,  # as diffusers passes unpadded prompts
+            encoder_hidden_states=embeds,
+            img_shapes=[list(jobs[0].conditioning.img_shapes)] * len(rows),
+            attention_kwargs={},
+        )
+        adapters = [job.conditioning.adapters for job in jobs]
+        caches = [job.state["caches"].get(name) for job, name in rows]
+        transformer = self.loaded["transformer"]
+        if any(isinstance(cache, FirstBlockCacheRow) for cache in caches):
+            fbc = [cache if isinstance(cache, FirstBlockCacheRow) else None for cache in caches]
+            noise_pred = forward_with_first_block_cache(transformer, fbc, adapters, **inputs)
+        else:
+            with lora.rows_using(adapters):
+                noise_pred = transformer(**inputs, guidance=None, return_dict=False)[0]
+        return noise_pred[:, : jobs[0].latents.shape[1]]  # drop the image-latent positions
 
     # ---- Decoder -------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
+from deployments.families.step_cache_parameters import StepCache
 from deployments.masks import check_mask_file
 from deployments.parameters import EditParameters, GuidanceScale, NegativePrompt, checked_file, refused
 
@@ -54,6 +55,11 @@ class QwenImageEditParameters(EditParameters):
         None, description="Outpainting: where the (first) image goes on a canvas of `size`: 'center' or 'X,Y' "
         "(its top-left corner in pixels; an image larger than the canvas is first scaled down to fit). Only "
         "the new area (and the mask's, if any) is edited; strength 1 suits it best."
+    )
+    cache: StepCache = Field(
+        None, title="Step cache", description='Reuse work between denoising steps, per request: JSON such as '
+        '{"method": "first_block_cache", "threshold": 0.05} or {"method": "taylorseer", "cache_interval": 5, '
+        '"disable_cache_before_step": 3, "max_order": 1}; off by default. Faster, and less faithful the more it skips.'
     )
 
     @model_validator(mode="after")

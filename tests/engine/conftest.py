@@ -35,8 +35,8 @@ def stages(tiny_checkpoints) -> dict[str, Stages]:
 
 @pytest.fixture(scope="session")
 def reference(tiny_checkpoints):
-    """Runs a diffusers reference pipeline: run(name, monkeypatch, images, seed=..., **call arguments) ->
-    its (H, W, 3) float image.
+    """Runs a diffusers reference pipeline: run(name, monkeypatch, images, seed=..., cache=None, **call
+    arguments) -> its (H, W, 3) float image (`cache`: a diffusers cache config for its transformer).
 
     The reference pipelines hard-code ~1024x1024 VAE and 384x384 VL-condition areas (via module-level
     `calculate_dimensions` calls). The engine reads these areas from the checkpoint's settings; the
@@ -45,16 +45,29 @@ def reference(tiny_checkpoints):
     the sizes both sides compute."""
     pipelines = {}
 
-    def run(name, monkeypatch, images, **kwargs):
-        pipeline_cls, module, variant = REFERENCES[name]
+    def pipeline(name):
+        """The reference pipeline `name`, loaded once."""
+        if name not in pipelines:
+            pipeline_cls, _, variant = REFERENCES[name]
+            pipelines[name] = pipeline_cls.from_pretrained(tiny_checkpoints[variant])
+        return pipelines[name]
+
+    def run(name, monkeypatch, images, cache=None, **kwargs):
+        _, module, variant = REFERENCES[name]
         settings = EngineSettings.for_model(tiny_checkpoints[variant])
         areas = {1024 * 1024: settings.vae_image_area, 384 * 384: settings.condition_image_area}
         original = module.calculate_dimensions
         monkeypatch.setattr(module, "calculate_dimensions", lambda area, ratio: original(areas[area], ratio))
-        if name not in pipelines:
-            pipelines[name] = pipeline_cls.from_pretrained(tiny_checkpoints[variant])
         image = images if name == "edit-plus" else images[0]
         generator = torch.Generator("cpu").manual_seed(kwargs.pop("seed"))
-        return pipelines[name](image=image, generator=generator, output_type="np", **kwargs).images[0]
+        chosen = pipeline(name)
+        if cache is not None:  # a diffusers cache config (FirstBlockCacheConfig, TaylorSeerCacheConfig)
+            chosen.transformer.enable_cache(cache)
+        try:
+            return chosen(image=image, generator=generator, output_type="np", **kwargs).images[0]
+        finally:
+            if cache is not None:
+                chosen.transformer.disable_cache()
 
+    run.pipeline = pipeline
     return run

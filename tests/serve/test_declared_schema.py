@@ -3,6 +3,9 @@ job's columns and flags list the declared fields with the server's ranges and de
 out-of-range value is refused with the same message online and in a bulk row. The expectation is
 derived from the declaration itself (deployments/parameters.py + the family's `*_parameters.py`)."""
 
+import json
+import re
+
 import pandas as pd
 import pytest
 
@@ -50,6 +53,9 @@ def test_the_openapi_document_lists_the_declared_fields_with_their_ranges(client
     assert properties["num_inference_steps"]["maximum"] == 200 and properties["num_inference_steps"]["default"] == 8
     assert properties["n"]["maximum"] == 4  # the limit, a setting
     assert properties["image[]"] == properties["image"] and properties["image"]["maxItems"] == 3
+    document = client.get("/openapi.json").json()
+    references = set(re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(document)))
+    assert {"AdapterChoice", "FirstBlockCache", "TaylorSeer"} <= references <= set(document["components"]["schemas"])
 
 
 def test_the_bulk_columns_and_flags_are_the_declared_fields(declared):

@@ -96,7 +96,7 @@ def test_defaults_are_filled_in_and_values_kept():
     qwen = parse(QWEN, {"image": IMAGE, "prompt": "x", "seed": 7, "size": "512x256"})
     assert (qwen.seed, qwen.output_size, qwen.negative_prompt, qwen.true_cfg_scale) == (7, (512, 256), " ", 4.0)
     assert qwen.num_inference_steps == 50 and 0 <= parse(QWEN, {"image": IMAGE, "prompt": "x"}).seed < 2**31
-    assert (qwen.masked, qwen.strength, qwen.family_values()) == (False, 0.6, {"true_cfg_scale": 4.0, "strength": 0.6, "placement": None})
+    assert (qwen.masked, qwen.strength, qwen.family_values()) == (False, 0.6, {"true_cfg_scale": 4.0, "strength": 0.6, "placement": None, "cache": None})
     masked = parse(QWEN, {"image": IMAGE, "prompt": "x", "mask": MASK, "strength": "1"})
     assert masked.masked and masked.mask == MASK and masked.strength == 1.0 and "mask" not in masked.family_values()
     assert parse(QWEN, {"image": IMAGE, "prompt": "x", "size": "96x64", "placement": "8,16"}).position == (8, 16)

@@ -1,0 +1,57 @@
+"""What a request may ask of step caching (the `cache` field of Qwen-Image-Edit requests): a method
+and its parameters, as diffusers' FirstBlockCacheConfig and TaylorSeerCacheConfig name them. Given as
+JSON text in a form field or a manifest column, e.g. {"method": "first_block_cache", "threshold": 0.1}.
+The math: deployments/families/step_caching.py."""
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+METHODS = ("first_block_cache", "taylorseer")
+
+
+class FirstBlockCache(BaseModel):
+    """Reuse the other blocks' residual while the first block's output moves less than `threshold`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    method: Literal["first_block_cache"]
+    threshold: float = Field(
+        0.05, gt=0, le=1, description="Relative change of the first block's residual below which a step reuses "
+        "the cached one (diffusers' default 0.05; higher skips more, and loses more fidelity).",
+    )
+
+
+class TaylorSeer(BaseModel):
+    """Skip whole forwards, predicting the model's output by a Taylor expansion of its computed outputs
+    (diffusers' TaylorSeer in its lite mode)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    method: Literal["taylorseer"]
+    cache_interval: int = Field(5, ge=1, le=100, description="Steps between computed forwards once caching began.")
+    disable_cache_before_step: int = Field(3, ge=0, le=1000, description="Steps computed before any prediction.")
+    disable_cache_after_step: int | None = Field(None, ge=0, le=1000, description="From this step on, every step computes.")
+    max_order: int = Field(1, ge=0, le=4, description="Order of the Taylor expansion.")
+
+
+def _from_text(value: Any) -> Any:
+    """A `cache` value from JSON text (a form field, a manifest column); "" or "off" is no caching."""
+    if not isinstance(value, str):
+        return value
+    if value.strip() in ("", "off"):
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise PydanticCustomError(
+            "as_is", "must be JSON such as {example}, or off; got {value} ({why})",
+            {"example": '{"method": "first_block_cache", "threshold": 0.05}', "value": repr(value), "why": e.msg},
+        ) from None
+
+
+StepCache = Annotated[
+    Annotated[FirstBlockCache | TaylorSeer, Field(discriminator="method")] | None, BeforeValidator(_from_text),
+]

@@ -1,0 +1,99 @@
+"""Step caching decided per request row: a request alone matches diffusers' pipeline with the same
+cache on its transformer (First-Block-Cache, TaylorSeer), decision for decision; cached and uncached
+requests, with different methods and thresholds, batched and joining at different steps, each get
+their solo result."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
+
+from deployments.families import step_caching
+from deployments.images import decode_image
+from tests.engine.support import denoise_joining
+from tests.helpers import edit_request, image_bytes, random_image
+
+UPLOAD = image_bytes(random_image(96, 64, seed=3))
+STEPS = 10
+
+
+def diffusers_decisions(pipeline) -> tuple[list[bool], callable]:
+    """Whether each transformer call of `pipeline` ran its second block (hooks; call the second value to remove them)."""
+    decisions: list[bool] = []
+    hooks = [
+        pipeline.transformer.register_forward_pre_hook(lambda module, args: decisions.append(False)),
+        pipeline.transformer.transformer_blocks[1].img_mlp.register_forward_hook(lambda *_: decisions.__setitem__(-1, True)),
+    ]
+    return decisions, lambda: [hook.remove() for hook in hooks]
+
+
+CASES = [  # request `cache`, the diffusers config, negative prompt (None: CFG off)
+    ({"method": "first_block_cache", "threshold": 0.3}, FirstBlockCacheConfig(threshold=0.3), " "),
+    ({"method": "first_block_cache", "threshold": 1.0}, FirstBlockCacheConfig(threshold=1.0), None),
+    ({"method": "first_block_cache", "threshold": 0.5}, FirstBlockCacheConfig(threshold=0.5), " "),
+    ({"method": "taylorseer", "cache_interval": 2, "disable_cache_before_step": 2, "max_order": 1},
+     TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=2, max_order=1, taylor_factors_dtype=torch.float32, use_lite_mode=True), " "),
+    ({"method": "taylorseer", "cache_interval": 3, "disable_cache_before_step": 3, "disable_cache_after_step": 8, "max_order": 2},
+     TaylorSeerCacheConfig(cache_interval=3, disable_cache_before_step=3, disable_cache_after_step=8, max_order=2,
+                           taylor_factors_dtype=torch.float32, use_lite_mode=True), None),
+]
+
+
+@pytest.mark.parametrize("cache, config, negative", CASES, ids=lambda value: str(value)[:40] if isinstance(value, dict) else None)
+def test_a_cached_request_alone_matches_diffusers_with_the_same_cache(stages, reference, monkeypatch, cache, config, negative):
+    s = stages["edit"]
+    request = edit_request(s.model, [UPLOAD], prompt="make it night", negative_prompt=negative, seed=2,
+                           num_inference_steps=STEPS, cache=json.dumps(cache))
+    ours: list[bool] = []
+    decide = step_caching._decide
+    monkeypatch.setattr(step_caching, "_decide", lambda caches, residuals: ours.extend(result := decide(caches, residuals)) or result)
+    forwards: list[int] = []
+    counter = s.denoiser.family.loaded["transformer"].transformer_blocks[1].img_mlp.register_forward_hook(
+        lambda module, args, output: forwards.append(args[0].shape[0])
+    )
+    try:
+        job = s.denoiser.start(s.encoder.encode(request))
+        while not job.done:
+            assert not s.denoiser.step([job])
+        pixels = s.decoder.decode_pixels(s.denoiser.finish(job))
+    finally:
+        counter.remove()
+
+    expected_decisions, remove = diffusers_decisions(reference.pipeline("edit"))
+    try:
+        expected = reference("edit", monkeypatch, [decode_image(UPLOAD)], cache=config, prompt="make it night",
+                             negative_prompt=negative, num_inference_steps=STEPS, seed=2)
+    finally:
+        remove()
+    assert np.abs(pixels - expected).max() <= 1e-4
+    rows_per_step = 2 if negative is not None else 1
+    computed = sum(forwards)  # rows through the second block, over all steps
+    assert computed == sum(expected_decisions)  # the same work skipped
+    if cache["method"] == "first_block_cache":
+        assert ours == expected_decisions  # step by step, guidance row by guidance row
+    states = job.state["caches"].values()
+    done = sum(state.computed for state in states)
+    assert done == computed and sum(state.reused if cache["method"] == "first_block_cache" else state.predicted for state in states) == STEPS * rows_per_step - done
+    print(f"\n{cache}: {computed} of {STEPS * rows_per_step} row-forwards computed")
+
+
+def test_cached_and_uncached_requests_batched_match_solo(stages):
+    s = stages["edit-plus"]
+    requests = [
+        dict(prompt="make the sky pink", negative_prompt=" ", seed=1, num_inference_steps=8),
+        dict(prompt="remove the car", negative_prompt=None, seed=2, num_inference_steps=8,
+             cache='{"method": "first_block_cache", "threshold": 0.3}'),
+        dict(prompt="add a hat", negative_prompt=" ", seed=3, num_inference_steps=9,
+             cache='{"method": "first_block_cache", "threshold": 1.0}'),
+        dict(prompt="make it a painting", negative_prompt=" ", seed=4, num_inference_steps=7,
+             cache='{"method": "taylorseer", "cache_interval": 2, "disable_cache_before_step": 2}'),
+        dict(prompt="winter", negative_prompt=None, seed=5, num_inference_steps=6,
+             cache='{"method": "first_block_cache", "threshold": 0.05}'),
+    ]
+    conditionings = [s.encoder.encode(edit_request(s.model, [UPLOAD], **request)) for request in requests]
+    solo = [s.denoiser.denoise([c])[0].latents for c in conditionings]
+    batched, forwards = denoise_joining(s.denoiser, conditionings, [0, 1, 0, 2, 3])
+    for i, (together, alone) in enumerate(zip(batched, solo)):
+        assert torch.allclose(together, alone, atol=1e-5, rtol=0), f"request {i}"
