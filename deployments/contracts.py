@@ -75,6 +75,7 @@ class Latents:
     seed: int
     output: OutputSpec
     timings: dict[str, float] = field(default_factory=dict, compare=False)
+    cache: dict[str, int] | None = None  # with step caching: the model forwards computed, reused, predicted
 
 
 @dataclass(frozen=True)
@@ -88,4 +89,5 @@ class EditedImage:
     height: int
     seed: int
     timings: dict[str, float] = field(default_factory=dict, compare=False)
+    cache: dict[str, int] | None = None  # Latents.cache
 

@@ -34,6 +34,7 @@ class Decoder:
             height=pixels.shape[0],
             seed=latents.seed,
             timings=latents.timings,
+            cache=latents.cache,
         )
 
     def decode_batch(self, batch: list[Latents]) -> list[EditedImage | EditError]:

@@ -160,4 +160,5 @@ class Denoiser:
             seed=c.seed,
             output=c.output,
             timings=c.timings,
+            cache=self.family.cache_report(job),
         )

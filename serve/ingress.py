@@ -164,7 +164,7 @@ class Ingress:
                         partial_index += 1
                     else:
                         image = await self.decoder.decode.remote(event)
-                        yield _sse("image_edit.completed", {**_image_event(image), "usage": NO_TOKEN_USAGE})
+                        yield _sse("image_edit.completed", {**_image_event(image), **_cache_of(image), "usage": NO_TOKEN_USAGE})
             self._succeeded(1, time.time() - started)
         except Exception as e:  # the response has started: the error travels as an event
             yield _sse("error", {"error": error_body(self._failed(e, 1))})
@@ -177,7 +177,7 @@ class Ingress:
         headers["Server-Timing"] = ", ".join(f"{name};dur={value * 1000:.1f}" for name, value in timings.items())
         body = {
             "created": int(time.time()),
-            "data": [{"b64_json": base64.b64encode(image.data).decode("ascii"), "seed": image.seed} for image in images],
+            "data": [{"b64_json": base64.b64encode(image.data).decode("ascii"), "seed": image.seed, **_cache_of(image)} for image in images],
             "output_format": images[0].format,
             "size": f"{images[0].width}x{images[0].height}",
             "timings": timings,
@@ -244,6 +244,11 @@ def _image_event(image: EditedImage) -> dict:
         "output_format": image.format, "size": f"{image.width}x{image.height}", "background": "opaque",
         "quality": "auto",
     }
+
+
+def _cache_of(image: EditedImage) -> dict:
+    """An extension of an image's entry: with step caching, its model forwards computed, reused and predicted."""
+    return {} if image.cache is None else {"cache": image.cache}
 
 
 def _cancel(*responses) -> None:

@@ -258,6 +258,10 @@ class ModelFamily(ABC):
         """Runs after the job's scheduler step, with its prediction: where a family updates the job's own
         state (e.g. blends a masked edit or updates a step cache). Nothing by default."""
 
+    def cache_report(self, job: DenoiseJob) -> dict[str, int] | None:
+        """With step caching, how the job's model forwards went (computed, reused, predicted); else None."""
+        return None
+
     @abstractmethod
     def predicted_clean(self, job: DenoiseJob, noise_pred: torch.Tensor) -> torch.Tensor:
         """The clean sample the model predicts at the job's current step (for previews), like `latents`."""

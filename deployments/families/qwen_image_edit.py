@@ -30,6 +30,7 @@ from deployments.families.step_caching import (
     TaylorSeerRow,
     forward_with_first_block_cache,
     new_row_cache,
+    summed_report,
 )
 from deployments.models import ModelSpec
 
@@ -302,6 +303,10 @@ class QwenImageEdit(MaskedEdits, ModelFamily):
             with lora.rows_using(adapters):
                 noise_pred = transformer(**inputs, guidance=None, return_dict=False)[0]
         return noise_pred[:, : jobs[0].latents.shape[1]]  # drop the image-latent positions
+
+    def cache_report(self, job: DenoiseJob) -> dict[str, int] | None:
+        caches = [cache for cache in job.state["caches"].values() if cache is not None]
+        return summed_report(caches) if caches else None
 
     # ---- Decoder -------------------------------------------------------------------------------
 

@@ -96,6 +96,16 @@ class TaylorSeerRow:
 RowCache = FirstBlockCacheRow | TaylorSeerRow
 
 
+def summed_report(caches: list[RowCache]) -> dict[str, int]:
+    """A request's model forwards over its rows: computed in full, reused (First-Block-Cache: the first
+    block only) and predicted (TaylorSeer: none)."""
+    return {
+        "computed": sum(cache.computed for cache in caches),
+        "reused": sum(getattr(cache, "reused", 0) for cache in caches),
+        "predicted": sum(getattr(cache, "predicted", 0) for cache in caches),
+    }
+
+
 def new_row_cache(config: FirstBlockCache | TaylorSeer | None) -> RowCache | None:
     """A fresh state for one row from a request's `cache` setting (None: no caching)."""
     if config is None:

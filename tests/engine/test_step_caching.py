@@ -73,6 +73,8 @@ def test_a_cached_request_alone_matches_diffusers_with_the_same_cache(stages, re
     assert computed == sum(expected_decisions)  # the same work skipped
     if cache["method"] == "first_block_cache":
         assert ours == expected_decisions  # step by step, guidance row by guidance row
+    report = s.denoiser.finish(job).cache
+    assert report["computed"] == computed and report["computed"] + report["reused"] + report["predicted"] == STEPS * rows_per_step
     states = job.state["caches"].values()
     done = sum(state.computed for state in states)
     assert done == computed and sum(state.reused if cache["method"] == "first_block_cache" else state.predicted for state in states) == STEPS * rows_per_step - done

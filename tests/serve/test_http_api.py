@@ -56,6 +56,19 @@ def test_edit_equals_in_process_engine(client, engine):
     assert_same_image(body["data"][0]["b64_json"], expected)
 
 
+def test_a_step_cache_is_reported_and_the_image_is_the_engine_s(client, engine):
+    cache = '{"method": "taylorseer", "cache_interval": 2, "disable_cache_before_step": 2}'
+    response = edit(client, seed="3", num_inference_steps="6", cache=cache)
+    assert response.status_code == 200, response.text
+    item = response.json()["data"][0]
+    assert item["cache"] == {"computed": 8, "reused": 0, "predicted": 4}  # 2 rows x (steps 0, 1, 3, 5 computed)
+    expected = engine([PHOTO], prompt="make the sky pink", seed=3, num_inference_steps=6, cache=cache)
+    assert_same_image(item["b64_json"], expected)
+    assert "cache" not in edit(client, seed="3").json()["data"][0]  # off by default
+    refused = edit(client, cache='{"method": "first_block_cache", "threshold": 2}').json()["error"]
+    assert refused["param"] == "cache" and "less than or equal to 1" in refused["message"]
+
+
 def test_n_images_use_consecutive_seeds(client):
     body = edit(client, n="2", seed="7").json()
     assert [item["seed"] for item in body["data"]] == [7, 8]
