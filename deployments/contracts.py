@@ -61,6 +61,7 @@ and `scheduler` come from the request's LoRA adapters (deployments/lora_settings
     output: OutputSpec
     adapters: tuple[tuple[str, float], ...] = ()  # LoRA adapters (name, scale), stacked in order
     scheduler: dict[str, Any] | None = None  # scheduler-config values replacing the checkpoint's (an adapter's schedule)
+    cache: Any = None  # the request's step cache setting, or None (deployments/step_cache_settings.py)
     timings: dict[str, float] = field(default_factory=dict, compare=False)
 
 

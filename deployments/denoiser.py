@@ -15,6 +15,7 @@ A request's adapters must be loaded before it starts: `adapters_ready` loads the
 
 import torch
 
+from deployments import metrics
 from deployments.adapter_store import AdapterStore
 from deployments.contracts import Conditioning, Latents
 from deployments.errors import EditError, failed_alone
@@ -34,6 +35,7 @@ class Denoiser:
         denoising_model = self.family.loaded[self.family.denoising_model]
         prepare_transformer(denoising_model, fast_path)
         self.adapters = AdapterStore(denoising_model, self.family.read_adapter, lora, self.family.device, model_name)
+        self.model_name = model_name  # the metrics' `model` label
         if fast_path.compile:
             self.warm_up()
 
@@ -143,7 +145,13 @@ class Denoiser:
         job.step_index += 1
 
     def finish(self, job: DenoiseJob) -> Latents:
-        return self._as_latents(job, job.latents)
+        latents = self._as_latents(job, job.latents)
+        if latents.cache is not None:  # a step-cached request: how its forwards went
+            for outcome, forwards in latents.cache.items():
+                metrics.CACHE_FORWARDS.inc(forwards, model=self.model_name, outcome=outcome)
+            skipped = latents.cache["reused"] + latents.cache["predicted"]
+            metrics.CACHE_SKIPPED_SHARE.observe(skipped / (skipped + latents.cache["computed"]), model=self.model_name)
+        return latents
 
     def take_preview(self, job: DenoiseJob) -> Latents | None:
         """The preview kept at the last step, if one was asked for there (then forgotten)."""

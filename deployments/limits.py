@@ -5,6 +5,7 @@ and in bulk jobs (`--limits`). They bound the declared request fields (deploymen
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.errors import PayloadTooLargeError
+from deployments.step_cache_settings import StepCachePolicy
 
 HARD_MAX_STEPS = 1000  # the most any limit may allow: beyond it a request is a mistake, not a setting
 HARD_MAX_N = 16
@@ -30,6 +31,9 @@ class Limits(BaseModel):
     max_work: int = Field(
         4 * 50 * 1024 * 1024, ge=1,
         description="Most n x steps x output pixels one request may ask for: bounds what one request can cost.",
+    )
+    step_cache: StepCachePolicy = Field(
+        default_factory=StepCachePolicy, description="Step caching: the default (off) and how aggressive a request may be.",
     )
 
     def image_too_large(self, param: str, got: str) -> PayloadTooLargeError:

@@ -24,6 +24,7 @@ PREFIX = "image_edit_"
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TOKENS = (256, 1024, 4096, 16384, 65536, 262144, 1048576)
+SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,23 @@ ADAPTER_REQUESTS = Metric("counter", "adapter_requests", "Denoising requests by 
 ADAPTER_LOADS = Metric("counter", "adapter_loads", "LoRA adapter loads into a Denoiser replica, by status: ok, error.", ("model", "adapter", "status"))
 ADAPTER_EVICTIONS = Metric("counter", "adapter_evictions", "LoRA adapters unloaded to make room (least recently used).", ("model", "adapter"))
 ADAPTER_LOAD_SECONDS = Metric("histogram", "adapter_load_seconds", "Time to load a LoRA adapter (read + inject).", ("model",), SECONDS)
+CACHE_FORWARDS = Metric(
+    "counter", "cache_forwards", "Model forwards of step-cached requests, by outcome: computed (every block), reused "
+    "(First-Block-Cache: the first block only), predicted (TaylorSeer: none). Hit ratio: (reused + predicted) / all.",
+    ("model", "outcome"),
+)
+CACHE_SKIPPED_SHARE = Metric(
+    "histogram", "cache_skipped_share", "Per step-cached request, the share of its model forwards not computed in full.",
+    ("model",), SHARES,
+)
 BULK_ROWS = Metric("counter", "bulk_rows", "Bulk job rows finished, by status: ok, error, skipped.", ("model", "status"))
 BULK_ROWS_PER_SECOND = Metric("gauge", "bulk_rows_per_second", "A running bulk job's rows per second.", ("model",))
 
 ALL = (
     HTTP_REQUESTS, IMAGES, ERRORS, REQUEST_SECONDS, QUEUE_SECONDS, STAGE_SECONDS, BATCH_SIZE, DENOISE_STEP_SECONDS,
     DENOISE_ROWS, DENOISE_TOKENS, DENOISE_STEPS, DENOISE_ACTIVE, DENOISE_WAITING, MEMORY_BYTES, ADAPTER_REQUESTS,
-    ADAPTER_LOADS, ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, BULK_ROWS, BULK_ROWS_PER_SECOND,
+    ADAPTER_LOADS, ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, CACHE_FORWARDS, CACHE_SKIPPED_SHARE, BULK_ROWS,
+    BULK_ROWS_PER_SECOND,
 )
 
 logger = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from pydantic_core import PydanticCustomError
 from deployments.errors import InvalidInputError
 from deployments.limits import HARD_MAX_N, HARD_MAX_STEPS, Limits
 from deployments.lora_settings import LoraSettings, choices_from_text
+from deployments.step_cache_settings import StepCache
 from deployments.settings import EngineSettings
 
 MAX_SEED = 2**63 - 1
@@ -76,6 +77,7 @@ class EditParameters(BaseModel):
     size_rule: ClassVar[str | None] = None  # set when a request may not choose its output size: how it is chosen
     default_num_inference_steps: ClassVar[int] = 50  # diffusers' default for the pipeline
     takes_adapters: ClassVar[bool] = False  # whether the family's Denoiser can run LoRA adapters
+    takes_step_cache: ClassVar[bool] = False  # whether the family's Denoiser can cache steps (`cache`)
     scheduler_presets: ClassVar[dict[str, dict[str, Any]]] = {}  # scheduler configs an adapter may name
     # Set by request_model:
     declaration: ClassVar[type["EditParameters"] | None] = None  # the family's declared class
@@ -113,6 +115,13 @@ class EditParameters(BaseModel):
         "to fields the request leaves unset.",
     )
 
+    cache: StepCache = Field(
+        None, title="Step cache", description='Reuse work between denoising steps, per request: JSON such as '
+        '{"method": "first_block_cache", "threshold": 0.1} or {"method": "taylorseer", "cache_interval": 5, '
+        '"disable_cache_before_step": 3, "max_order": 1}, or "off"; the deployment\'s default if unset. Faster, and '
+        "further from the uncached result the more it skips.",
+    )
+
     @field_validator("size")
     @classmethod
     def _size(cls, size: str) -> str:
@@ -144,6 +153,17 @@ class EditParameters(BaseModel):
         unset = {name: value for name, value in defaults.items() if name not in validated.model_fields_set}
         lora = [{"name": name, "scale": scale} for name, scale in resolved]
         return handler({**values, **unset, "lora": lora, "seed": validated.seed})
+
+    @model_validator(mode="after")
+    def _step_cache_allowed(self):
+        if self.cache is None:
+            return self
+        if not self.takes_step_cache:
+            raise refused("cache", f"{self.family} models take no step cache; leave it out or give off")
+        why = self.limits.step_cache.refusal(self.cache)
+        if why:
+            raise refused("cache", why)
+        return self
 
     @model_validator(mode="after")
     def _bounded_work(self):
@@ -231,10 +251,10 @@ def request_model(
     }
     settings = settings or EngineSettings(default_num_inference_steps=declared.default_num_inference_steps)
     steps, default_area = settings.default_num_inference_steps, settings.vae_image_area
-    defaults = {"num_inference_steps": steps}
+    defaults = {"num_inference_steps": steps, "cache": limits.step_cache.default if declared.takes_step_cache else None}
     overrides = {
-        name: (_bounded(fields[name], bound), defaults.get(name, fields[name].default))
-        for name, bound in bounds.items()
+        name: (_bounded(fields[name], bounds.get(name, Field())), defaults.get(name, fields[name].default))
+        for name in {*bounds, *defaults}
     }
     model = create_model(declared.__name__, __base__=declared, __module__=declared.__module__, **overrides)
     model.declaration, model.limits, model.default_area, model.lora_settings = declared, limits, default_area, lora

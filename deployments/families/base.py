@@ -202,6 +202,7 @@ class ModelFamily(ABC):
             output=request.output,
             adapters=request.parameters.adapters,
             scheduler=self.scheduler_of(request.parameters),
+            cache=request.parameters.cache,
             timings=request.timings,
             **encoded,
         )

@@ -239,8 +239,8 @@ class QwenImageEdit(MaskedEdits, ModelFamily):
             footprint=self.footprint(conditioning),
             tensors=tensors,
         )
-        cache = conditioning.parameters.get("cache")  # each forward row keeps its own step cache
-        job.state["caches"] = {name: new_row_cache(cache) for name in self._row_names(conditioning)}
+        # each forward row keeps its own step cache
+        job.state["caches"] = {name: new_row_cache(conditioning.cache) for name in self._row_names(conditioning)}
         if image_latents is not None:
             self._start_masked(job, image_latents)
         return job

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from deployments.families.step_cache_parameters import StepCache
 from deployments.masks import check_mask_file
 from deployments.parameters import EditParameters, GuidanceScale, NegativePrompt, checked_file, refused
 
@@ -37,6 +36,7 @@ class QwenImageEditParameters(EditParameters):
     family = "Qwen-Image-Edit"
     pipeline = "QwenImageEditPipeline"
     takes_adapters = True
+    takes_step_cache = True
     scheduler_presets = {"lightning": LIGHTNING_SCHEDULER}
 
     negative_prompt: NegativePrompt = " "  # as diffusers' examples: true CFG on by default
@@ -56,12 +56,6 @@ class QwenImageEditParameters(EditParameters):
         "(its top-left corner in pixels; an image larger than the canvas is first scaled down to fit). Only "
         "the new area (and the mask's, if any) is edited; strength 1 suits it best."
     )
-    cache: StepCache = Field(
-        None, title="Step cache", description='Reuse work between denoising steps, per request: JSON such as '
-        '{"method": "first_block_cache", "threshold": 0.05} or {"method": "taylorseer", "cache_interval": 5, '
-        '"disable_cache_before_step": 3, "max_order": 1}; off by default. Faster, and less faithful the more it skips.'
-    )
-
     @model_validator(mode="after")
     def _masked_edit(self):
         if self.placement is not None and not PLACEMENT.match(self.placement):

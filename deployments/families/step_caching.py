@@ -25,7 +25,7 @@ import torch
 from diffusers.models.transformers.transformer_qwenimage import compute_text_seq_len_from_mask
 
 from deployments import lora
-from deployments.families.step_cache_parameters import FirstBlockCache, TaylorSeer
+from deployments.step_cache_settings import FirstBlockCache, TaylorSeer
 
 
 @dataclass(eq=False)

@@ -31,7 +31,7 @@ def diffusers_decisions(pipeline) -> tuple[list[bool], callable]:
 
 CASES = [  # request `cache`, the diffusers config, negative prompt (None: CFG off)
     ({"method": "first_block_cache", "threshold": 0.3}, FirstBlockCacheConfig(threshold=0.3), " "),
-    ({"method": "first_block_cache", "threshold": 1.0}, FirstBlockCacheConfig(threshold=1.0), None),
+    ({"method": "first_block_cache", "threshold": 0.4}, FirstBlockCacheConfig(threshold=0.4), None),
     ({"method": "first_block_cache", "threshold": 0.5}, FirstBlockCacheConfig(threshold=0.5), " "),
     ({"method": "taylorseer", "cache_interval": 2, "disable_cache_before_step": 2, "max_order": 1},
      TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=2, max_order=1, taylor_factors_dtype=torch.float32, use_lite_mode=True), " "),
@@ -88,7 +88,7 @@ def test_cached_and_uncached_requests_batched_match_solo(stages):
         dict(prompt="remove the car", negative_prompt=None, seed=2, num_inference_steps=8,
              cache='{"method": "first_block_cache", "threshold": 0.3}'),
         dict(prompt="add a hat", negative_prompt=" ", seed=3, num_inference_steps=9,
-             cache='{"method": "first_block_cache", "threshold": 1.0}'),
+             cache='{"method": "first_block_cache", "threshold": 0.5}'),
         dict(prompt="make it a painting", negative_prompt=" ", seed=4, num_inference_steps=7,
              cache='{"method": "taylorseer", "cache_interval": 2, "disable_cache_before_step": 2}'),
         dict(prompt="winter", negative_prompt=None, seed=5, num_inference_steps=6,
@@ -99,3 +99,21 @@ def test_cached_and_uncached_requests_batched_match_solo(stages):
     batched, forwards = denoise_joining(s.denoiser, conditionings, [0, 1, 0, 2, 3])
     for i, (together, alone) in enumerate(zip(batched, solo)):
         assert torch.allclose(together, alone, atol=1e-5, rtol=0), f"request {i}"
+
+
+def test_a_cached_request_records_its_forwards_and_skipped_share(stages, monkeypatch):
+    from deployments import metrics
+    from tests.unit.test_metrics import Recorder
+
+    recorder = Recorder()
+    metrics.bind(recorder)
+    try:
+        s = stages["edit"]
+        request = edit_request(s.model, [UPLOAD], prompt="x", negative_prompt=None, seed=1, num_inference_steps=6,
+                               cache='{"method": "taylorseer", "cache_interval": 2, "disable_cache_before_step": 2}')
+        s.denoiser.denoise([s.encoder.encode(request)])
+    finally:
+        metrics.bind(None)
+    forwards = {tags["outcome"]: value for name, value, tags in recorder.records if name == "image_edit_cache_forwards"}
+    assert forwards == {"computed": 4, "predicted": 2}  # steps 0, 1, 3, 5 computed; reused 0 adds nothing
+    assert [value for name, value, _ in recorder.records if name == "image_edit_cache_skipped_share"] == [2 / 6]

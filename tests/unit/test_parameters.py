@@ -96,7 +96,7 @@ def test_defaults_are_filled_in_and_values_kept():
     qwen = parse(QWEN, {"image": IMAGE, "prompt": "x", "seed": 7, "size": "512x256"})
     assert (qwen.seed, qwen.output_size, qwen.negative_prompt, qwen.true_cfg_scale) == (7, (512, 256), " ", 4.0)
     assert qwen.num_inference_steps == 50 and 0 <= parse(QWEN, {"image": IMAGE, "prompt": "x"}).seed < 2**31
-    assert (qwen.masked, qwen.strength, qwen.family_values()) == (False, 0.6, {"true_cfg_scale": 4.0, "strength": 0.6, "placement": None, "cache": None})
+    assert (qwen.masked, qwen.strength, qwen.family_values()) == (False, 0.6, {"true_cfg_scale": 4.0, "strength": 0.6, "placement": None})
     masked = parse(QWEN, {"image": IMAGE, "prompt": "x", "mask": MASK, "strength": "1"})
     assert masked.masked and masked.mask == MASK and masked.strength == 1.0 and "mask" not in masked.family_values()
     assert parse(QWEN, {"image": IMAGE, "prompt": "x", "size": "96x64", "placement": "8,16"}).position == (8, 16)
@@ -116,3 +116,20 @@ def test_limits_and_checkpoint_defaults_bind_the_declaration_and_its_schema():
         DECLARATIONS["QwenImageEditPlusPipeline"], Limits(max_steps=30, max_n=2, max_prompt_chars=10)
     )  # one bound model per (family, limits, checkpoint)
     assert IP2P.model_json_schema()["properties"]["size"]["enum"] == ["auto"]
+
+
+def test_step_caching_is_off_unless_asked_or_configured_and_bounded_by_the_deployment():
+    ask = '{"method": "first_block_cache", "threshold": 0.2}'
+    assert parse(QWEN, {"image": IMAGE, "prompt": "x"}).cache is None
+    assert parse(QWEN, {"image": IMAGE, "prompt": "x", "cache": ask}).cache.threshold == 0.2
+    limits = Limits.model_validate({"step_cache": {"default": {"method": "taylorseer"}, "max_threshold": 0.1}})
+    configured = request_model(DECLARATIONS["QwenImageEditPlusPipeline"], limits)
+    assert parse(configured, {"image": IMAGE, "prompt": "x"}).cache.cache_interval == 5  # the default, diffusers' defaults
+    assert parse(configured, {"image": IMAGE, "prompt": "x", "cache": "off"}).cache is None
+    assert configured.model_json_schema()["properties"]["cache"]["default"]["method"] == "taylorseer"
+    assert refusal(configured, cache=ask).message == "cache: threshold may be at most 0.1 on this deployment, got 0.2"
+    assert "must be JSON such as" in refusal(QWEN, cache="{fast").message
+    assert "'first_block_cache', 'taylorseer'" in refusal(QWEN, cache='{"method": "teacache"}').message
+    assert refusal(IP2P, cache=ask).message.startswith("cache: InstructPix2Pix models take no step cache")
+    ip2p = request_model(DECLARATIONS["StableDiffusionInstructPix2PixPipeline"], limits)
+    assert parse(ip2p, {"image": IMAGE, "prompt": "x"}).cache is None  # the deployment default is for families that cache

@@ -1,7 +1,8 @@
-"""What a request may ask of step caching (the `cache` field of Qwen-Image-Edit requests): a method
-and its parameters, as diffusers' FirstBlockCacheConfig and TaylorSeerCacheConfig name them. Given as
-JSON text in a form field or a manifest column, e.g. {"method": "first_block_cache", "threshold": 0.1}.
-The math: deployments/families/step_caching.py."""
+"""Step caching as configuration: what a request may ask for (its `cache` field: a method and its
+parameters, as diffusers' FirstBlockCacheConfig and TaylorSeerCacheConfig name them; JSON text in a
+form field or a manifest column, e.g. {"method": "first_block_cache", "threshold": 0.1}) and the
+deployment's policy (`limits.step_cache`: the default for requests that don't ask, and how aggressive
+a request may be). The math: deployments/families/step_caching.py."""
 
 import json
 from typing import Annotated, Any, Literal
@@ -55,3 +56,27 @@ def _from_text(value: Any) -> Any:
 StepCache = Annotated[
     Annotated[FirstBlockCache | TaylorSeer, Field(discriminator="method")] | None, BeforeValidator(_from_text),
 ]
+
+
+class StepCachePolicy(BaseModel):
+    """The deployment's step caching: the default and the limits (`limits.step_cache` in serve/config.yaml,
+    the bulk job's `--limits`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: Annotated[FirstBlockCache | TaylorSeer, Field(discriminator="method")] | None = Field(
+        None, description="What requests that leave `cache` unset get; none (off) unless configured.",
+    )
+    max_threshold: float = Field(
+        0.5, gt=0, le=1, description="Highest First-Block-Cache threshold a request may ask for (the higher, the "
+        "more steps reuse the cache, and the further the result moves from the uncached one).",
+    )
+    max_cache_interval: int = Field(10, ge=1, le=100, description="Longest TaylorSeer cache interval a request may ask for.")
+
+    def refusal(self, cache: FirstBlockCache | TaylorSeer) -> str | None:
+        """Why this deployment refuses `cache`, or None."""
+        if isinstance(cache, FirstBlockCache) and cache.threshold > self.max_threshold:
+            return f"threshold may be at most {self.max_threshold} on this deployment, got {cache.threshold}"
+        if isinstance(cache, TaylorSeer) and cache.cache_interval > self.max_cache_interval:
+            return f"cache_interval may be at most {self.max_cache_interval} on this deployment, got {cache.cache_interval}"
+        return None
