@@ -192,3 +192,18 @@ def test_a_corrupt_or_missing_adapter_fails_only_its_requests(engine, tiny_check
         assert isinstance(result, EditError) and f"LoRA adapter {name!r} could not be loaded" in result.message
     assert stages.denoiser.adapters.installed == ("style",)
     assert torch.equal(stages.denoiser.denoise([good])[0].latents, results[0].latents)  # the model is unharmed
+
+
+def test_step_cached_requests_with_adapters_batched_match_their_solo_runs(engine):
+    """First-Block-Cache runs blocks 2..N for a subset of the rows: each keeps its own adapters there."""
+    caches = ['{"method": "first_block_cache", "threshold": 0.5}', None, '{"method": "first_block_cache", "threshold": 0.3}']
+    conditionings = [
+        engine.encoder.encode(engine.request(UPLOAD, prompt=f"edit {i}", lora=lora, seed=i, num_inference_steps=20,
+                                             negative_prompt="ugly", **({"cache": cache} if cache else {})))
+        for i, (lora, cache) in enumerate(zip(['[{"name": "style"}]', '[{"name": "detail"}]', '[]'], caches))
+    ]
+    solo = [engine.denoiser.denoise([c])[0] for c in conditionings]
+    assert solo[0].cache["reused"] > 0 and solo[2].cache["reused"] > 0  # rows really skipped blocks 2..N
+    batched, _ = denoise_joining(engine.denoiser, conditionings, [0, 1, 0])
+    for i, (together, alone) in enumerate(zip(batched, solo)):
+        assert torch.allclose(together, alone.latents, atol=1e-5, rtol=0), f"request {i}"
