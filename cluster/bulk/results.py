@@ -28,6 +28,7 @@ from cluster.bulk.storage import Output
 from deployments.parameters import EditParameters, json_types
 
 STAGE_SECONDS = ("encode_s", "denoise_s", "decode_s")
+CACHE_FORWARDS = ("cache_computed", "cache_reused", "cache_predicted")  # a step-cached row's model forwards
 TIMES = ("started_at", "finished_at")
 COLUMN_TYPES = {  # a declared field's JSON type -> its results column's Arrow type
     "integer": pa.int64(),
@@ -50,6 +51,7 @@ def result_schema(declared: type[EditParameters]) -> pa.Schema:
         (json_type,) = json_types(field)  # one JSON type per declared field (null aside)
         fields.append(pa.field(name, COLUMN_TYPES[json_type]))
     fields += [pa.field(name, pa.float64()) for name in STAGE_SECONDS]
+    fields += [pa.field(name, pa.int64()) for name in CACHE_FORWARDS]
     fields += [pa.field(name, pa.timestamp("us", tz="UTC")) for name in TIMES]
     return pa.schema(fields)
 
@@ -145,10 +147,14 @@ def _part_index(output: Output, n: int, path: str, schema: pa.Schema) -> tuple[p
 
 
 def _as_schema(table: pa.Table, schema: pa.Schema, path: str) -> pa.Table:
-    """An earlier run's rows in the results schema (e.g. a part whose `error` column was null-typed)."""
-    if set(table.column_names) != set(schema.names):
+    """An earlier run's rows in the results schema (e.g. a part whose `error` column was null-typed, or
+    one written before a column was added: null there)."""
+    if not set(table.column_names) <= set(schema.names):
         raise ValueError(
             f"{path} holds results of another model family or version (columns {table.column_names}); "
             "write this job's results to a new --output"
         )
+    for name in schema.names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(len(table), schema.field(name).type))
     return table.select(schema.names).cast(schema)

@@ -60,6 +60,10 @@ class StageActor:
         """Each item's result, or the exception it alone ended with; `alone`: sharing no work with others."""
         raise NotImplementedError
 
+    def report(self, result) -> dict:
+        """Result columns this stage adds for a row it finished (none by default)."""
+        return {}
+
     def isolated(self, items: list) -> list:
         """Each item's result or EditError, every failure held to the row that fails alone."""
         try:
@@ -88,13 +92,16 @@ class StageActor:
             metrics.record_batch(self.model_name, self.stage, len(healthy), seconds)
         items, errors = batch["item"].tolist(), batch["error"].tolist()
         positions = {label: i for i, label in enumerate(batch.index)}
+        reports: dict[str, list] = {}
         for label, result in zip(healthy, results):
             i = positions[label]
             if isinstance(result, EditError):
                 items[i], errors[i] = None, result.message
             else:
                 items[i] = result
-        batch = batch.assign(item=items, error=errors)
+                for column, value in self.report(result).items():
+                    reports.setdefault(column, [None] * len(batch))[i] = value
+        batch = batch.assign(item=items, error=errors, **reports)
         batch[f"{self.stage}_s"] = seconds
         if "started_at" not in batch:  # the first engine stage to take the row
             batch["started_at"] = started_at
@@ -123,6 +130,10 @@ class DenoiseActor(StageActor):
         super().__init__(model, fast_path, lora)
         # Ray Data bounds what waits here (calls in flight x batch size); nothing is refused.
         self.loop = DenoiseLoop(self.engine, loop.policy(), max_waiting=2**31, model_name=self.model_name)
+
+    def report(self, latents) -> dict:
+        """A step-cached row's model forwards (results' cache_computed, cache_reused, cache_predicted)."""
+        return {} if latents.cache is None else {f"cache_{outcome}": forwards for outcome, forwards in latents.cache.items()}
 
     def run(self, items, alone):
         tickets = [self.loop.submit(conditioning, solo=alone) for conditioning in items]

@@ -1,6 +1,7 @@
 """The bulk job end to end, as users run it (`python -m cluster.bulk`, its own local Ray cluster)."""
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -293,4 +294,35 @@ def test_bulk_rows_edit_inside_a_mask_column(tiny_checkpoints, tmp_path):
                            num_inference_steps=2, mask=(tmp_path / "mask.png").read_bytes(), strength=0.7)
     expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
     bulk = np.asarray(Image.open(out / results.loc["masked", "output"]), dtype=np.int16)
+    assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
+
+
+def test_bulk_rows_take_a_step_cache_column_and_report_their_forwards(tiny_checkpoints, tmp_path):
+    """A `cache` column (the API's JSON) per row, `--cache` for rows without one; results record the
+    setting used and the row's model forwards; a row's image is the engine's."""
+    model = tiny_checkpoints["edit-plus"]
+    (tmp_path / "in.png").write_bytes(image_bytes(random_image(64, 48, seed=2)))
+    taylorseer = '{"method": "taylorseer", "cache_interval": 2, "disable_cache_before_step": 2}'
+    rows = {"fbc": '{"method": "first_block_cache", "threshold": 0.5}', "default": None, "off": "off",
+            "too-aggressive": '{"method": "first_block_cache", "threshold": 0.9}'}
+    table = pa.Table.from_pylist(
+        [{"id": row_id, "image": "in.png", "instruction": "make it autumn", "cache": cache} for row_id, cache in rows.items()],
+        schema=pa.schema([("id", pa.string()), ("image", pa.string()), ("instruction", pa.string()), ("cache", pa.string())]),
+    )
+    pq.write_table(table, tmp_path / "manifest.parquet")
+    out = tmp_path / "out"
+    command = bulk_command(tmp_path / "manifest.parquet", out, model) + ["--cache", taylorseer, "--num-inference-steps", "6"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=480)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]  # one row is an error
+    results = pq.read_table(out / "results").to_pandas().set_index("id")
+    assert "cache: threshold may be at most 0.5 on this deployment" in results.loc["too-aggressive", "error"]
+    assert json.loads(results.loc["default", "cache"])["method"] == "taylorseer" and pd.isna(results.loc["off", "cache"])
+    forwards = results.loc["default", ["cache_computed", "cache_reused", "cache_predicted"]].tolist()
+    assert forwards == [8, 0, 4]  # two guidance rows; steps 0, 1, 3, 5 computed
+    assert pd.isna(results.loc["off", "cache_computed"]) and results.loc["fbc", "cache_computed"] > 0
+
+    request = edit_request(model, [(tmp_path / "in.png").read_bytes()], prompt="make it autumn", seed=0,
+                           num_inference_steps=6, cache=taylorseer)
+    expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
+    bulk = np.asarray(Image.open(out / results.loc["default", "output"]), dtype=np.int16)
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1

@@ -114,6 +114,14 @@ def test_an_earlier_version_s_part_is_rewritten_to_the_schema(output):
     assert pyarrow.dataset.dataset(f"{output.root}/results", format="parquet").to_table().schema == result_schema(QWEN)
 
 
+def test_a_part_written_before_columns_were_added_resumes_with_them_null(output):
+    old = rows(["a", "b"]).drop_columns(["cache", "cache_computed", "strength", "placement"])  # an earlier version
+    output.write(f"results/part-{uuid.uuid4().hex}.parquet", _parquet(old))
+    assert sorted(compact(output, QWEN).to_pylist()) == ["a", "b"]
+    table = pyarrow.dataset.dataset(f"{output.root}/results", format="parquet").to_table()
+    assert table.schema == result_schema(QWEN) and table.column("cache_computed").null_count == 2
+
+
 def test_results_of_another_family_are_refused_with_a_clear_message(output):
     ip2p = to_result_rows(frame(["a"]), "tiny", DECLARATIONS["StableDiffusionInstructPix2PixPipeline"])
     output.write(f"results/part-{uuid.uuid4().hex}.parquet", _parquet(ip2p))
