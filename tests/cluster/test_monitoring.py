@@ -30,6 +30,8 @@ MONITORING = Path(__file__).resolve().parents[2] / "cluster" / "monitoring"
 IMAGE = image_bytes(random_image(64, 64))
 EDIT = {"prompt": "make it blue", "num_inference_steps": "2", "size": "64x64"}
 BULK_ROWS = 8
+# TaylorSeer over EDIT's 2 steps: step 0 computed, step 1 predicted, for each of the 2 guidance rows
+CACHE = '{"method": "taylorseer", "cache_interval": 2, "disable_cache_before_step": 1}'
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ FIRST_EDIT_SERIES = (
 
 
 def run_workload(base: str, model: str, root: Path, prom: Prometheus) -> None:
-    """Two refusals and three edits (four images), then a bulk job of BULK_ROWS rows on the same
+    """Two refusals and three edits (four images; one step-cached), then a bulk job of BULK_ROWS rows on the same
     cluster. The first edit's metrics, from every process that records them, reach Prometheus before
     the rest are sent: rate() only sees increases of a series Prometheus already had."""
     post = lambda files, data: requests.post(f"{base}/v1/images/edits", files=files, data=data, timeout=120)  # noqa: E731
@@ -104,7 +106,7 @@ def run_workload(base: str, model: str, root: Path, prom: Prometheus) -> None:
         wait_for(prom, recorded_by_each_process, 1)
     thin = {"image": ("thin.png", image_bytes(random_image(400, 16)), "image/png")}
     assert post(thin, {**EDIT, "size": "auto"}).status_code == 400  # refused by the Encoder
-    for data in ({**EDIT, "seed": "1"}, {**EDIT, "n": "2"}):
+    for data in ({**EDIT, "seed": "1", "cache": CACHE}, {**EDIT, "n": "2"}):
         assert post(image, data).status_code == 200
     for adapter in ("style", "detail"):  # one adapter loaded at a time: the second load evicts the first
         assert post(image, {**EDIT, "model": adapter}).status_code == 200
@@ -173,6 +175,9 @@ EXPECTED = {  # PromQL -> value after the workload (model label: the checkpoint 
     'sum(ray_image_edit_adapter_loads_total{status="ok"})': 2,
     'sum(ray_image_edit_adapter_evictions_total{adapter="style"})': 1,
     "sum(ray_image_edit_adapter_load_seconds_count)": 2,
+    'sum(ray_image_edit_cache_forwards_total{outcome="computed"})': 2,
+    'sum(ray_image_edit_cache_forwards_total{outcome="predicted"})': 2,
+    "sum(ray_image_edit_cache_skipped_share_count)": 1,
     'sum(ray_image_edit_bulk_rows_total{model="edit-plus", status="ok"})': BULK_ROWS,
     "sum(ray_image_edit_denoise_active_requests)": 0,
     "sum(ray_image_edit_denoise_waiting_requests)": 0,
