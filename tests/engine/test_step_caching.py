@@ -4,14 +4,19 @@ requests, with different methods and thresholds, batched and joining at differen
 their solo result."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from diffusers import QwenImageEditPlusPipeline
 from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
+from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
 
 from deployments.families import step_caching
 from deployments.images import decode_image
+from deployments.settings import EngineSettings
+from tests.engine.conftest import Stages
 from tests.engine.support import denoise_joining
 from tests.helpers import edit_request, image_bytes, random_image
 
@@ -117,3 +122,38 @@ def test_a_cached_request_records_its_forwards_and_skipped_share(stages, monkeyp
     forwards = {tags["outcome"]: value for name, value, tags in recorder.records if name == "image_edit_cache_forwards"}
     assert forwards == {"computed": 4, "predicted": 2}  # steps 0, 1, 3, 5 computed; reused 0 adds nothing
     assert [value for name, value, _ in recorder.records if name == "image_edit_cache_skipped_share"] == [2 / 6]
+
+
+@pytest.fixture(scope="module")
+def edit_2511(tiny_checkpoints, tmp_path_factory):
+    """A tiny Qwen-Image-Edit-2511: the tiny Edit-Plus checkpoint with `zero_cond_t` set (its transformer
+    modulates the condition image's tokens with t = 0, so its time embedding has 2 x batch rows)."""
+    path = tmp_path_factory.mktemp("tiny-2511") / "edit-2511"
+    shutil.copytree(tiny_checkpoints["edit-plus"], path)
+    config = path / "transformer" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "zero_cond_t": True}))
+    return Stages(str(path))
+
+
+def test_first_block_cache_on_a_2511_model_matches_diffusers_and_batches(edit_2511, monkeypatch):
+    s = edit_2511
+    assert s.denoiser.family.loaded["transformer"].zero_cond_t
+    cache = {"method": "first_block_cache", "threshold": 0.4}
+    requests = [dict(prompt="make it night", seed=2, cache=json.dumps(cache)), dict(prompt="add snow", seed=3)]
+    conditionings = [s.encoder.encode(edit_request(s.model, [UPLOAD], num_inference_steps=STEPS, **r)) for r in requests]
+    solo = [s.denoiser.denoise([c])[0] for c in conditionings]
+    assert solo[0].cache["reused"] > 0
+
+    settings = EngineSettings.for_model(s.model)
+    areas = {1024 * 1024: settings.vae_image_area, 384 * 384: settings.condition_image_area}
+    original = pipeline_qwenimage_edit_plus.calculate_dimensions
+    monkeypatch.setattr(pipeline_qwenimage_edit_plus, "calculate_dimensions", lambda area, ratio: original(areas[area], ratio))
+    pipeline = QwenImageEditPlusPipeline.from_pretrained(s.model)
+    pipeline.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.4))
+    expected = pipeline(image=[decode_image(UPLOAD)], prompt="make it night", negative_prompt=" ", num_inference_steps=STEPS,
+                        generator=torch.Generator("cpu").manual_seed(2), output_type="np").images[0]
+    assert np.abs(s.decoder.decode_pixels(solo[0]) - expected).max() <= 1e-4
+
+    batched, _ = denoise_joining(s.denoiser, conditionings, [0, 2])
+    for i, (together, alone) in enumerate(zip(batched, solo)):
+        assert torch.allclose(together, alone.latents, atol=1e-5, rtol=0), f"request {i}"
