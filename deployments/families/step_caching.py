@@ -34,7 +34,7 @@ class FirstBlockCacheRow:
 
     threshold: float
     head_residual: torch.Tensor | None = None  # (1, L, D) the first block's residual at the last computed step
-    tail_residuals: tuple[torch.Tensor, torch.Tensor] | None = None  # what the other blocks added then (image, text)
+    tail_residual: torch.Tensor | None = None  # (1, L, D) what the other blocks added to the image stream then
     computed: int = 0  # forwards through every block
     reused: int = 0  # forwards through the first block only
 
@@ -155,10 +155,10 @@ def forward_with_first_block_cache(
         image[rows] = computed
         for j, i in enumerate(rows):
             if caches[i] is not None:
-                caches[i].tail_residuals = (computed[j : j + 1] - head_image[i : i + 1], text[j : j + 1] - head_text[i : i + 1])
-    for i, cache in enumerate(caches):
+                caches[i].tail_residual = computed[j : j + 1] - head_image[i : i + 1]
+    for i, cache in enumerate(caches):  # (diffusers also adds the text stream's residual, which nothing reads after the blocks)
         if cache is not None and not compute[i]:
-            image[i : i + 1] = cache.tail_residuals[0] + head_image[i : i + 1]
+            image[i : i + 1] = cache.tail_residual + head_image[i : i + 1]
     with lora.rows_using(adapters):
         if t.zero_cond_t:
             temb = temb.chunk(2, dim=0)[0]
