@@ -157,3 +157,19 @@ def test_first_block_cache_on_a_2511_model_matches_diffusers_and_batches(edit_25
     batched, _ = denoise_joining(s.denoiser, conditionings, [0, 2])
     for i, (together, alone) in enumerate(zip(batched, solo)):
         assert torch.allclose(together, alone.latents, atol=1e-5, rtol=0), f"request {i}"
+
+
+def test_a_masked_and_cached_request_matches_diffusers_inpaint_with_the_same_cache(stages, reference, monkeypatch):
+    """Two per-request features composed: First-Block-Cache in the forward, the mask's blend after each step."""
+    from tests.engine.test_masked_edits import MASK_BYTES, area, diffusers_mask
+
+    s = stages["edit"]
+    cache = {"method": "first_block_cache", "threshold": 0.4}
+    request = edit_request(s.model, [UPLOAD], prompt="remove it", seed=4, num_inference_steps=STEPS, mask=MASK_BYTES,
+                           strength=0.8, cache=json.dumps(cache))
+    latents = s.denoiser.denoise([s.encoder.encode(request)])[0]
+    assert latents.cache["reused"] > 0
+    expected = reference("inpaint", monkeypatch, [decode_image(UPLOAD)], cache=FirstBlockCacheConfig(threshold=0.4),
+                         mask_image=diffusers_mask(area("rectangle")), prompt="remove it", negative_prompt=" ",
+                         strength=0.8, num_inference_steps=STEPS, seed=4)
+    assert np.abs(s.decoder.decode_pixels(latents) - expected).max() <= 1e-4
