@@ -133,14 +133,30 @@ def drag(browser, element, start: tuple[int, int], by: tuple[int, int]) -> None:
     ActionChains(browser).move_to_element_with_offset(element, *start).click_and_hold().move_by_offset(*by).release().perform()
 
 
-def test_a_painted_stroke_becomes_the_mask_and_erasing_takes_it_back(page_url, browser, tmp_path):
+def open_editor(browser, page_url: str, tmp_path, seed: int):
+    """The page with a 96x64 photo chosen and its mask editor shown; returns the editor's canvas."""
     photo = tmp_path / "photo.png"
-    photo.write_bytes(image_bytes(random_image(96, 64, seed=5)))
+    photo.write_bytes(image_bytes(random_image(96, 64, seed=seed)))
     browser.get(page_url)
     wait_for_fields(browser)
     browser.find_element(By.ID, "files").send_keys(str(photo))
     view = browser.find_element(By.ID, "mask-view")
     WebDriverWait(browser, 30).until(lambda b: view.is_displayed())
+    return view
+
+
+def edit_in_two_steps(browser, prompt: str) -> str:
+    """Types `prompt`, asks for 2 steps, edits, and returns the status once done."""
+    browser.find_element(By.ID, "prompt").send_keys(prompt)
+    browser.find_element(By.TAG_NAME, "summary").click()
+    browser.find_element(By.NAME, "num_inference_steps").send_keys("2")
+    browser.find_element(By.ID, "submit").click()
+    WebDriverWait(browser, 120).until(lambda b: b.find_element(By.ID, "status").text.startswith("Done"))
+    return browser.find_element(By.ID, "status").text
+
+
+def test_a_painted_stroke_becomes_the_mask_and_erasing_takes_it_back(page_url, browser, tmp_path):
+    view = open_editor(browser, page_url, tmp_path, seed=5)
     assert view.size == {"width": 480, "height": 320}  # shown 5x: 5 screen pixels per image pixel
 
     drag(browser, view, (-140, 0), (200, 0))  # screen x 100..300 at y 160: image x 20..60 at y 32
@@ -157,30 +173,16 @@ def test_a_painted_stroke_becomes_the_mask_and_erasing_takes_it_back(page_url, b
     alpha = painted_mask(browser)
     assert (alpha[32, 20:36] == 255).all() and (alpha[32, 42:61] == 0).all()
 
-    browser.find_element(By.ID, "prompt").send_keys("remove the line")
-    browser.find_element(By.TAG_NAME, "summary").click()
-    browser.find_element(By.NAME, "num_inference_steps").send_keys("2")
-    browser.find_element(By.ID, "submit").click()
-    WebDriverWait(browser, 120).until(lambda b: b.find_element(By.ID, "status").text.startswith("Done"))
-    assert "320x224" in browser.find_element(By.ID, "status").text  # the image's framing at the model's area
+    assert "320x224" in edit_in_two_steps(browser, "remove the line")  # the image's framing at the model's area
     assert '"mask": "(painted)"' in browser.find_element(By.ID, "params").text
 
 
 def test_extending_the_canvas_outpaints_to_the_chosen_aspect_ratio(page_url, browser, tmp_path):
-    photo = tmp_path / "photo.png"
-    photo.write_bytes(image_bytes(random_image(96, 64, seed=6)))
-    browser.get(page_url)
-    wait_for_fields(browser)
-    browser.find_element(By.ID, "files").send_keys(str(photo))
-    WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "mask-view").is_displayed())
+    open_editor(browser, page_url, tmp_path, seed=6)
     Select(browser.find_element(By.ID, "extend")).select_by_visible_text("16:9")
     fields = {name: browser.find_element(By.NAME, name).get_attribute("value") for name in ("size", "placement", "strength")}
     assert fields == {"size": "128x64", "placement": "center", "strength": "1"}  # 96x64 centred on 16:9, in multiples of 16
     assert browser.execute_script("return [document.getElementById('mask-view').width, document.getElementById('mask-view').height]") == [128, 64]
-    browser.find_element(By.ID, "prompt").send_keys("extend the scene")
-    browser.find_element(By.TAG_NAME, "summary").click()
-    browser.find_element(By.NAME, "num_inference_steps").send_keys("2")
-    browser.find_element(By.ID, "submit").click()
-    WebDriverWait(browser, 120).until(lambda b: b.find_element(By.ID, "status").text.startswith("Done"))
+    status = edit_in_two_steps(browser, "extend the scene")
     browser.save_screenshot(str(tmp_path / "5-outpainted.png"))
-    assert "128x64" in browser.find_element(By.ID, "status").text
+    assert "128x64" in status
