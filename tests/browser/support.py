@@ -1,5 +1,6 @@
 """Helpers shared by the page tests."""
 
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -22,3 +23,13 @@ def shown(browser, name: str) -> bool:
 def wait_for_fields(browser) -> None:
     """Waits until the page has rendered the served family's fields (from /v1/models)."""
     WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#fields [name]"))
+
+
+def open_page(browser, url: str) -> None:
+    """Opens the page and waits for its title: once in CI `get` returned with an empty title (a document
+    not yet committed, or not the page); if so this fails showing what the browser has instead."""
+    browser.get(url)
+    try:
+        WebDriverWait(browser, 30).until(lambda b: "Edit images" in b.title)
+    except TimeoutException:
+        raise AssertionError(f"the page did not open; the browser shows: {browser.page_source[:1000]!r}") from None

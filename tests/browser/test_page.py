@@ -15,7 +15,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from deployments.limits import Limits
 from deployments.models import resolve_model
-from tests.browser.support import served_page, shown, wait_for_fields
+from tests.browser.support import open_page, served_page, shown, wait_for_fields
 from tests.helpers import image_bytes, random_image
 from tests.serve.support import adapter_settings
 
@@ -29,8 +29,7 @@ def page_url(tiny_checkpoints):
 def test_edit_by_hand_with_progress_previews_and_result(page_url, browser, tmp_path):
     photo = tmp_path / "photo.png"
     photo.write_bytes(image_bytes(random_image(96, 64, seed=2)))
-    browser.get(page_url)
-    assert "Edit images" in browser.title
+    open_page(browser, page_url)
     browser.find_element(By.ID, "files").send_keys(str(photo))
     browser.find_element(By.ID, "prompt").send_keys("배경을 해변으로 바꿔줘")
     browser.find_element(By.TAG_NAME, "summary").click()
@@ -58,7 +57,7 @@ def test_edit_by_hand_with_progress_previews_and_result(page_url, browser, tmp_p
 def test_an_empty_instruction_shows_its_error_by_the_field(page_url, browser, tmp_path):
     photo = tmp_path / "photo.png"
     photo.write_bytes(image_bytes(random_image(64, 64, seed=3)))
-    browser.get(page_url)
+    open_page(browser, page_url)
     browser.find_element(By.ID, "files").send_keys(str(photo))
     browser.find_element(By.ID, "submit").click()
     error = browser.find_element(By.CSS_SELECTOR, '.error[data-for="prompt"]')
@@ -70,7 +69,7 @@ def test_an_empty_instruction_shows_its_error_by_the_field(page_url, browser, tm
 
 
 def test_the_page_shows_the_fields_of_the_served_family(page_url, browser):
-    browser.get(page_url)
+    open_page(browser, page_url)
     browser.find_element(By.TAG_NAME, "summary").click()
     WebDriverWait(browser, 30).until(lambda b: "Qwen-Image-Edit" in b.find_element(By.ID, "model").text)
     assert shown(browser, "true_cfg_scale") and shown(browser, "size")
@@ -81,7 +80,7 @@ def test_the_page_fields_are_the_declared_parameters(page_url, browser, tiny_che
     """The advanced settings list the family's declared fields with the ranges and defaults the server
     enforces (the expectation comes from the declaration; serve/config.yaml's limits are the defaults)."""
     declared = resolve_model(tiny_checkpoints["edit-plus"]).request_model(Limits()).model_json_schema()["properties"]
-    browser.get(page_url)
+    open_page(browser, page_url)
     wait_for_fields(browser)
     rendered = {
         field.get_attribute("name"): field for field in browser.find_elements(By.CSS_SELECTOR, "#fields [name]")
@@ -103,7 +102,7 @@ def test_the_page_fields_are_the_declared_parameters(page_url, browser, tiny_che
 def test_the_page_offers_the_adapters_and_applies_the_ticked_ones(page_url, browser, tmp_path):
     photo = tmp_path / "photo.png"
     photo.write_bytes(image_bytes(random_image(64, 64, seed=2)))
-    browser.get(page_url)
+    open_page(browser, page_url)
     browser.find_element(By.TAG_NAME, "summary").click()
     WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "[data-adapter]"))
     offered = [tick.get_attribute("data-adapter") for tick in browser.find_elements(By.CSS_SELECTOR, "[data-adapter]")]
@@ -137,7 +136,7 @@ def open_editor(browser, page_url: str, tmp_path, seed: int):
     """The page with a 96x64 photo chosen and its mask editor shown; returns the editor's canvas."""
     photo = tmp_path / "photo.png"
     photo.write_bytes(image_bytes(random_image(96, 64, seed=seed)))
-    browser.get(page_url)
+    open_page(browser, page_url)
     wait_for_fields(browser)
     browser.find_element(By.ID, "files").send_keys(str(photo))
     view = browser.find_element(By.ID, "mask-view")

@@ -6,7 +6,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser.support import served_page, shown, wait_for_fields
+from tests.browser.support import open_page, served_page, shown, wait_for_fields
 from tests.helpers import image_bytes, random_image
 
 
@@ -18,7 +18,7 @@ def page_url(tiny_checkpoints):
 def test_an_instruct_pix2pix_edit_by_hand(page_url, browser, tmp_path):
     photo = tmp_path / "photo.png"
     photo.write_bytes(image_bytes(random_image(80, 48, seed=4)))
-    browser.get(page_url)
+    open_page(browser, page_url)
     browser.find_element(By.TAG_NAME, "summary").click()
     WebDriverWait(browser, 30).until(lambda b: "InstructPix2Pix" in b.find_element(By.ID, "model").text)
     wait_for_fields(browser)
