@@ -52,6 +52,10 @@ ERRORS = Metric("counter", "errors", "Failed edit requests by kind: bad_input, o
 REQUEST_SECONDS = Metric("histogram", "request_seconds", "End-to-end time of successful edits.", ("model",), SECONDS)
 QUEUE_SECONDS = Metric("histogram", "queue_seconds", "Time a request waited before a stage started it.", ("model", "stage"), SECONDS)
 STAGE_SECONDS = Metric("histogram", "stage_seconds", "Time a request spent in a stage.", ("model", "stage"), SECONDS)
+STAGE_RETRIES = Metric(
+    "counter", "stage_retries", "Stage calls made again because their replica was lost (died, unreachable, engine "
+    "stopped) or their input was lost with a node.", ("stage",),
+)
 BATCH_SIZE = Metric("histogram", "batch_size", "Items per batch a stage ran.", ("model", "stage"), SIZES)
 DENOISE_STEP_SECONDS = Metric("histogram", "denoise_step_seconds", "Time of one batched denoising step.", ("model",), SECONDS)
 DENOISE_ROWS = Metric("histogram", "denoise_rows", "Rows (requests x CFG branches) per denoising forward.", ("model",), SIZES)
@@ -79,7 +83,7 @@ BULK_ROWS = Metric("counter", "bulk_rows", "Bulk job rows finished, by status: o
 BULK_ROWS_PER_SECOND = Metric("gauge", "bulk_rows_per_second", "A running bulk job's rows per second.", ("model",))
 
 ALL = (
-    HTTP_REQUESTS, IMAGES, ERRORS, REQUEST_SECONDS, QUEUE_SECONDS, STAGE_SECONDS, BATCH_SIZE, DENOISE_STEP_SECONDS,
+    HTTP_REQUESTS, IMAGES, ERRORS, REQUEST_SECONDS, QUEUE_SECONDS, STAGE_SECONDS, STAGE_RETRIES, BATCH_SIZE, DENOISE_STEP_SECONDS,
     DENOISE_ROWS, DENOISE_TOKENS, DENOISE_STEPS, DENOISE_ACTIVE, DENOISE_WAITING, MEMORY_BYTES, ADAPTER_REQUESTS,
     ADAPTER_LOADS, ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, CACHE_FORWARDS, CACHE_SKIPPED_SHARE, BULK_ROWS,
     BULK_ROWS_PER_SECOND,

@@ -24,7 +24,7 @@ def as_edit_error(error: BaseException) -> EditError:
         return InvalidInputError("body", f"is not valid multipart/form-data: {error.detail}")
     if isinstance(error, BackPressureError):
         return OverloadedError("the server is at capacity; retry shortly")
-    if any(isinstance(cause, UNAVAILABLE) for cause in _causes(error)):  # Serve wraps a dead upstream's error
+    if any(isinstance(cause, UNAVAILABLE) for cause in causes(error)):  # Serve wraps a dead upstream's error
         return OverloadedError("a model replica was unavailable (restarting or scaling); retry shortly")
     if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
         return DeadlineExceededError("the edit did not finish within the request timeout")
@@ -32,7 +32,8 @@ def as_edit_error(error: BaseException) -> EditError:
     return EditError("internal error while editing; the server logged the cause")
 
 
-def _causes(error: BaseException | None):
+def causes(error: BaseException | None):
+    """`error` and the errors it was raised from (Serve wraps an upstream's death in its own error)."""
     while error is not None:
         yield error
         error = error.__cause__

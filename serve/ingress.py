@@ -1,13 +1,13 @@
 """The HTTP ingress: OpenAI-compatible routes on Starlette, chaining the stage deployments.
 
-An edit is Encoder -> Denoiser (once per image of `n`, seeds seed, seed+1, ...) -> Decoder. The
-ingress passes each stage's response handle straight to the next, so tensors go replica to replica
-through Ray's object store and never through here.
+An edit is Encoder -> Denoiser (once per image of `n`, seeds seed, seed+1, ...) -> Decoder
+(serve/stage_calls.py): the ingress watches each stage's result and hands it to the next stage as an
+object ref, so tensors go replica to replica through Ray's object store and never through here; a
+call whose replica was lost is made again, once.
 """
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import json
 import logging
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ray.util.metrics
 from ray import serve
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -31,6 +31,7 @@ from serve.errors import as_edit_error, error_body, error_response
 from serve.openapi import openapi_document
 from serve.schema import EditForm, ServedModel, parse_edit_form, read_uploads
 from serve.settings import AppSettings
+from serve.stage_calls import StagedEdit
 from serve.stages import DEFAULT_OPTIONS, adapters_id
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Ingress:
         headers = {"X-Request-Id": request_id}
         started = time.time()
         images_asked = 0
+        edit = None
         try:
             form = await self._read_form(http)
             try:
@@ -87,23 +89,30 @@ class Ingress:
             request = dataclasses.replace(parsed.request, request_id=request_id, timings={"sent_at": time.time()})
             images_asked = len(parsed.seeds)
             timeout = parsed.timeout_s or self.settings.request_timeout_s
+            edit = self._staged(request)
             if parsed.stream:
-                steps = await asyncio.wait_for(self._start_stream(request, parsed), timeout)
-                events = self._stream(steps, parsed, timeout - (time.time() - started), started)
+                steps = await asyncio.wait_for(self._start_stream(edit, parsed), timeout)
+                events = self._stream(edit, steps, parsed, timeout - (time.time() - started), started)
                 return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-            images = await asyncio.wait_for(self._run(request, parsed.seeds), timeout)
+            images = await asyncio.wait_for(edit.images(parsed.seeds), timeout)
         except Exception as e:  # every failure becomes an OpenAI-shaped error, never a stack trace
-            return error_response(self._failed(e, images_asked), headers)
+            return error_response(self._failed(e, images_asked, edit), _with_retries(headers, edit))
         total_s = time.time() - started
         self._succeeded(len(images), total_s)
-        return self._edit_response(images, total_s, headers)
+        return self._edit_response(images, total_s, _with_retries(headers, edit))
 
     def _succeeded(self, images: int, total_s: float) -> None:
         metrics.IMAGES.inc(images, model=self.served_model, status="ok")
         metrics.REQUEST_SECONDS.observe(total_s, model=self.served_model)
 
-    def _failed(self, exception: Exception, images_asked: int) -> EditError:
-        """The error `exception` means to the client, counted (with the images it cost, if any)."""
+    def _failed(self, exception: Exception, images_asked: int, edit: StagedEdit | None) -> EditError:
+        """The error `exception` means to the client, counted (with the images it cost, if any). A
+        deadline that passed while a lost replica's work was being redone means no capacity (503,
+        retry), not a slow edit."""
+        if edit is not None and edit.retried and isinstance(exception, TimeoutError):
+            exception = OverloadedError(
+                f"a model replica was lost ({', '.join(edit.retried)}) and no other finished the edit within its deadline; retry shortly"
+            )
         error = as_edit_error(exception)
         metrics.ERRORS.inc(kind=error.kind)
         metrics.IMAGES.inc(images_asked, model=self.served_model, status="error")  # 0 adds nothing
@@ -118,34 +127,25 @@ class Ingress:
             raise PayloadTooLargeError("body", f"the request may be at most {limit} bytes, got {declared}")
         return await _capped(http, limit).form(max_files=8, max_fields=64)
 
-    def _denoiser_for(self, request: EditRequest, **options) -> DeploymentHandle:
-        """The Denoiser handle for `request`: with adapters, routed to a replica that holds them if any does."""
-        return self.denoiser.options(multiplexed_model_id=adapters_id(request.parameters.adapters), **options)
+    def _staged(self, request: EditRequest) -> StagedEdit:
+        """`request`'s way through the stages; with adapters, the Denoiser calls go to a replica that
+        holds them if any does."""
+        denoiser = self.denoiser.options(multiplexed_model_id=adapters_id(request.parameters.adapters))
+        return StagedEdit(self.encoder, denoiser, self.decoder, request)
 
-    async def _run(self, request: EditRequest, seeds: tuple[int, ...]) -> list[EditedImage]:
-        conditioning = self.encoder.encode.remote(request)
-        denoiser = self._denoiser_for(request)
-        latents: list[DeploymentResponse] = [denoiser.denoise.remote(conditioning, seed) for seed in seeds]
-        images: list[DeploymentResponse] = [self.decoder.decode.remote(response) for response in latents]
-        try:
-            return list(await asyncio.gather(*images))
-        finally:  # on error, timeout or client disconnect, stop the work still queued or running
-            _cancel(conditioning, *latents, *images)
-
-    async def _start_stream(self, request: EditRequest, parsed: EditForm):
-        """The Denoiser's event stream for `request`, once the request is in its loop: whatever the
+    async def _start_stream(self, edit: StagedEdit, parsed: EditForm):
+        """The Denoiser's event stream for the request, once the request is in its loop: whatever the
         Encoder refuses (or an overloaded Denoiser) fails here, before any response has started, so a
         streaming client gets the same 4xx / 503 as a non-streaming one."""
-        conditioning = self.encoder.encode.remote(request)
-        steps = self._denoiser_for(request, stream=True).denoise_stream.remote(conditioning, parsed.seeds[0], parsed.partial_images)
+        steps = edit.denoising_events(parsed.seeds[0], parsed.partial_images)
         try:
             await steps.__anext__()  # the stream's first event says the request is in the loop (ACCEPTED)
         except BaseException:  # refused, failed, timed out, or the client went away
-            _cancel(conditioning, steps)
+            await steps.aclose()
             raise
         return steps
 
-    async def _stream(self, steps, parsed: EditForm, timeout: float, started: float):
+    async def _stream(self, edit: StagedEdit, steps, parsed: EditForm, timeout: float, started: float):
         """Server-Sent Events in OpenAI's shapes: `image_edit.partial_image` previews (the Denoiser's
         predicted clean latents, decoded as small JPEGs), then `image_edit.completed`; with
         `stream_progress`, an `image_edit.progress` event per step (an extension). A failure after the
@@ -159,17 +159,17 @@ class Ingress:
                             yield _sse("image_edit.progress", {**event, "stage": "denoise"})
                     elif isinstance(event, dict):
                         preview = dataclasses.replace(event["preview"], output=PREVIEW_OUTPUT)
-                        image = await self.decoder.decode.remote(preview)
+                        image = await edit.decoded(preview)
                         yield _sse("image_edit.partial_image", {**_image_event(image), "partial_image_index": partial_index})
                         partial_index += 1
                     else:
-                        image = await self.decoder.decode.remote(event)
+                        image = await edit.decoded(event)
                         yield _sse("image_edit.completed", {**_image_event(image), **_cache_of(image), "usage": NO_TOKEN_USAGE})
             self._succeeded(1, time.time() - started)
         except Exception as e:  # the response has started: the error travels as an event
-            yield _sse("error", {"error": error_body(self._failed(e, 1))})
+            yield _sse("error", {"error": error_body(self._failed(e, 1, edit))})
         finally:  # also when the client disconnects: the request leaves the denoising batch
-            _cancel(steps)
+            await steps.aclose()
 
     def _edit_response(self, images: list[EditedImage], total_s: float, headers: dict) -> Response:
         timings = {name: round(value, 4) for name, value in images[0].timings.items() if name != "sent_at"}
@@ -251,12 +251,11 @@ def _cache_of(image: EditedImage) -> dict:
     return {} if image.cache is None else {"cache": image.cache}
 
 
-def _cancel(*responses) -> None:
-    """Cancels every response given: cancelling one doesn't cancel the responses it was given as
-    inputs, and one that already failed re-raises its error on cancel (ignored: it is done)."""
-    for response in responses:
-        with contextlib.suppress(Exception):
-            response.cancel()
+def _with_retries(headers: dict, edit: StagedEdit | None) -> dict:
+    """`headers`, and X-Stage-Retries naming the stages whose call was made again after a lost replica."""
+    if edit is not None and edit.retried:
+        return {**headers, "X-Stage-Retries": ",".join(edit.retried)}
+    return headers
 
 
 def _sse(event: str, data: dict) -> str:

@@ -1,7 +1,8 @@
 """Overload, deadlines, disconnects and dead replicas: bounded queues answer 503 with Retry-After
 quickly, deadlines answer 504 and free their work, a vanished client's work is cancelled, a killed
-replica fails its requests fast with a retryable 503 and is replaced; a wedged engine loop fails its
-health check; /healthz answers 503, never 500, when Serve cannot say how the stages are."""
+replica's request is made again on its replacement (503 if that misses the deadline); a wedged
+engine loop fails its health check; /healthz answers 503, never 500, when Serve cannot say how the
+stages are. (Whole nodes lost: tests/cluster/test_multi_node.py.)"""
 
 import asyncio
 import contextlib
@@ -92,31 +93,72 @@ def replica_processes(app: str, deployment: str) -> list[psutil.Process]:
     return [process for process in psutil.process_iter() if title in command_line(process)]
 
 
-def test_a_killed_replica_fails_fast_with_503_and_is_replaced(ray_cluster, tiny_checkpoints):
+@pytest.fixture(scope="module")
+def faulty(ray_cluster, tiny_checkpoints):
+    """An app of its own whose Denoiser the tests kill."""
     with extra_app(ray_cluster, tiny_checkpoints, "faulty") as client:
-        (victim,) = replica_processes("faulty", "Denoiser")
-        result = {}
+        yield client
 
-        def long_request():
-            started = time.perf_counter()
-            result["response"] = client.post("/v1/images/edits", files=FILES, data=LONG)
-            result["seconds"] = time.perf_counter() - started
 
-        thread = threading.Thread(target=long_request)
-        thread.start()
-        wait_until(lambda: denoiser_stats("faulty")["active_requests"] == 1, "the request never reached the Denoiser", 30)
-        os.kill(victim.pid, signal.SIGKILL)
-        thread.join(timeout=60)
-        response = result["response"]
-        assert response.status_code == 503, response.text[:500]
-        assert response.headers["Retry-After"] and response.json()["error"]["type"] == "overloaded"
-        assert result["seconds"] < 30
+def killed_mid_request(client: Client, data: dict) -> tuple[requests.Response, psutil.Process]:
+    """The response to an edit whose Denoiser replica was SIGKILLed while it denoised, and the victim."""
+    (victim,) = replica_processes("faulty", "Denoiser")
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(response=client.post("/v1/images/edits", files=FILES, data=data)))
+    thread.start()
+    wait_until(lambda: denoiser_stats("faulty")["active_requests"] == 1, "the request never reached the Denoiser", 30)
+    os.kill(victim.pid, signal.SIGKILL)
+    thread.join(timeout=120)
+    return result["response"], victim
 
-        def edits_again() -> bool:  # Serve starts a new replica; until then, 503s
-            return client.post("/v1/images/edits", files=FILES, data={"prompt": "again", "num_inference_steps": "2"}).status_code == 200
 
-        wait_until(edits_again, "the killed Denoiser was not replaced", 120)
-        assert [p.pid for p in replica_processes("faulty", "Denoiser")] != [victim.pid]
+def test_a_killed_replica_s_request_is_made_again_on_its_replacement(faulty):
+    """The ingress calls the Denoiser again (Serve routes it to the replacement it starts): the client
+    gets its image, the same as without the kill, and a header naming the stage made again."""
+    data = {**LONG, "seed": "11"}
+    expected = faulty.post("/v1/images/edits", files=FILES, data=data)
+    assert expected.status_code == 200 and "X-Stage-Retries" not in expected.headers
+    response, victim = killed_mid_request(faulty, data)
+    assert response.status_code == 200, response.text[:500]
+    assert response.headers["X-Stage-Retries"] == "denoise"
+    assert response.json()["data"][0]["b64_json"] == expected.json()["data"][0]["b64_json"]
+    assert [p.pid for p in replica_processes("faulty", "Denoiser")] != [victim.pid]
+
+
+def test_a_stream_whose_denoiser_is_killed_starts_denoising_again_and_goes_on(faulty):
+    data = {**LONG, "seed": "12", "stream": "true", "stream_progress": "true"}
+    (victim,) = replica_processes("faulty", "Denoiser")
+    steps, completed = [], []
+    with requests.post(f"{faulty.base_url}/v1/images/edits", files=FILES, data=data, stream=True, timeout=120) as response:
+        for line in response.iter_lines():
+            if not line.startswith(b"data:"):
+                continue
+            event = json.loads(line[5:])
+            if event["type"] == "image_edit.progress":
+                steps.append(event["step"])
+                if len(steps) == 3:
+                    os.kill(victim.pid, signal.SIGKILL)
+            else:
+                completed.append(event)
+    assert [event["type"] for event in completed] == ["image_edit.completed"], completed
+    restart = steps.index(1, 1)  # the denoising started again from its first step
+    assert steps[restart:] == list(range(1, 151)) and steps[:3] == [1, 2, 3]
+    expected = faulty.post("/v1/images/edits", files=FILES, data={**LONG, "seed": "12"})
+    assert completed[0]["b64_json"] == expected.json()["data"][0]["b64_json"]
+
+
+def test_a_request_whose_retry_misses_its_deadline_gets_503(faulty):
+    """Lost its replica, and no other finished it before its `timeout`: no capacity (503, Retry-After),
+    not a slow edit (504)."""
+    response, _ = killed_mid_request(faulty, {**LONG, "num_inference_steps": "200", "timeout": "6"})
+    assert response.status_code == 503, response.text[:500]
+    assert response.headers["Retry-After"] and response.json()["error"]["type"] == "overloaded"
+    assert "lost" in response.json()["error"]["message"] and response.headers["X-Stage-Retries"] == "denoise"
+
+    def edits_again() -> bool:
+        return faulty.post("/v1/images/edits", files=FILES, data={"prompt": "again", "num_inference_steps": "2"}).status_code == 200
+
+    wait_until(edits_again, "the killed Denoiser was not replaced", 120)
 
 
 def test_a_wedged_denoising_step_fails_the_health_check(ray_cluster, tiny_checkpoints):
