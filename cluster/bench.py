@@ -121,15 +121,19 @@ def run_in_process(stages, image: bytes, jobs: list[Job]) -> dict:
 
 
 @contextlib.contextmanager
-def served_app(model: str, config_path: Path = CONFIG, lora: dict | None = None, **denoiser):
-    """Runs `python -m serve` with `config_path` (the model, the `lora` and `denoiser` settings given set)
-    on a free port."""
+def served_app(model: str, config_path: Path = CONFIG, lora: dict | None = None, ray_address: str | None = None,
+               actor_options: dict[str, dict] | None = None, **denoiser):
+    """Runs `python -m serve` with `config_path` (the model, the `lora` and `denoiser` settings given set,
+    and each stage's `ray_actor_options` updated with `actor_options[stage]`) on a free port, on its
+    own local Ray cluster or on the one at `ray_address`."""
     config = yaml.safe_load(config_path.read_text())
     args = config["applications"][0]["args"]
     args["model"] = model
     if lora is not None:
         args["lora"] = lora
     args.setdefault("denoiser", {}).update(denoiser)
+    for stage, options in (actor_options or {}).items():
+        args[stage]["deployment"]["ray_actor_options"].update(options)
     with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -137,7 +141,7 @@ def served_app(model: str, config_path: Path = CONFIG, lora: dict | None = None,
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         log = open(Path(tmp) / "serve.log", "w")
-        env = {**os.environ, "PORT": str(port)}
+        env = {**os.environ, "PORT": str(port)} | ({"RAY_ADDRESS": ray_address} if ray_address else {})
         env.pop("MODEL", None)  # the config names the model
         process = subprocess.Popen([sys.executable, "-m", "serve", "--config", str(path)], stdout=log, stderr=subprocess.STDOUT, env=env)
         try:

@@ -1,6 +1,7 @@
 """`make serve`: a local Ray cluster and the editing app in the foreground, until Ctrl-C.
 
     python -m serve [--config serve/config.yaml]      # PORT and MODEL from the environment
+    RAY_ADDRESS=head:6379 python -m serve --config serve/config.hetero-gpu.yaml   # onto a running cluster
 
 Deploys the config file exactly as `serve run` / `serve deploy` do (its HTTP, proxy, gRPC and
 controller options, every application with its `args`, `deployments` overrides, runtime_env and
@@ -64,11 +65,14 @@ def main() -> None:
     schema = load_config(args.config, port)
     http = schema.http_options
 
-    # Logical CPUs: enough for every stage of the config on one machine, whatever its core count
-    # (the stages' torch threads then share the cores).
-    # The dashboard (on loopback) keeps the metrics service-discovery file that Prometheus reads
-    # (cluster/monitoring/prometheus.yml) and takes `ray job submit` for bulk jobs.
-    context = ray.init(num_cpus=max(8, os.cpu_count() or 1), include_dashboard=True, dashboard_host="127.0.0.1")
+    if os.environ.get("RAY_ADDRESS"):  # a running cluster: its nodes' resources place the stages
+        context = ray.init()
+    else:
+        # Logical CPUs: enough for every stage of the config on one machine, whatever its core count
+        # (the stages' torch threads then share the cores).
+        # The dashboard (on loopback) keeps the metrics service-discovery file that Prometheus reads
+        # (cluster/monitoring/prometheus.yml) and takes `ray job submit` for bulk jobs.
+        context = ray.init(num_cpus=max(8, os.cpu_count() or 1), include_dashboard=True, dashboard_host="127.0.0.1")
     # What `serve run CONFIG` does (ray/serve/scripts.py): start Serve with the file's options, then
     # have the controller deploy the file's applications.
     client = serve_api.serve_start(
@@ -81,7 +85,7 @@ def main() -> None:
     wait_healthy(f"{base}{(first.route_prefix or '/').rstrip('/')}/healthz", timeout_s=300)
     print(
         f"\nReady: editing at {base}/v1/images/edits (OpenAPI: {base}/openapi.json). Ctrl-C stops.\n"
-        f"Ray dashboard and jobs: http://{context.dashboard_url}; metrics: "
+        f"Ray dashboard and jobs: http://{context.dashboard_url or '(none)'}; metrics: "
         "prometheus --config.file=cluster/monitoring/prometheus.yml\n",
         flush=True,
     )

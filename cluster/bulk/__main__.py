@@ -78,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="rows per call (the Denoiser's loop batches rows of several calls by its budget)")
         r.add_argument(f"--{stage}-gpus", type=float, default=gpus if gpu else 0, help="GPU fraction per actor")
         r.add_argument(f"--{stage}-cpus", type=float, default=0.5, help="CPUs per actor")
+        r.add_argument(f"--{stage}-accelerator-type", default=None,
+                       help="the node pool of its actors: nodes with this GPU type (Ray's names: H100, L4, A100, ...)")
     loop = p.add_argument_group("the Denoiser's engine loop (deployments/loop_settings.py, as online)")
     for name in LOOP_FLAGS:
         field = LoopSettings.model_fields[name]
@@ -191,6 +193,7 @@ def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSetting
             compute=ray.data.ActorPoolStrategy(size=getattr(args, f"{stage}_actors"), max_concurrent_calls_per_actor=calls),
             num_cpus=getattr(args, f"{stage}_cpus"),
             num_gpus=getattr(args, f"{stage}_gpus"),
+            accelerator_type=getattr(args, f"{stage}_accelerator_type"),
         )
     for batch in ds.iter_batches(batch_format="pandas", batch_size=args.decoder_batch_size):  # results as they come
         yield to_result_rows(batch, model, declared)

@@ -73,6 +73,33 @@ def test_rayservice_puts_the_stages_on_gpus_and_autoscales(rayservice):
         assert group["rayStartParams"]["metrics-export-port"] == "8080"
 
 
+def test_the_hetero_rayservice_runs_config_hetero_gpu_verbatim():
+    service = load("rayservice-hetero.yaml")
+    assert service["kind"] == "RayService"
+    ours = yaml.safe_load((ROOT / "serve" / "config.hetero-gpu.yaml").read_text())
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == ours
+    AppSettings.model_validate(serve_app(ours)["args"])
+
+
+def test_the_hetero_worker_groups_are_the_stages_pools():
+    """Each stage asks for a GPU type that exactly one worker group's pods have, with GPUs enough; every
+    pool keeps two pods at least, so losing one leaves the stage running."""
+    cluster = load("rayservice-hetero.yaml")["spec"]["rayClusterConfig"]
+    hetero = yaml.safe_load((ROOT / "serve" / "config.hetero-gpu.yaml").read_text())
+    settings = AppSettings.model_validate(serve_app(hetero)["args"])
+    groups = cluster["workerGroupSpecs"]
+    for stage in STAGES:
+        options = getattr(settings, stage).deployment
+        accelerator = options.ray_actor_options.accelerator_type
+        pool = [g for g in groups if accelerator in g["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"].split("-")]
+        assert len(pool) == 1, (stage, accelerator)
+        (container,) = pool[0]["template"]["spec"]["containers"]
+        assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= options.ray_actor_options.num_gpus, stage
+        assert pool[0]["minReplicas"] >= 2 and options.autoscaling_config["min_replicas"] >= 2, stage
+    for container in containers(cluster):
+        assert container["readinessProbe"] and container["livenessProbe"], container["name"]
+
+
 def test_rayjob_runs_the_bulk_command_on_gpus():
     job = load("rayjob-bulk.yaml")
     assert job["kind"] == "RayJob"

@@ -1,0 +1,106 @@
+"""A real multi-node Ray cluster on this machine (cluster/local_cluster.py: a head and node pools L4 and
+H100, each node its own raylet and object store): the app deployed as an operator would, with
+serve/config.hetero-gpu.yaml's placement, puts each stage on its pool and edits cross nodes; the
+Denoiser's node is killed under load (cluster/bench_node_loss.py's measurement) and no request is
+lost; a bulk job loses a node and still writes every row once."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import requests
+
+from cluster.bench import input_image, served_app
+from cluster.bench_node_loss import EDIT, POOLS, app_placement, hetero_placement, node_loss_under_load, references, replica_nodes
+from cluster.local_cluster import actor_nodes, local_cluster
+from tests.cluster.test_bulk import check_exactly_once, wait_for_images
+from tests.helpers import image_bytes, random_image, wait_until
+
+CLIENTS, SECONDS, KILL_AFTER = 8, 60, 10
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with local_cluster(POOLS) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def app(cluster, tiny_checkpoints):
+    with served_app(tiny_checkpoints["edit-plus"], ray_address=cluster.address, actor_options=app_placement()) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    return input_image(64)
+
+
+@pytest.fixture(scope="module")
+def expected(app, photo) -> dict[int, str]:
+    return references(app.base, photo)
+
+
+def test_each_stage_runs_on_its_pool_and_edits_cross_nodes(cluster, app, expected):
+    placement = hetero_placement()
+    nodes = {stage: replica_nodes(stage) for stage in placement}
+    for stage, options in placement.items():
+        assert [cluster.pool_of(node) for node in nodes[stage]] == [options["accelerator_type"]], (stage, nodes)
+    assert nodes["encoder"] != nodes["denoiser"] != nodes["decoder"]  # an edit went L4 -> H100 -> L4
+    assert all(expected.values())  # every reference edit succeeded
+
+
+def test_the_denoiser_s_node_lost_under_load_loses_no_request(cluster, app, photo, expected):
+    report = node_loss_under_load(cluster, app.base, photo, CLIENTS, SECONDS, KILL_AFTER)
+    summary = report.summary()
+    print("node loss:", summary)  # the README's figures come from cluster/bench_node_loss.py
+    assert summary["status_codes"] == {200: len(report.edits)}, summary  # a spare node took the replica
+    assert summary["retried"] >= 1, summary  # the requests in the Denoiser when it died were made again
+    timeout = float(EDIT["timeout"])
+    assert all(edit.ended - edit.started < timeout for edit in report.edits), summary
+    assert all(edit.image == expected[edit.seed] for edit in report.edits)  # retried or not, the same image
+    assert report.replica_moved_s is not None and report.replica_moved_s < 60, summary
+    assert report.healthz_back_s is not None and report.healthz_back_s < 60, summary
+    (node,) = replica_nodes("denoiser")
+    assert node != report.node and cluster.pool_of(node) == "H100"
+
+
+def test_a_bulk_job_that_loses_a_node_writes_every_row_once(cluster, app, tiny_checkpoints, tmp_path):
+    """Ray Data restarts the dead node's actor on another node of its pool and re-runs what was lost;
+    images are written atomically and results only by the driver, so every row is there once."""
+    cluster.add_node("L4")  # room for the job's actors next to the app's replicas
+    cluster.add_node("H100")
+    manifest = bulk_manifest(tmp_path / "in", rows=24)
+    out = tmp_path / "out"
+    placement = hetero_placement()
+    command = [sys.executable, "-m", "cluster.bulk", "--manifest", str(manifest), "--output", str(out),
+               "--model", tiny_checkpoints["edit-plus"], "--num-inference-steps", "2", "--decoder-batch-size", "4"]
+    for stage, options in placement.items():
+        command += [f"--{stage}-accelerator-type", options["accelerator_type"]]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                           env={**os.environ, "RAY_ADDRESS": cluster.address})
+    try:
+        wait_for_images(job, out, 4)
+        (node,) = actor_nodes("DenoiseActor")
+        assert cluster.pool_of(node) == "H100"
+        cluster.kill_node(node)
+        output, _ = job.communicate(timeout=480)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, output[-4000:]
+    check_exactly_once(out, manifest, failing={})
+    wait_until(lambda: requests.get(f"{app.base}/healthz", timeout=5).status_code == 200, "the app did not recover", 60)
+
+
+def bulk_manifest(root, rows: int):
+    (root / "imgs").mkdir(parents=True)
+    for i in range(rows):
+        (root / "imgs" / f"{i}.png").write_bytes(image_bytes(random_image(64, 48, seed=i)))
+    table = pa.Table.from_pylist([{"id": f"row-{i}", "image": f"imgs/{i}.png", "instruction": f"edit {i}", "seed": i} for i in range(rows)])
+    pq.write_table(table, root / "manifest.parquet")
+    return root / "manifest.parquet"
