@@ -31,7 +31,7 @@ from deployments.settings import DEFAULT_MODEL_DIR
 
 HETERO = Path(__file__).resolve().parents[1] / "serve" / "config.hetero-gpu.yaml"
 STAGE_ACTORS = {"encoder": "Encoder", "denoiser": "Denoiser", "decoder": "Decoder"}  # Serve deployment names
-POOLS = {"L4": 1, "H100": 2}  # one node for Encoder + Decoder; the Denoiser's and a spare
+POOLS = {"L4": 2, "H100": 2}  # each pool: a node for its stage(s) and a spare
 EDIT = {"prompt": "make it a watercolor", "num_inference_steps": "8", "size": "64x64", "timeout": "90"}
 SEEDS = 4  # the clients cycle through these seeds, so every image has a reference
 
@@ -72,8 +72,9 @@ class NodeLoss:
     node: str = ""  # the killed node's id
     node_dead_s: float | None = None
     replica_moved_s: float | None = None
-    healthz_back_s: float | None = None  # the first 200 after the kill
+    healthz_back_s: float = 0.0  # when /healthz last turned 200 again (0: it never said no)
     healthz_down_s: float = 0.0  # how long /healthz said no after the kill, in all
+    healthz_said: set[str] = field(default_factory=set)  # what it said when it said no
 
     def summary(self) -> dict:
         codes: dict[int, int] = {}
@@ -87,7 +88,8 @@ class NodeLoss:
             "slowest_retried_s": round(max((e.ended - e.started for e in retried), default=0), 2),
             "slowest_other_s": round(max((e.ended - e.started for e in self.edits if not e.retried), default=0), 2),
             "node_dead_s": _round(self.node_dead_s), "replica_moved_s": _round(self.replica_moved_s),
-            "healthz_back_s": _round(self.healthz_back_s), "healthz_down_s": round(self.healthz_down_s, 2),
+            "healthz_back_s": round(self.healthz_back_s, 2), "healthz_down_s": round(self.healthz_down_s, 2),
+            "healthz_said": sorted(self.healthz_said),
         }
 
 
@@ -150,22 +152,26 @@ def _watch_recovery(report: NodeLoss, base: str, stage: str, watch_s: float) -> 
     def since_kill() -> float:
         return time.monotonic() - report.killed_at
 
-    last_health = None
-    while since_kill() < watch_s and None in (report.node_dead_s, report.replica_moved_s, report.healthz_back_s):
+    down_since = None
+    while since_kill() < watch_s and (None in (report.node_dead_s, report.replica_moved_s) or down_since is not None):
         if report.node_dead_s is None and not any(n["Alive"] for n in ray.nodes() if n["NodeID"] == report.node):
             report.node_dead_s = since_kill()
         if report.replica_moved_s is None and any(node != report.node for node in replica_nodes(stage)):
             report.replica_moved_s = since_kill()
         try:
-            healthy = requests.get(f"{base}/healthz", timeout=5).status_code == 200
-        except requests.RequestException:
+            health = requests.get(f"{base}/healthz", timeout=5)
+            healthy = health.status_code == 200
+            if not healthy:
+                report.healthz_said.add(health.json()["error"]["message"])
+        except requests.RequestException as e:
             healthy = False
+            report.healthz_said.add(repr(e))
         now = since_kill()
-        if not healthy and last_health is not None:
-            report.healthz_down_s += now - last_health
-        last_health = None if healthy else now
-        if healthy and report.healthz_back_s is None:
-            report.healthz_back_s = now
+        if not healthy and down_since is None:
+            down_since = now
+        elif healthy and down_since is not None:
+            report.healthz_down_s += now - down_since
+            report.healthz_back_s, down_since = now, None
         time.sleep(0.25)
 
 

@@ -1,7 +1,8 @@
 """A multi-node Ray cluster on this one machine, for tests and benchmarks of placement and node loss.
 
-Each node is a real Ray node (its own raylet, object store and workers, on loopback), started by
-Ray's own `ray.cluster_utils.Cluster`. Node pools are GPU types: a node of a pool offers the resource
+Each node is a real Ray node (its own raylet, object store and workers), started by Ray's own
+`ray.cluster_utils.Cluster`; all listen on this machine's own address (Ray advertises the interface
+address whatever `node_ip_address` says: set to 127.0.0.1, joining processes could not reach the GCS). Node pools are GPU types: a node of a pool offers the resource
 `accelerator_type:<type>`, exactly what Ray offers on a node with such a GPU, so a stage placed with
 Ray's `accelerator_type` option (serve/config.hetero-gpu.yaml) lands on its pool here as on real GPUs.
 """
@@ -9,6 +10,7 @@ Ray's `accelerator_type` option (serve/config.hetero-gpu.yaml) lands on its pool
 import contextlib
 import os
 import signal
+import socket
 from dataclasses import dataclass, field
 
 import psutil
@@ -24,6 +26,7 @@ class LocalCluster:
     """A head node (the Serve controller, proxy and ingress; no pool) and worker nodes by pool."""
 
     cluster: Cluster
+    head_metrics: str  # the head node's Prometheus export (its replicas' metrics: the ingress's)
     pools: dict[str, list] = field(default_factory=dict)  # accelerator type -> its nodes (ray's Node objects;
     # `Node.node_id` is the id the state API uses, `Node.unique_id` is not)
 
@@ -57,12 +60,16 @@ class LocalCluster:
 def local_cluster(pools: dict[str, int], cpus_per_node: int = 2, head_cpus: int = 1):
     """A running LocalCluster with `pools` (accelerator type -> node count), this process connected to
     it; shut down however the caller ends (a dead head left behind breaks every later `ray.init`)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        metrics_port = s.getsockname()[1]
     cluster = Cluster(initialize_head=True, head_node_args={
         # The dashboard serves Ray's state API (which node runs which actor).
         "num_cpus": head_cpus, "object_store_memory": OBJECT_STORE_BYTES, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+        "metrics_export_port": metrics_port,
     })
     try:
-        local = LocalCluster(cluster)
+        local = LocalCluster(cluster, head_metrics=f"http://127.0.0.1:{metrics_port}/metrics")
         for pool, count in pools.items():
             for _ in range(count):
                 local.add_node(pool, cpus_per_node)

@@ -40,6 +40,9 @@ STAGES = ("Encoder", "Denoiser", "Decoder")
 PAGE = (Path(__file__).parent / "web" / "index.html").read_text()  # the editing page at GET /
 # Serve's deployment states in which a stage can take requests (or start a replica for one).
 SERVING_STATES = ("HEALTHY", "UPSCALING", "DOWNSCALING")
+# A stage in another state (UNHEALTHY: a replica was lost; UPDATING) still serves while it has a
+# replica running or one starting: requests wait for it, and a lost replica's calls are made again.
+SERVING_REPLICA_STATES = ("RUNNING", "STARTING")
 
 
 @serve.deployment(name="Ingress", **DEFAULT_OPTIONS)
@@ -205,17 +208,18 @@ class Ingress:
         return JSONResponse({"object": "list", "data": [model, *adapters]})
 
     async def healthz(self, http: Request) -> Response:
-        """200 when every stage can serve, else 503 — never an error of its own: while the app is being
-        (re)deployed Serve's status may lack the app or a stage, or the controller may not answer."""
+        """200 when every stage can serve (also while one replaces a lost replica on another node), else
+        503 — never an error of its own: while the app is being (re)deployed Serve's status may lack the
+        app or a stage, or the controller may not answer."""
         try:
             states = await asyncio.to_thread(_stage_states)  # a controller call; keep the event loop free
         except Exception as e:
             logger.warning("health check could not read Serve's status: %r", e)
             return error_response(OverloadedError(f"the stages' status is unavailable ({type(e).__name__}); retry shortly"))
-        unhealthy = [name for name, state in states.items() if state not in SERVING_STATES]
+        unhealthy = [name for name, (state, replicas) in states.items() if not _serving(state, replicas)]
         if unhealthy:
             return error_response(OverloadedError(f"stage(s) {unhealthy} cannot serve now: {states}"))
-        return JSONResponse({"status": "ok", "model": self.served_model, "stages": states})
+        return JSONResponse({"status": "ok", "model": self.served_model, "stages": {name: state for name, (state, _) in states.items()}})
 
     async def openapi(self, http: Request) -> Response:
         return JSONResponse(self.openapi_document)
@@ -231,11 +235,19 @@ NO_TOKEN_USAGE = {  # the SDK's completed event carries token usage; this model 
 }
 
 
-def _stage_states() -> dict[str, str]:
-    """Each stage deployment's Serve status (HEALTHY, UPDATING, ...) in this replica's app."""
+def _stage_states() -> dict[str, tuple[str, dict[str, int]]]:
+    """Each stage deployment's Serve status (HEALTHY, UPDATING, ...) in this replica's app, and how
+    many of its replicas are in each state (RUNNING, STARTING, ...)."""
     app = serve.get_replica_context().app_name
     deployments = serve.status().applications[app].deployments
-    return {name: deployments[name].status.value for name in STAGES}
+    return {
+        name: (deployments[name].status.value, {str(getattr(k, "value", k)): n for k, n in deployments[name].replica_states.items()})
+        for name in STAGES
+    }
+
+
+def _serving(state: str, replicas: dict[str, int]) -> bool:
+    return state in SERVING_STATES or any(replicas.get(name, 0) > 0 for name in SERVING_REPLICA_STATES)
 
 
 def _image_event(image: EditedImage) -> dict:

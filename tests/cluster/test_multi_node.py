@@ -64,16 +64,24 @@ def test_the_denoiser_s_node_lost_under_load_loses_no_request(cluster, app, phot
     assert all(edit.ended - edit.started < timeout for edit in report.edits), summary
     assert all(edit.image == expected[edit.seed] for edit in report.edits)  # retried or not, the same image
     assert report.replica_moved_s is not None and report.replica_moved_s < 60, summary
-    assert report.healthz_back_s is not None and report.healthz_back_s < 60, summary
+    # /healthz kept saying 200 while a replica started on the spare node (it said 503 for 7-14 s when
+    # it counted a stage replacing a lost replica as down).
+    assert report.healthz_down_s < 5 and requests.get(f"{app.base}/healthz", timeout=5).status_code == 200, summary
     (node,) = replica_nodes("denoiser")
     assert node != report.node and cluster.pool_of(node) == "H100"
+    wait_until(lambda: stage_retries(cluster) >= summary["retried"], "the retries did not reach the metrics export", 30)
+
+
+def stage_retries(cluster) -> float:
+    """The ingress's stage_retries counter, summed over stages, from the head node's metrics export."""
+    lines = requests.get(cluster.head_metrics, timeout=5).text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("ray_image_edit_stage_retries_total{"))
 
 
 def test_a_bulk_job_that_loses_a_node_writes_every_row_once(cluster, app, tiny_checkpoints, tmp_path):
     """Ray Data restarts the dead node's actor on another node of its pool and re-runs what was lost;
     images are written atomically and results only by the driver, so every row is there once."""
-    cluster.add_node("L4")  # room for the job's actors next to the app's replicas
-    cluster.add_node("H100")
+    cluster.add_node("H100")  # a spare again: the first one now holds the app's Denoiser
     manifest = bulk_manifest(tmp_path / "in", rows=24)
     out = tmp_path / "out"
     placement = hetero_placement()
