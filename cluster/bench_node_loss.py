@@ -15,6 +15,7 @@ import argparse
 import base64
 import hashlib
 import json
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ class NodeLoss:
             "in_flight_at_kill": len(around),
             "slowest_retried_s": round(max((e.ended - e.started for e in retried), default=0), 2),
             "slowest_other_s": round(max((e.ended - e.started for e in self.edits if not e.retried), default=0), 2),
+            "median_s": round(statistics.median(e.ended - e.started for e in self.edits), 2) if self.edits else None,
             "node_dead_s": _round(self.node_dead_s), "replica_moved_s": _round(self.replica_moved_s),
             "healthz_back_s": round(self.healthz_back_s, 2), "healthz_down_s": round(self.healthz_down_s, 2),
             "healthz_said": sorted(self.healthz_said),
