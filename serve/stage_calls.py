@@ -83,9 +83,9 @@ class StagedEdit:
         try:
             return list(await asyncio.gather(*tasks))
         finally:  # one image failed, the deadline came or the client left: stop the others' work
-            for task in (*tasks, self._encoding):
-                if task is not None:
-                    task.cancel()
+            for task in tasks:
+                task.cancel()
+            self._stop_encoding()
 
     async def image(self, seed: int) -> EditedImage:
         return await (await self.call("decode", self.decoder.decode.remote, lambda again: self.latents(seed, again)))
@@ -109,21 +109,24 @@ class StagedEdit:
         latents); if its replica is lost midway, the denoising starts again on another, once (its steps
         are counted again from 1)."""
         again = False
-        for attempt in (1, 2):
-            conditioning = await self.conditioning(again)
-            steps = self.denoiser.options(stream=True).denoise_stream.remote(conditioning, seed, previews)
-            try:
-                async for event in steps:
-                    if attempt == 1 or event != ACCEPTED:
-                        yield event
-                return
-            except Exception as e:
-                if attempt == 2 or not replica_lost(e):
-                    raise
-                self._lost("denoise", e)
-                again = input_lost(e)
-            finally:
-                cancel(steps)
+        try:
+            for attempt in (1, 2):
+                conditioning = await self.conditioning(again)
+                steps = self.denoiser.options(stream=True).denoise_stream.remote(conditioning, seed, previews)
+                try:
+                    async for event in steps:
+                        if attempt == 1 or event != ACCEPTED:
+                            yield event
+                    return
+                except Exception as e:
+                    if attempt == 2 or not replica_lost(e):
+                        raise
+                    self._lost("denoise", e)
+                    again = input_lost(e)
+                finally:
+                    cancel(steps)
+        finally:  # refused, failed, timed out, or the client left
+            self._stop_encoding()
 
     async def call(self, stage: str, call: Callable[..., DeploymentResponse], made: Callable[[bool], Awaitable], again: bool = False) -> ObjectRef:
         """`call(input)` for the input `made(again)` gives, watched; made again once after a replica loss
@@ -137,6 +140,10 @@ class StagedEdit:
             self._lost(stage, e)
             source = await made(input_lost(e))
             return await finished(call(source))
+
+    def _stop_encoding(self) -> None:
+        if self._encoding is not None:
+            self._encoding.cancel()  # nothing if it is done
 
     def _lost(self, stage: str, error: Exception) -> None:
         logger.warning("request %s: the %s call lost its replica (%r); calling again", self.request.request_id, stage, error)
