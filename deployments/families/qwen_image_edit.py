@@ -241,6 +241,9 @@ class QwenImageEdit(MaskedEdits, ModelFamily):
         )
         # each forward row keeps its own step cache
         job.state["caches"] = {name: new_row_cache(conditioning.cache) for name in self._row_names(conditioning)}
+        # Which rows' prompts have no masked token, read here from the host copy: asking the device
+        # tensor in every step would be a device-to-host sync per step.
+        job.state["unmasked"] = {name: bool(conditioning.tensors[name + "_mask"].all()) for name in self._row_names(conditioning)}
         if image_latents is not None:
             self._start_masked(job, image_latents)
         return job
@@ -285,10 +288,13 @@ class QwenImageEdit(MaskedEdits, ModelFamily):
         when a row has one)."""
         jobs = [job for job, _ in rows]
         embeds, mask = _pad_prompts([job.tensors[name] for job, name in rows], [job.tensors[name + "_mask"] for job, name in rows])
+        # No token masked (no row padded, none with masked tokens of its own): no mask, as diffusers
+        # passes an unpadded prompt. Decided from shapes and admission-time flags, without a sync.
+        unmasked = len({job.tensors[name].shape[0] for job, name in rows}) == 1 and all(job.state["unmasked"][name] for job, name in rows)
         inputs = dict(
             hidden_states=torch.cat([torch.cat([job.latents, job.tensors["image_latents"][None]], dim=1) for job in jobs]),  # (B, L + L_img, C)
             timestep=torch.stack([job.timestep for job in jobs]).to(self.dtype) / 1000,  # one timestep per row
-            encoder_hidden_states_mask=None if mask.all() else mask,  # as diffusers passes unpadded prompts
+            encoder_hidden_states_mask=None if unmasked else mask,
             encoder_hidden_states=embeds,
             img_shapes=[list(jobs[0].conditioning.img_shapes)] * len(rows),
             attention_kwargs={},

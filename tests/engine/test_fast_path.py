@@ -92,6 +92,31 @@ def test_unknown_backend_is_refused():
         FastPath(attention_backend="fastest")
 
 
+# What makes a device tensor's value come to the host (a host-device sync on a GPU).
+HOST_READS = ("__bool__", "__int__", "__float__", "item", "tolist", "cpu", "numpy")
+
+
+def test_a_denoising_step_reads_no_tensor_value_on_the_host(stages, conditioning, monkeypatch):
+    """The CPU-side proxy of the CUDA test below: in a step of requests with prompts of different
+    lengths (padded, so the prompt mask is passed), with and without CFG, nothing reads a tensor's
+    value on the host (e.g. `None if mask.all() else mask`: a sync per step on a GPU)."""
+    other = stages["edit-plus"].encoder.encode(edit_request(
+        stages["edit-plus"].model, [image_bytes(random_image(96, 64, seed=5))], seed=4, num_inference_steps=3,
+        prompt="a much longer instruction, with many more words than the other one has", true_cfg_scale=1.0,
+    ))
+    denoiser = Denoiser(stages["edit-plus"].model)
+    jobs = [denoiser.start(conditioning), denoiser.start(other)]
+    denoiser.step(jobs)  # the scheduler finds its step index once, on the first step
+    reads = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _name=name, _original=original, **k: reads.append(_name) or _original(self, *a, **k))
+    denoiser.step(jobs)  # padded prompts: the mask is passed
+    denoiser.step(jobs[:1])  # one prompt: no mask
+    monkeypatch.undo()
+    assert reads == []
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device syncs exist only with a device")
 def test_a_denoising_step_never_waits_for_the_gpu(tiny_checkpoints, stages, conditioning):
     denoiser = Denoiser(stages["edit-plus"].model, device=torch.device("cuda"))
