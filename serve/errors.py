@@ -24,7 +24,7 @@ def as_edit_error(error: BaseException) -> EditError:
         return InvalidInputError("body", f"is not valid multipart/form-data: {error.detail}")
     if isinstance(error, BackPressureError):
         return OverloadedError("the server is at capacity; retry shortly")
-    if any(isinstance(cause, UNAVAILABLE) for cause in causes(error)):  # Serve wraps a dead upstream's error
+    if caused_by(error, UNAVAILABLE):  # Serve wraps a dead upstream's error
         return OverloadedError("a model replica was unavailable (restarting or scaling); retry shortly")
     if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
         return DeadlineExceededError("the edit did not finish within the request timeout")
@@ -32,11 +32,14 @@ def as_edit_error(error: BaseException) -> EditError:
     return EditError("internal error while editing; the server logged the cause")
 
 
-def causes(error: BaseException | None):
-    """`error` and the errors it was raised from (Serve wraps an upstream's death in its own error)."""
+def caused_by(error: BaseException | None, kinds) -> bool:
+    """Whether `error`, or an error it was raised from, is one of `kinds` (Serve wraps an upstream's
+    death in its own error)."""
     while error is not None:
-        yield error
+        if isinstance(error, kinds):
+            return True
         error = error.__cause__
+    return False
 
 
 def error_response(error: EditError, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from deployments import metrics
 from deployments.contracts import EditedImage, EditRequest
 from deployments.errors import EngineStoppedError
-from serve.errors import causes
+from serve.errors import caused_by
 from serve.stages import ACCEPTED
 
 logger = logging.getLogger(__name__)
@@ -32,14 +32,6 @@ logger = logging.getLogger(__name__)
 # A replica died or could not be reached (RayActorError: ActorDiedError, ActorUnavailableError), a
 # replica's engine stopped, or a result was lost with its node: another replica can do the work.
 REPLICA_LOST = (RayActorError, EngineStoppedError, ObjectLostError)
-
-
-def replica_lost(error: BaseException) -> bool:
-    return any(isinstance(cause, REPLICA_LOST) for cause in causes(error))
-
-
-def input_lost(error: BaseException) -> bool:
-    return any(isinstance(cause, ObjectLostError) for cause in causes(error))
 
 
 async def finished(response: DeploymentResponse) -> ObjectRef:
@@ -119,10 +111,10 @@ class StagedEdit:
                             yield event
                     return
                 except Exception as e:
-                    if attempt == 2 or not replica_lost(e):
+                    if attempt == 2 or not caused_by(e, REPLICA_LOST):
                         raise
                     self._lost("denoise", e)
-                    again = input_lost(e)
+                    again = caused_by(e, ObjectLostError)
                 finally:
                     cancel(steps)
         finally:  # refused, failed, timed out, or the client left
@@ -135,10 +127,10 @@ class StagedEdit:
         try:
             return await finished(call(source))
         except Exception as e:
-            if not replica_lost(e):
+            if not caused_by(e, REPLICA_LOST):
                 raise
             self._lost(stage, e)
-            source = await made(input_lost(e))
+            source = await made(caused_by(e, ObjectLostError))
             return await finished(call(source))
 
     def _stop_encoding(self) -> None:
