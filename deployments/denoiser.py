@@ -40,9 +40,10 @@ class Denoiser:
             self.warm_up()
 
     def warm_up(self) -> None:
-        """One guided step of a synthetic request at the model's default area, so that compilation (and
-        the first kernel launches) happen here rather than in a user's request."""
-        self.denoise([self.family.warm_up_conditioning()])
+        """Synthetic requests at the model's default area, so that compilation (and the first kernel
+        launches) happen here rather than in a user's request."""
+        for batch in self.family.warm_up_batches():
+            self.denoise(batch)
 
     def denoise(self, batch: list[Conditioning]) -> list[Latents]:
         """Every request's Latents; raises the first request's error if any failed."""
@@ -140,7 +141,7 @@ class Denoiser:
         family's hook on the job's own state."""
         if job.step_index + 1 in job.preview_after:
             job.preview = self.family.predicted_clean(job, noise_pred)
-        job.latents = job.scheduler.step(noise_pred, job.timestep, job.latents, **job.step_kwargs, return_dict=False)[0]
+        job.latents = self.family.scheduler_step(job, noise_pred)
         self.family.after_step(job, noise_pred)
         job.step_index += 1
 

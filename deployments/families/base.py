@@ -62,8 +62,7 @@ class DenoiseJob:
     timesteps: torch.Tensor  # (N,)
     footprint: Footprint
     tensors: dict[str, torch.Tensor]  # the conditioning's tensors on the model's device
-    step_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of its scheduler's step
-    state: dict[str, Any] = field(default_factory=dict)  # the family's per-request state (after_step keeps it)
+    state: dict[str, Any] = field(default_factory=dict)  # the family's per-request state (e.g. its step noise, caches)
     step_index: int = 0
     preview_after: frozenset[int] = frozenset()  # step counts after which to keep a preview
     preview: torch.Tensor | None = None  # (1, L, C) the predicted clean sample, when kept
@@ -232,8 +231,9 @@ class ModelFamily(ABC):
         raise ModelLoadError(f"{self.declared.family} models take no LoRA adapters")
 
     @abstractmethod
-    def warm_up_conditioning(self) -> Conditioning:
-        """A synthetic guided request of the fewest steps at the model's usual size, for warming up compiled code."""
+    def warm_up_batches(self) -> list[list[Conditioning]]:
+        """Synthetic requests of the fewest steps at the model's usual size, in batches whose forwards
+        compile every variant of compiled code, so that no user request waits for a compilation."""
 
     @abstractmethod
     def new_schedule(
@@ -254,6 +254,10 @@ class ModelFamily(ABC):
     def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
         """One batched model forward for `jobs` (one bucket, each at its own timestep, guidance rows
         included) and the guided noise prediction of each, shaped like its `latents`."""
+
+    def scheduler_step(self, job: DenoiseJob, noise_pred: torch.Tensor) -> torch.Tensor:
+        """The job's latents after its scheduler's step with this prediction."""
+        return job.scheduler.step(noise_pred, job.timestep, job.latents, return_dict=False)[0]
 
     def after_step(self, job: DenoiseJob, noise_pred: torch.Tensor) -> None:
         """Runs after the job's scheduler step, with its prediction: where a family updates the job's own

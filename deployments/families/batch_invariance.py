@@ -4,19 +4,27 @@ import torch
 
 
 def make_per_row_linears_batch_invariant(model: torch.nn.Module) -> None:
-    """Runs the model's per-row linears (timestep embedding, modulation: inputs (B, D)) one row
-    at a time. BLAS picks other kernels for 1 row than for several, so without this a request's
-    result would change in the last bits with whatever else shares its batch. The token-wise linears
-    (B, L, D) are large matmuls whose rows don't depend on the batch, and stay batched."""
+    """Computes the model's per-row linears (timestep embedding, modulation: inputs (B, D)) as a batch
+    of one-row products. BLAS picks other kernels for a (1, D) x (D, O) product than for a (B, D) one,
+    so as one matmul a request's result would change in the last bits with whatever else shares its
+    batch; a batched matmul of B (1, D) x (D, O) products computes each row as the one-row product
+    does, in one call (no loop over rows, so `torch.compile` with dynamic shapes compiles it once for
+    every batch size). The token-wise linears (B, L, D) are large matmuls whose rows don't depend on
+    the batch, and stay as they are."""
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
-            module.forward = _row_by_row(module.forward)
+            module.forward = _row_by_row(module)
 
 
-def _row_by_row(forward):
+def _row_by_row(linear: torch.nn.Linear):
+    plain = linear.forward
+
     def run(x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2 and x.shape[0] > 1:
-            return torch.cat([forward(x[i : i + 1]) for i in range(x.shape[0])])
-        return forward(x)
+        if x.dim() != 2:
+            return plain(x)
+        rows, weight = x.shape[0], linear.weight.t().expand(x.shape[0], *linear.weight.t().shape)  # a view: no copy
+        if linear.bias is None:
+            return torch.bmm(x[:, None], weight)[:, 0]
+        return torch.baddbmm(linear.bias.expand(rows, 1, -1), x[:, None], weight)[:, 0]
 
     return run

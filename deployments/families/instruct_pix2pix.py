@@ -10,6 +10,7 @@ with s_T = `guidance_scale`, s_I = `image_guidance_scale`. As in diffusers, guid
 s_T > 1 and s_I >= 1; otherwise one row, e(z, c_I, c_T). Rows of many requests share one UNet batch.
 """
 
+import dataclasses
 import math
 from typing import Any
 
@@ -22,6 +23,7 @@ from PIL import Image
 
 from deployments.contracts import Conditioning, EditRequest, Latents, OutputSpec
 from deployments.errors import InvalidInputError, ModelLoadError
+from deployments.families import ancestral_noise
 from deployments.families.base import DenoiseJob, Footprint, ModelFamily, TensorSpec
 from deployments.families.batch_invariance import make_per_row_linears_batch_invariant
 from deployments.models import ModelSpec
@@ -59,6 +61,7 @@ class InstructPix2Pix(ModelFamily):
 
     def set_up_denoiser(self) -> None:
         self._check_scheduler()
+        ancestral_noise.install(type(self.loaded["scheduler"]))
         make_per_row_linears_batch_invariant(self.loaded["unet"])
 
     def _check_scheduler(self) -> None:
@@ -117,7 +120,14 @@ class InstructPix2Pix(ModelFamily):
 
     # ---- Denoiser ------------------------------------------------------------------------------
 
-    def warm_up_conditioning(self) -> Conditioning:
+    def warm_up_batches(self) -> list[list[Conditioning]]:
+        # Compiled code has a variant for one row (Dynamo specialises a size of 1) and for several.
+        guided = self._synthetic()
+        unguided = dataclasses.replace(guided, tensors={k: v for k, v in guided.tensors.items() if k != "negative_prompt_embeds"})
+        return [[guided], [unguided]]
+
+    def _synthetic(self) -> Conditioning:
+        """A guided request at the model's usual size with zero prompts and image."""
         unet = self.loaded["unet"]
         side, width = unet.config.sample_size, unet.config.cross_attention_dim
         prompt = torch.zeros(CLIP_TOKENS, width, dtype=self.dtype)
@@ -150,15 +160,22 @@ class InstructPix2Pix(ModelFamily):
         channels = self.loaded["unet"].config.out_channels
         noise = randn_tensor((1, channels, rows, cols), generator=generator, device=self.device, dtype=self.dtype)
         scheduler, timesteps = self.new_schedule(conditioning.num_inference_steps, rows * cols, self.device)
-        return DenoiseJob(
+        # the noise each step adds, from the same generator (deployments/families/ancestral_noise.py)
+        step_noise = ancestral_noise.draw(generator, len(timesteps), tuple(noise.shape), self.dtype)
+        job = DenoiseJob(
             conditioning=conditioning,
             latents=noise * scheduler.init_noise_sigma,
             scheduler=scheduler,
             timesteps=timesteps,
             footprint=self.footprint(conditioning),
             tensors=self.device_tensors(conditioning),
-            step_kwargs=self.pipe.prepare_extra_step_kwargs(generator, eta=0.0),  # ancestral noise from its seed
         )
+        job.state["step_noise"] = self.to_device(step_noise)
+        return job
+
+    def scheduler_step(self, job: DenoiseJob, noise_pred: torch.Tensor) -> torch.Tensor:
+        with ancestral_noise.given(job.state["step_noise"][job.step_index]):
+            return super().scheduler_step(job, noise_pred)
 
     @torch.no_grad()
     def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
@@ -193,7 +210,7 @@ class InstructPix2Pix(ModelFamily):
         return predictions
 
     def predicted_clean(self, job: DenoiseJob, noise_pred: torch.Tensor) -> torch.Tensor:
-        return job.latents - job.scheduler.sigmas[job.step_index].to(job.latents.device) * noise_pred
+        return job.latents - job.scheduler.sigmas[job.step_index] * noise_pred  # a host scalar: no copy to the device
 
     # ---- Decoder -------------------------------------------------------------------------------
 

@@ -176,16 +176,23 @@ class QwenImageEdit(MaskedEdits, ModelFamily):
         # diffusers' loader: diffusers/PEFT, kohya and `diffusion_model.` files, alpha folded into the weights
         return type(self.pipe).lora_state_dict(location, **kwargs)
 
-    def warm_up_conditioning(self) -> Conditioning:
+    def warm_up_batches(self) -> list[list[Conditioning]]:
+        # Compiled code has a variant per prompt mask (none, or padded prompts) and per row count (one
+        # row, or several: Dynamo specialises a size of 1): a guided request with prompts of one length,
+        # then of two; an unguided one without, then with, a masked token.
+        return [[self._synthetic((16, 16))], [self._synthetic((16, 8))], [self._synthetic((16,))], [self._synthetic((16,), masked=True)]]
+
+    def _synthetic(self, prompt_lengths: tuple[int, ...], masked: bool = False) -> Conditioning:
+        """A request at the model's usual area with zero prompts of these lengths (a second one: the negative)."""
         transformer = self.loaded["transformer"]
         side = int(self.spec.settings.vae_image_area**0.5) // 16 * 16
         grid = (1, side // 16, side // 16)
         tokens, channels, width = grid[1] * grid[2], transformer.config.in_channels, transformer.config.joint_attention_dim
-        prompt, mask = torch.zeros(16, width, dtype=self.dtype), torch.ones(16, dtype=torch.long)
-        tensors = {
-            "prompt_embeds": prompt, "prompt_embeds_mask": mask, "negative_prompt_embeds": prompt,
-            "negative_prompt_embeds_mask": mask, "image_latents": torch.zeros(tokens, channels, dtype=self.dtype),
-        }
+        tensors = {"image_latents": torch.zeros(tokens, channels, dtype=self.dtype)}
+        for name, length in zip(("prompt_embeds", "negative_prompt_embeds"), prompt_lengths):
+            tensors[name], tensors[name + "_mask"] = torch.zeros(length, width, dtype=self.dtype), torch.ones(length, dtype=torch.long)
+        if masked:
+            tensors["prompt_embeds_mask"][-1] = 0
         return Conditioning(
             request_id="warm-up", tensors=tensors, img_shapes=(grid, grid), height=side, width=side, seed=0,
             num_inference_steps=self.min_inference_steps, parameters=self.declared.model_construct().family_values(),

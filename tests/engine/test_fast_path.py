@@ -4,10 +4,12 @@ settings run on CUDA)."""
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.fast_path import FastPath
+from deployments.loop_settings import LoopSettings
 from deployments.transfer import to_device, to_host
 from tests.helpers import edit_request, image_bytes, random_image
 
@@ -39,11 +41,57 @@ def test_explicit_attention_backends(stages, conditioning, plain, backend):
     assert torch.allclose(fast.denoise([conditioning])[0].latents, plain.latents, atol=tolerance, rtol=0)
 
 
-def test_regional_compile_is_warmed_up_and_exact(stages, conditioning, plain):
-    fast = Denoiser(stages["edit-plus"].model, fast_path=FastPath(compile=True))  # compiles while warming up
-    blocks = fast.family.loaded["transformer"].transformer_blocks
+def compilations() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.fixture(scope="module")
+def compiled(stages):
+    """A Denoiser with the compiled block (compiled while warming up), and how many graphs that compiled."""
+    before = compilations()
+    denoiser = Denoiser(stages["edit-plus"].model, fast_path=FastPath(compile=True))
+    return denoiser, compilations() - before
+
+
+def test_regional_compile_is_warmed_up_and_exact(compiled, conditioning, plain):
+    compiled, _ = compiled
+    blocks = compiled.family.loaded["transformer"].transformer_blocks
     assert all(block._compiled_call_impl is not None for block in blocks)  # nn.Module.compile, block by block
-    assert torch.allclose(fast.denoise([conditioning])[0].latents, plain.latents, atol=1e-5, rtol=0)
+    assert torch.allclose(compiled.denoise([conditioning])[0].latents, plain.latents, atol=1e-5, rtol=0)
+
+
+# Graphs of the repeated block the warm-up compiles: two per variant (a prompt mask or none; one row or
+# several) — Dynamo compiles each variant twice within its first forward here. None after.
+WARM_UP_COMPILATIONS = 8
+
+
+def test_compiled_batches_of_every_size_compile_nothing_new_and_match_solo(stages, compiled):
+    """Batches of 1 to max_batch_rows rows, with and without CFG, prompts of different lengths (padded,
+    masked) and another image shape than the warm-up's: no compilation after the warm-up (Dynamo's limit
+    is 8 per function: a per-row Python loop compiled once per row count and fell back to eager at 4
+    rows), and each request's step is the one it takes alone."""
+    compiled, warm_up_compilations = compiled
+    assert warm_up_compilations == WARM_UP_COMPILATIONS
+    before = compilations()
+    prompts = ["a", "make the sky pink", "배경을 해변으로 바꿔줘", "add rain over the whole street, and a red bicycle by the door"]
+    model = stages["edit-plus"].model
+    image = image_bytes(random_image(64, 96, seed=6))
+    guided = [edit_request(model, [image], prompt=prompts[i % 4], negative_prompt=prompts[(i + 1) % 4], seed=i) for i in range(8)]
+    unguided = edit_request(model, [image], prompt=prompts[3], seed=9)
+    encode = stages["edit-plus"].encoder.encode
+    guided, unguided = [encode(request) for request in guided], encode(unguided)
+
+    def one_step(conditionings):
+        jobs = [compiled.start(c) for c in conditionings]
+        assert compiled.step(jobs) == {}
+        return [job.latents for job in jobs]
+
+    solo = {id(c): one_step([c])[0] for c in [*guided, unguided]}
+    for rows in range(1, LoopSettings().max_batch_rows + 1):
+        batch = guided[: rows // 2] + [unguided] * (rows % 2)
+        for c, latents in zip(batch, one_step(batch)):
+            assert torch.allclose(latents, solo[id(c)], atol=1e-5, rtol=0), f"{rows} rows"
+    assert compilations() == before
 
 
 def test_vae_slicing_is_exact_and_tiling_leaves_images_below_a_tile_alone(stages, conditioning, plain):

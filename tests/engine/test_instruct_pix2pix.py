@@ -118,3 +118,17 @@ def test_qwen_models_refuse_the_instruct_pix2pix_fields(stages):
     with pytest.raises(InvalidInputError) as info:
         edit_request(stages["edit-plus"].model, [image_bytes(random_image(64, 64))], prompt="x", guidance_scale=7.5)
     assert info.value.param == "guidance_scale" and "they take true_cfg_scale" in info.value.message
+
+
+def test_a_step_takes_the_noise_drawn_when_its_request_started(ip2p, monkeypatch):
+    """The ancestral noise of every step is drawn from the request's generator when it starts (parity
+    above: the same values diffusers draws step by step), so a step draws nothing on the host and copies
+    nothing to the device (a host-device sync per step on a GPU)."""
+    conditioning = ip2p.encoder.encode(edit_request(ip2p.model, [image_bytes(random_image(64, 48, seed=6))], prompt="snow", seed=2))
+    denoiser = ip2p.denoiser
+    job = denoiser.start(conditioning)
+    assert job.state["step_noise"].shape == (len(job.timesteps), *job.latents.shape)
+    draws = []
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: draws.append(a) or pytest.fail("drew noise in a step"))
+    assert denoiser.step([job]) == {}
+    assert draws == [] and job.step_index == 1
