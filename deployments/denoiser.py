@@ -29,9 +29,9 @@ from deployments.settings import model_from_env
 class Denoiser:
     def __init__(
         self, model: str | None = None, device: torch.device | None = None, fast_path: FastPath = FastPath(),
-        lora: LoraSettings = LoraSettings(), model_name: str = "",
+        lora: LoraSettings = LoraSettings(), model_name: str = "", dtype: torch.dtype | None = None,
     ):
-        self.family = load_family(model or model_from_env(), "denoise", device, fast_path.pinned_transfers, lora)
+        self.family = load_family(model or model_from_env(), "denoise", device, fast_path.pinned_transfers, lora, dtype)
         denoising_model = self.family.loaded[self.family.denoising_model]
         prepare_transformer(denoising_model, fast_path)
         self.adapters = AdapterStore(denoising_model, self.family.read_adapter, lora, self.family.device, model_name)

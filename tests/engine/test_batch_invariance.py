@@ -1,9 +1,12 @@
 """Batching never changes a request's result: each request denoised among others, joining at a
-different step, gives the latents it gets alone (<= 1e-5 in fp32)."""
+different step, gives the latents it gets alone (<= 1e-5 in fp32; in bf16 within the bound below)."""
+
+import dataclasses
 
 import pytest
 import torch
 
+from deployments.denoiser import Denoiser
 from tests.engine.support import denoise_joining
 from tests.helpers import edit_request, image_bytes, random_image
 
@@ -44,3 +47,22 @@ def test_denoise_list_matches_solo(stages, conditionings):
     for c, result in zip(conditionings, together):
         assert result.request_id == c.request_id
         assert torch.allclose(result.latents, denoiser.denoise([c])[0].latents, atol=1e-5, rtol=0)
+
+
+# In bf16 batching may move a request's final latents by about one bf16 step at their largest magnitude
+# (measured on CPU: at most 0.0067 x max|latents|, mean 0.0004 x; the prompts padded to a batch-mate's
+# length differ, the others are bit-identical). The README states this bound; the GPU issue measures CUDA's.
+BF16_MAX, BF16_MEAN = 1e-2, 1e-3
+
+
+def test_bf16_batched_requests_stay_within_the_stated_bound(stages, conditionings):
+    denoiser = Denoiser(stages["edit-plus"].model, dtype=torch.bfloat16)
+    # as an encoder in bf16 hands them over
+    conditionings = [dataclasses.replace(c, tensors={k: v.bfloat16() if v.is_floating_point() else v for k, v in c.tensors.items()})
+                     for c in conditionings]
+    solo = [denoiser.denoise([c])[0].latents.float() for c in conditionings]
+    batched, _ = denoise_joining(denoiser, conditionings, JOIN_AT_STEP)
+    for request_index, (together, alone) in enumerate(zip(batched, solo)):
+        difference, scale = (together.float() - alone).abs(), alone.abs().max()
+        assert together.dtype == torch.bfloat16
+        assert difference.max() <= BF16_MAX * scale and difference.mean() <= BF16_MEAN * scale, f"request {request_index}"
