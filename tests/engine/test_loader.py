@@ -40,6 +40,23 @@ def test_written_checkpoint_reloads_offline_with_an_empty_cache(tmp_path):
     assert not any(cache.rglob("*.safetensors"))
 
 
+def test_model_weights_are_read_straight_onto_the_stage_s_device(tiny_checkpoints, monkeypatch):
+    """Every torch component is loaded with `device_map` = the stage's device (diffusers and transformers
+    then put each tensor from the file on the device), not built in host memory and moved after."""
+    from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
+
+    calls = []
+    for cls in (QwenImageTransformer2DModel, AutoencoderKLQwenImage):
+        original = cls.from_pretrained.__func__
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(
+            lambda klass, *a, _original=original, **k: calls.append((klass.__name__, k.get("device_map"))) or _original(klass, *a, **k)
+        ))
+    denoiser, decoder = Denoiser(tiny_checkpoints["edit-plus"]), Decoder(tiny_checkpoints["edit-plus"])
+    device = torch.device("cpu")
+    assert calls == [("QwenImageTransformer2DModel", device), ("AutoencoderKLQwenImage", device)]
+    assert denoiser.family.loaded["transformer"].device == decoder.family.loaded["vae"].device == device
+
+
 def test_tokenizer_vocab_matches_text_encoder(stages):
     family = stages["edit-plus"].encoder.family
     tokenizer = family.loaded["processor"].tokenizer
