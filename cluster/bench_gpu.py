@@ -2,6 +2,7 @@
 
     python -m cluster.bench_gpu                              # random:qwen-image-edit-2509 on CUDA
     python -m cluster.bench_gpu --compile --attention-backend _native_cudnn
+    python -m cluster.bench_gpu --part in-process --compile --fp8      # FP8 (compute capability 8.9+)
     python -m cluster.bench_gpu --part endpoint --serve-config serve/config.multi-gpu.yaml
     python -m cluster.bench_gpu --model models/tiny-edit-plus --size 128 --steps 4 \
         --serve-config serve/config.yaml                          # CPU: the command works
@@ -174,6 +175,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--compile", action="store_true", help="regional torch.compile (warmed up before timing)")
     parser.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="native")
+    parser.add_argument("--fp8", action="store_true", help="the staged engine's transformer linears in FP8 (torchao)")
     parser.add_argument("--no-pinned-transfers", dest="pinned_transfers", action="store_false")
     parser.add_argument("--part", choices=("all", "in-process", "endpoint"), default="all")
     parser.add_argument("--serve-config", type=Path, default=CONFIG.with_name("config.one-gpu.yaml"))
@@ -187,7 +189,8 @@ def main() -> None:
     report = {
         "model": args.model, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "size": args.size, "steps": args.steps, "fast_path": {
-            "compile": args.compile, "attention_backend": args.attention_backend, "pinned_transfers": args.pinned_transfers,
+            "compile": args.compile, "attention_backend": args.attention_backend, "fp8": args.fp8,
+            "pinned_transfers": args.pinned_transfers,
         },
     }
     # diffusers resizes inputs to its hard-coded areas; the engine to the model's settings. Only when
@@ -195,7 +198,7 @@ def main() -> None:
     report["comparable"] = resolve_model(args.model).settings == EngineSettings()
     if args.part in ("all", "in-process"):
         report["diffusers"] = run_diffusers(args.model, device, Image.open(io.BytesIO(data)), args.size, args.steps)
-        fast = FastPath(attention_backend=args.attention_backend, compile=args.compile, pinned_transfers=args.pinned_transfers)
+        fast = FastPath(attention_backend=args.attention_backend, compile=args.compile, fp8=args.fp8, pinned_transfers=args.pinned_transfers)
         report["staged"] = run_staged(args.model, device, data, args.size, args.steps, fast)
         report["speedup_per_step"] = round(report["diffusers"]["ms_per_step"] / report["staged"]["ms_per_step"], 3)
         report["speedup_end_to_end"] = round(report["diffusers"]["end_to_end_s"] / report["staged"]["end_to_end_s"], 3)

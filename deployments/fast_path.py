@@ -1,5 +1,5 @@
 """Speed-ups of the engine, each a setting that can be switched off, each parity-tested on the tiny
-model against the plain path (tests/engine/test_fast_path.py):
+model against the plain path (tests/engine/test_fast_path.py) except `fp8`, which needs a GPU:
 
 - `attention_backend`: diffusers' attention dispatcher backend for the transformer, chosen
   explicitly. "native" is PyTorch SDPA, which itself picks flash / cuDNN / memory-efficient kernels
@@ -8,6 +8,8 @@ model against the plain path (tests/engine/test_fast_path.py):
 - `compile`: regional `torch.compile` of the transformer's repeated block (compiled once, reused by
   all 60 blocks: seconds to compile instead of minutes), with dynamic shapes so new batch sizes and
   token counts don't recompile; the Denoiser warms it up at start so no user request pays for it.
+- `fp8`: the transformer's linears in FP8 on GPUs with FP8 tensor cores (deployments/fp8.py), off by
+  default: not exact (the one setting that changes results), refused where unsupported.
 - `vae_tiling` / `vae_slicing`: decode large images tile by tile / batches image by image, for memory.
 - `pinned_transfers`: tensors cross between a stage's GPU and the host through page-locked memory,
   asynchronously, with one wait per hand-over (deployments/transfer.py); no effect off CUDA.
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
+from deployments import fp8
+
 ATTENTION_BACKENDS = ("native", "_native_flash", "_native_cudnn", "_native_efficient", "_native_math", "flash")
 
 
@@ -25,6 +29,7 @@ ATTENTION_BACKENDS = ("native", "_native_flash", "_native_cudnn", "_native_effic
 class FastPath:
     attention_backend: str = "native"
     compile: bool = False
+    fp8: bool = False
     vae_tiling: bool = False
     vae_slicing: bool = False
     pinned_transfers: bool = True
@@ -48,6 +53,9 @@ def prepare_transformer(transformer: torch.nn.Module, fast: FastPath) -> None:
         active, _ = _AttentionBackendRegistry.get_active_backend()
         transformer.set_attention_backend(fast.attention_backend)
         _AttentionBackendRegistry.set_active_backend(active)
+    if fast.fp8:  # before compiling: the compiled block is the quantized one
+        fp8.check_supported(transformer)
+        fp8.quantize(transformer)
     if fast.compile:
         transformer.compile_repeated_blocks(dynamic=True)
 

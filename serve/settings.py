@@ -52,6 +52,10 @@ class FastPathSettings(_Settings):
         "native", description="Transformer attention kernels: native = PyTorch SDPA's own choice; or one forced."
     )
     compile: bool = Field(False, description="Regional torch.compile of the transformer block, warmed up at start.")
+    fp8: bool = Field(
+        False, description="The Denoiser's transformer linears in FP8 (torchao; GPUs of compute capability 8.9+ only): "
+        "faster, less memory, not exact."
+    )
     vae_tiling: bool = Field(False, description="Tiled VAE encode/decode: less memory for large images, slightly different pixels.")
     vae_slicing: bool = Field(False, description="VAE one image at a time: less memory, same pixels.")
     pinned_transfers: bool = Field(

@@ -91,6 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     f = p.add_argument_group("fast path (deployments/fast_path.py), for every stage")
     f.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="native")
     f.add_argument("--compile", action="store_true", help="regional torch.compile of the transformer, warmed up at start")
+    f.add_argument("--fp8", action="store_true", help="the transformer's linears in FP8 (GPUs of compute capability 8.9+)")
     f.add_argument("--vae-tiling", action="store_true", help="tiled VAE: less memory for large images")
     f.add_argument("--vae-slicing", action="store_true", help="VAE one image at a time: less memory, same pixels")
     f.add_argument("--no-pinned-transfers", dest="pinned_transfers", action="store_false",
@@ -175,7 +176,7 @@ def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSetting
         concurrency=args.read_tasks,
     )
     fast_path = FastPath(
-        attention_backend=args.attention_backend, compile=args.compile, vae_tiling=args.vae_tiling,
+        attention_backend=args.attention_backend, compile=args.compile, fp8=args.fp8, vae_tiling=args.vae_tiling,
         vae_slicing=args.vae_slicing, pinned_transfers=args.pinned_transfers,
     )
     # Enough Denoiser calls in flight that its loop always has rows waiting to join the running batch.

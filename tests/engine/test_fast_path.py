@@ -8,6 +8,7 @@ from torch._dynamo.utils import counters
 
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
+from deployments import fp8
 from deployments.fast_path import FastPath
 from deployments.loop_settings import LoopSettings
 from deployments.transfer import to_device, to_host
@@ -175,3 +176,41 @@ def test_a_denoising_step_never_waits_for_the_gpu(tiny_checkpoints, stages, cond
         denoiser.step([job])
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_fp8_quantizes_the_attention_and_mlp_linears_and_keeps_the_sensitive_ones_in_bf16(stages):
+    transformer = stages["edit-plus"].denoiser.family.loaded["transformer"]
+    linears = [name for name, module in transformer.named_modules() if isinstance(module, torch.nn.Linear)]
+    kept = {name for name in linears if not fp8.quantized(name)}
+    assert kept == {name for name in linears if name.startswith(("time_text_embed.", "img_in", "txt_in", "norm_out.", "proj_out"))
+                    or ".img_mod." in name or ".txt_mod." in name or name.endswith(".img_mlp.net.2")}
+    block = {name.split(".", 2)[2] for name in linears if name.startswith("transformer_blocks.0.") and fp8.quantized(name)}
+    assert block == {"attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
+                     "attn.to_out.0", "attn.to_add_out", "img_mlp.net.0.proj", "txt_mlp.net.0.proj", "txt_mlp.net.2"}
+
+
+@pytest.mark.parametrize("model_class, device, capability, refusal", [
+    ("QwenImageTransformer2DModel", "cpu", None, "needs an NVIDIA GPU with FP8 tensor cores (compute capability 8.9+"),
+    ("QwenImageTransformer2DModel", "cuda", (8, 0), "this GPU has compute capability 8.0"),  # A100
+    ("UNet2DConditionModel", "cuda", (9, 0), "only Qwen-Image's transformer is quantized, not a UNet2DConditionModel"),
+    ("QwenImageTransformer2DModel", "cuda", (8, 9), None),  # L4
+    ("QwenImageTransformer2DModel", "cuda", (9, 0), None),  # H100, H200
+])
+def test_fp8_is_refused_where_it_cannot_run(model_class, device, capability, refusal):
+    reason = fp8.refusal(model_class, device, capability)
+    assert reason == refusal if refusal is None else refusal in reason
+
+
+def test_fp8_on_a_cpu_fails_the_denoiser_at_start_with_the_setting_named(stages):
+    with pytest.raises(ValueError, match=r"^fp8: needs an NVIDIA GPU .* this Denoiser runs on cpu; set fp8 false"):
+        Denoiser(stages["edit-plus"].model, fast_path=FastPath(fp8=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < fp8.FP8_CAPABILITY,
+                    reason="FP8 tensor cores only")
+def test_fp8_denoises_close_to_bf16(stages, conditioning):
+    fast = Denoiser(stages["edit-plus"].model, fast_path=FastPath(fp8=True))
+    assert "Float8" in type(fast.family.loaded["transformer"].transformer_blocks[0].attn.to_q.weight).__name__
+    latents = fast.denoise([conditioning])[0].latents.float()
+    reference = Denoiser(stages["edit-plus"].model).denoise([conditioning])[0].latents.float()
+    assert torch.nn.functional.cosine_similarity(latents.flatten(), reference.flatten(), dim=0) > 0.99
