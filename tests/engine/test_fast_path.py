@@ -166,14 +166,48 @@ def test_a_denoising_step_reads_no_tensor_value_on_the_host(stages, conditioning
     assert reads == []
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device syncs exist only with a device")
-def test_a_denoising_step_never_waits_for_the_gpu(tiny_checkpoints, stages, conditioning):
-    denoiser = Denoiser(stages["edit-plus"].model, device=torch.device("cuda"))
+def test_a_denoising_step_builds_no_rope_table(stages, conditioning):
+    """diffusers caches Qwen-Image's RoPE tables on the device (QwenEmbedRope: one frequency table per
+    device, one per latent shape), so after a request's first step no step copies a table to the GPU.
+    Checked on its caches: a diffusers change that drops them fails here (then the engine needs its own)."""
+    from diffusers.models.transformers.transformer_qwenimage import QwenEmbedRope
+
+    def misses():
+        caches = [cell.cell_contents for method in (QwenEmbedRope._get_device_freqs, QwenEmbedRope._compute_video_freqs)
+                  for cell in method.__closure__ if hasattr(cell.cell_contents, "cache_info")]
+        assert len(caches) == 2
+        return [cache.cache_info().misses for cache in caches]
+
+    denoiser = stages["edit-plus"].denoiser
     job = denoiser.start(conditioning)
-    denoiser.step([job])  # the scheduler finds its step index once, on the first step
+    denoiser.step([job])
+    before = misses()
+    denoiser.step([job])
+    denoiser.step([denoiser.start(conditioning)])  # another request of the same shapes
+    assert misses() == before
+    other = stages["edit-plus"].encoder.encode(edit_request(
+        stages["edit-plus"].model, [image_bytes(random_image(128, 64, seed=7))], prompt="wider", seed=1, num_inference_steps=2,
+    ))
+    denoiser.step([denoiser.start(other)])
+    assert misses()[1] > before[1]  # a new shape's table, once (the caches are in use)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device syncs exist only with a device")
+@pytest.mark.parametrize("variant, prompts", [
+    ("edit-plus", ["fast, please"]),
+    ("edit-plus", ["fast, please", "a much longer instruction, with many more words than the other one"]),  # padded: a mask
+    ("ip2p", ["make it snow"]),  # its ancestral noise comes with the request
+])
+def test_a_denoising_step_never_waits_for_the_gpu(stages, variant, prompts):
+    model = stages[variant].model
+    conditionings = [stages[variant].encoder.encode(edit_request(model, [image_bytes(random_image(96, 64, seed=4))], prompt=prompt, seed=i))
+                     for i, prompt in enumerate(prompts)]
+    denoiser = Denoiser(model, device=torch.device("cuda"))
+    jobs = [denoiser.start(c) for c in conditionings]
+    denoiser.step(jobs)  # the scheduler finds its step index, RoPE its tables, once, on the first step
     torch.cuda.set_sync_debug_mode("error")  # any .item() / .tolist() / blocking copy now raises
     try:
-        denoiser.step([job])
+        assert denoiser.step(jobs) == {}
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
