@@ -27,7 +27,7 @@ def plain(stages, conditioning):
     return stages["edit-plus"].denoiser.denoise([conditioning])[0]
 
 
-CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only")
+CUDA_ONLY = pytest.mark.gpu  # skipped without CUDA (tests/conftest.py); `pytest -m gpu` runs them all
 
 
 @pytest.mark.parametrize("backend", [
@@ -192,7 +192,7 @@ def test_a_denoising_step_builds_no_rope_table(stages, conditioning):
     assert misses()[1] > before[1]  # a new shape's table, once (the caches are in use)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device syncs exist only with a device")
+@CUDA_ONLY  # host-device syncs exist only with a device
 @pytest.mark.parametrize("variant, prompts", [
     ("edit-plus", ["fast, please"]),
     ("edit-plus", ["fast, please", "a much longer instruction, with many more words than the other one"]),  # padded: a mask
@@ -240,7 +240,8 @@ def test_fp8_on_a_cpu_fails_the_denoiser_at_start_with_the_setting_named(stages)
         Denoiser(stages["edit-plus"].model, fast_path=FastPath(fp8=True))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < fp8.FP8_CAPABILITY,
+@CUDA_ONLY
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < fp8.FP8_CAPABILITY,
                     reason="FP8 tensor cores only")
 def test_fp8_denoises_close_to_bf16(stages, conditioning):
     fast = Denoiser(stages["edit-plus"].model, fast_path=FastPath(fp8=True))
