@@ -1,7 +1,7 @@
 """Ancestral schedulers' per-step noise, drawn when a request starts instead of in every step.
 
-diffusers' Euler and Euler-ancestral schedulers draw one noise tensor of the latents' shape in each
-step from the request's generator. It is a CPU generator (the reference pipelines are seeded that
+diffusers' Euler-ancestral scheduler draws one noise tensor of the latents' shape in each step from
+the request's generator (plain Euler draws none without `s_churn`, which the pipelines don't set). It is a CPU generator (the reference pipelines are seeded that
 way, and its numbers are what a seed means), so each step would draw on the host and copy to the
 device: a host-device sync per step on a GPU. Drawn from the same generator right after the initial
 noise, in the same order, the values are the same: `draw` takes them all at once, the job copies
@@ -16,6 +16,11 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 _GIVEN: ContextVar[list[torch.Tensor] | None] = ContextVar("step_noise", default=None)
+DRAWING_EVERY_STEP = ("EulerAncestralDiscreteScheduler",)
+
+
+def draws_every_step(scheduler) -> bool:
+    return type(scheduler).__name__ in DRAWING_EVERY_STEP
 
 
 def draw(generator: torch.Generator, steps: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -13,16 +13,17 @@ def make_per_row_linears_batch_invariant(model: torch.nn.Module) -> None:
     the batch, and stay as they are."""
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
-            module.forward = _row_by_row(module)
+            module.forward = _as_one_row_products(module)
 
 
-def _row_by_row(linear: torch.nn.Linear):
+def _as_one_row_products(linear: torch.nn.Linear):
     plain = linear.forward
 
     def run(x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2:
             return plain(x)
-        rows, weight = x.shape[0], linear.weight.t().expand(x.shape[0], *linear.weight.t().shape)  # a view: no copy
+        rows = x.shape[0]
+        weight = linear.weight.t().expand(rows, -1, -1)  # (rows, D, O), a view: no copy
         if linear.bias is None:
             return torch.bmm(x[:, None], weight)[:, 0]
         return torch.baddbmm(linear.bias.expand(rows, 1, -1), x[:, None], weight)[:, 0]

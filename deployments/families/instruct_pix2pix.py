@@ -160,8 +160,6 @@ class InstructPix2Pix(ModelFamily):
         channels = self.loaded["unet"].config.out_channels
         noise = randn_tensor((1, channels, rows, cols), generator=generator, device=self.device, dtype=self.dtype)
         scheduler, timesteps = self.new_schedule(conditioning.num_inference_steps, rows * cols, self.device)
-        # the noise each step adds, from the same generator (deployments/families/ancestral_noise.py)
-        step_noise = ancestral_noise.draw(generator, len(timesteps), tuple(noise.shape), self.dtype)
         job = DenoiseJob(
             conditioning=conditioning,
             latents=noise * scheduler.init_noise_sigma,
@@ -170,10 +168,14 @@ class InstructPix2Pix(ModelFamily):
             footprint=self.footprint(conditioning),
             tensors=self.device_tensors(conditioning),
         )
-        job.state["step_noise"] = self.to_device(step_noise)
+        if ancestral_noise.draws_every_step(scheduler):  # the noise each step adds, from the same generator
+            step_noise = ancestral_noise.draw(generator, len(timesteps), tuple(noise.shape), self.dtype)
+            job.state["step_noise"] = self.to_device(step_noise)
         return job
 
     def scheduler_step(self, job: DenoiseJob, noise_pred: torch.Tensor) -> torch.Tensor:
+        if "step_noise" not in job.state:
+            return super().scheduler_step(job, noise_pred)
         with ancestral_noise.given(job.state["step_noise"][job.step_index]):
             return super().scheduler_step(job, noise_pred)
 
