@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from deployments import fp8
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
-from deployments import fp8
 from deployments.fast_path import FastPath
 from deployments.loop_settings import LoopSettings
 from deployments.transfer import to_device, to_host
