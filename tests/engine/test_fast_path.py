@@ -235,6 +235,16 @@ def test_fp8_is_refused_where_it_cannot_run(model_class, device, capability, ref
     assert reason == refusal if refusal is None else refusal in reason
 
 
+def test_the_torchao_api_fp8_uses_is_installed():
+    """What `fp8.quantize` calls exists in the pinned torchao (it can only run on a GPU), and means
+    what deployments/fp8.py says: one scale per row for activations and for weights."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    assert callable(quantize_)
+    activations, weights = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()).granularity
+    assert isinstance(activations, PerRow) and isinstance(weights, PerRow)
+
+
 def test_fp8_on_a_cpu_fails_the_denoiser_at_start_with_the_setting_named(stages):
     with pytest.raises(ValueError, match=r"^fp8: needs an NVIDIA GPU .* this Denoiser runs on cpu; set fp8 false"):
         Denoiser(stages["edit-plus"].model, fast_path=FastPath(fp8=True))
