@@ -25,6 +25,15 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """What the Decoder compares an edited image with (deployments/quality.py); made by the Encoder."""
+
+    pixels: torch.Tensor  # (H, W, 3) uint8: image 1 (its canvas when outpainting) at the output size
+    keep: torch.Tensor | None  # (H, W) bool, True outside the request's mask; None without a mask
+    input_size: tuple[int, int]  # image 1's (width, height) as uploaded, upright
+
+
+@dataclass(frozen=True)
 class EditRequest:
     """One edit as the engine receives it: parameters already validated at the edge against the model
     family's declaration and the limits (deployments/parameters.py), with their defaults filled in."""
@@ -62,6 +71,7 @@ and `scheduler` come from the request's LoRA adapters (deployments/lora_settings
     adapters: tuple[tuple[str, float], ...] = ()  # LoRA adapters (name, scale), stacked in order
     scheduler: dict[str, Any] | None = None  # scheduler-config values replacing the checkpoint's (an adapter's schedule)
     cache: Any = None  # the request's step cache setting, or None (deployments/step_cache_settings.py)
+    reference: Reference | None = None  # what the Decoder compares the edited image with (deployments/quality.py)
     timings: dict[str, float] = field(default_factory=dict, compare=False)
 
 
@@ -77,6 +87,7 @@ class Latents:
     output: OutputSpec
     timings: dict[str, float] = field(default_factory=dict, compare=False)
     cache: dict[str, int] | None = None  # with step caching: the model forwards computed, reused, predicted
+    reference: Reference | None = None  # Conditioning.reference (none for a preview)
 
 
 @dataclass(frozen=True)
@@ -91,4 +102,6 @@ class EditedImage:
     seed: int
     timings: dict[str, float] = field(default_factory=dict, compare=False)
     cache: dict[str, int] | None = None  # Latents.cache
+    quality: dict[str, Any] | None = None  # how much changed and how well the rest was kept (deployments/quality.py)
+    guard: dict[str, Any] | None = None  # the request's guard's verdict on it (deployments/guards.py), if it had one
 

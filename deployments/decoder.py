@@ -11,7 +11,8 @@ from deployments.contracts import EditedImage, Latents
 from deployments.errors import EditError, each_or_error
 from deployments.fast_path import FastPath, prepare_vae
 from deployments.families.loading import load_family
-from deployments.images import encode_image
+from deployments.images import encode_image, quantized
+from deployments.quality import quality_report
 from deployments.settings import model_from_env
 
 
@@ -25,16 +26,18 @@ class Decoder:
         return self.family.decode(latents)
 
     def decode(self, latents: Latents) -> EditedImage:
-        pixels = self.decode_pixels(latents)
+        image = quantized(self.decode_pixels(latents))
+        reference = latents.reference
         return EditedImage(
             request_id=latents.request_id,
-            data=encode_image(pixels, latents.output),
+            data=encode_image(image, latents.output),
             format=latents.output.format,
-            width=pixels.shape[1],
-            height=pixels.shape[0],
+            width=image.shape[1],
+            height=image.shape[0],
             seed=latents.seed,
             timings=latents.timings,
             cache=latents.cache,
+            quality=None if reference is None else quality_report(torch.from_numpy(image), reference).as_dict(),
         )
 
     def decode_batch(self, batch: list[Latents]) -> list[EditedImage | EditError]:

@@ -146,7 +146,7 @@ class Denoiser:
         job.step_index += 1
 
     def finish(self, job: DenoiseJob) -> Latents:
-        latents = self._as_latents(job, job.latents)
+        latents = self._as_latents(job, job.latents, job.conditioning.reference)
         if latents.cache is not None:  # a step-cached request: how its forwards went
             for outcome, forwards in latents.cache.items():
                 metrics.CACHE_FORWARDS.inc(forwards, model=self.model_name, outcome=outcome)
@@ -159,7 +159,8 @@ class Denoiser:
         preview, job.preview = job.preview, None
         return None if preview is None else self._as_latents(job, preview)
 
-    def _as_latents(self, job: DenoiseJob, latents) -> Latents:
+    def _as_latents(self, job: DenoiseJob, latents, reference=None) -> Latents:
+        """The job's `latents` for the Decoder; `reference` only for the final image (a preview gets no report)."""
         c = job.conditioning
         return Latents(
             request_id=c.request_id,
@@ -170,4 +171,5 @@ class Denoiser:
             output=c.output,
             timings=c.timings,
             cache=self.family.cache_report(job),
+            reference=reference,
         )

@@ -116,9 +116,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def encode_image(pixels: np.ndarray, output: OutputSpec) -> bytes:
-    """Encodes an (H, W, 3) float image in [0, 1] exactly as diffusers' `numpy_to_pil` quantizes it."""
-    image = Image.fromarray((pixels * 255).round().astype("uint8"))
+def quantized(pixels: np.ndarray) -> np.ndarray:
+    """An (H, W, 3) float image in [0, 1] as 8-bit values, exactly as diffusers' `numpy_to_pil` quantizes it."""
+    return (pixels * 255).round().astype("uint8")
+
+
+def encode_image(image: np.ndarray, output: OutputSpec) -> bytes:
+    """Encodes an (H, W, 3) uint8 image (`quantized`)."""
+    image = Image.fromarray(image)
     buffer = io.BytesIO()
     if output.format == "png":
         image.save(buffer, format="PNG")

@@ -5,6 +5,7 @@ and in bulk jobs (`--limits`). They bound the declared request fields (deploymen
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.errors import PayloadTooLargeError
+from deployments.guards import GuardPolicy
 from deployments.step_cache_settings import StepCachePolicy
 
 HARD_MAX_STEPS = 1000  # the most any limit may allow: beyond it a request is a mistake, not a setting
@@ -34,6 +35,9 @@ class Limits(BaseModel):
     )
     step_cache: StepCachePolicy = Field(
         default_factory=StepCachePolicy, description="Step caching: the default (off) and how aggressive a request may be.",
+    )
+    guard: GuardPolicy = Field(
+        default_factory=GuardPolicy, description="Quality guards: the default for requests that set none (none).",
     )
 
     def image_too_large(self, param: str, got: str) -> PayloadTooLargeError:

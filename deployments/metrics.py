@@ -8,7 +8,7 @@ service-discovery file Ray writes). In an unbound process (the one-shot CLI, eng
 does nothing. In Prometheus each name gains Ray's `ray_` prefix, and counters a `_total` suffix.
 
 Labels stay small and fixed — never per request: `model` (served model name), `stage` (encode,
-denoise, decode), `status`, `kind`, `adapter` (a configured LoRA adapter's name), and for HTTP
+denoise, decode), `status`, `kind`, `verdict`, `adapter` (a configured LoRA adapter's name), and for HTTP
 `route` and `code`.
 """
 
@@ -79,13 +79,17 @@ CACHE_SKIPPED_SHARE = Metric(
     "histogram", "cache_skipped_share", "Per step-cached request, the share of its model forwards not computed in full.",
     ("model",), SHARES,
 )
+GUARD_VERDICTS = Metric(
+    "counter", "guard_verdicts", "Guarded images by verdict: passed, flagged, retried (made again, then passed), failed.",
+    ("model", "verdict"),
+)
 BULK_ROWS = Metric("counter", "bulk_rows", "Bulk job rows finished, by status: ok, error, skipped.", ("model", "status"))
 BULK_ROWS_PER_SECOND = Metric("gauge", "bulk_rows_per_second", "A running bulk job's rows per second.", ("model",))
 
 ALL = (
     HTTP_REQUESTS, IMAGES, ERRORS, REQUEST_SECONDS, QUEUE_SECONDS, STAGE_SECONDS, STAGE_RETRIES, BATCH_SIZE, DENOISE_STEP_SECONDS,
     DENOISE_ROWS, DENOISE_TOKENS, DENOISE_STEPS, DENOISE_ACTIVE, DENOISE_WAITING, MEMORY_BYTES, ADAPTER_REQUESTS,
-    ADAPTER_LOADS, ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, CACHE_FORWARDS, CACHE_SKIPPED_SHARE, BULK_ROWS,
+    ADAPTER_LOADS, ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, CACHE_FORWARDS, CACHE_SKIPPED_SHARE, GUARD_VERDICTS, BULK_ROWS,
     BULK_ROWS_PER_SECOND,
 )
 

@@ -20,6 +20,7 @@ from pydantic import field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from deployments.errors import InvalidInputError
+from deployments.guards import GuardField
 from deployments.limits import HARD_MAX_N, HARD_MAX_STEPS, Limits
 from deployments.lora_settings import LoraSettings, choices_from_text
 from deployments.step_cache_settings import StepCache
@@ -120,6 +121,12 @@ class EditParameters(BaseModel):
         '{"method": "first_block_cache", "threshold": 0.1} or {"method": "taylorseer", "cache_interval": 5, '
         '"disable_cache_before_step": 3, "max_order": 1}, or "off"; the deployment\'s default if unset. Faster, and '
         "further from the uncached result the more it skips.",
+    )
+
+    guard: GuardField = Field(
+        None, title="Guard", description='Limits on the edited image\'s quality report and what to do past them: JSON '
+        'such as {"max_changed_fraction": 0.3, "min_unchanged_ssim": 0.9, "action": "retry"} (action flag, retry '
+        'once with the next seed, or fail), or "off"; the deployment\'s default if unset. Never changes the image.',
     )
 
     @field_validator("size")
@@ -251,7 +258,10 @@ def request_model(
     }
     settings = settings or EngineSettings(default_num_inference_steps=declared.default_num_inference_steps)
     steps, default_area = settings.default_num_inference_steps, settings.vae_image_area
-    defaults = {"num_inference_steps": steps, "cache": limits.step_cache.default if declared.takes_step_cache else None}
+    defaults = {
+        "num_inference_steps": steps, "cache": limits.step_cache.default if declared.takes_step_cache else None,
+        "guard": limits.guard.default,
+    }
     overrides = {
         name: (_bounded(fields[name], bounds.get(name, Field())), defaults.get(name, fields[name].default))
         for name in {*bounds, *defaults}

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from deployments import metrics
 from deployments.contracts import EditedImage, EditRequest, OutputSpec
 from deployments.errors import EditError, InvalidInputError, OverloadedError, PayloadTooLargeError
+from deployments.guards import GuardFailedError
 from serve.errors import as_edit_error, error_body, error_response
 from serve.openapi import openapi_document
 from serve.schema import EditForm, ServedModel, parse_edit_form, read_uploads
@@ -101,12 +102,15 @@ class Ingress:
         except Exception as e:  # every failure becomes an OpenAI-shaped error, never a stack trace
             return error_response(self._failed(e, images_asked, edit), _with_retries(headers, edit))
         total_s = time.time() - started
-        self._succeeded(len(images), total_s)
+        self._succeeded(images, total_s)
         return self._edit_response(images, total_s, _with_retries(headers, edit))
 
-    def _succeeded(self, images: int, total_s: float) -> None:
-        metrics.IMAGES.inc(images, model=self.served_model, status="ok")
+    def _succeeded(self, images: list[EditedImage], total_s: float) -> None:
+        metrics.IMAGES.inc(len(images), model=self.served_model, status="ok")
         metrics.REQUEST_SECONDS.observe(total_s, model=self.served_model)
+        for image in images:
+            if image.guard is not None:
+                metrics.GUARD_VERDICTS.inc(model=self.served_model, verdict=image.guard["verdict"])
 
     def _failed(self, exception: Exception, images_asked: int, edit: StagedEdit | None) -> EditError:
         """The error `exception` means to the client, counted (with the images it cost, if any). A
@@ -118,6 +122,8 @@ class Ingress:
             )
         error = as_edit_error(exception)
         metrics.ERRORS.inc(kind=error.kind)
+        if isinstance(error, GuardFailedError):
+            metrics.GUARD_VERDICTS.inc(model=self.served_model, verdict="failed")
         metrics.IMAGES.inc(images_asked, model=self.served_model, status="error")  # 0 adds nothing
         return error
 
@@ -166,9 +172,9 @@ class Ingress:
                         yield _sse("image_edit.partial_image", {**_image_event(image), "partial_image_index": partial_index})
                         partial_index += 1
                     else:
-                        image = await edit.decoded(event)
-                        yield _sse("image_edit.completed", {**_image_event(image), **_cache_of(image), "usage": NO_TOKEN_USAGE})
-            self._succeeded(1, time.time() - started)
+                        image = await edit.guarded(await edit.decoded(event), parsed.seeds[0])
+                        yield _sse("image_edit.completed", {**_image_event(image), **_extensions(image), "usage": NO_TOKEN_USAGE})
+                        self._succeeded([image], time.time() - started)
         except Exception as e:  # the response has started: the error travels as an event
             yield _sse("error", {"error": error_body(self._failed(e, 1, edit))})
         finally:  # also when the client disconnects: the request leaves the denoising batch
@@ -180,7 +186,7 @@ class Ingress:
         headers["Server-Timing"] = ", ".join(f"{name};dur={value * 1000:.1f}" for name, value in timings.items())
         body = {
             "created": int(time.time()),
-            "data": [{"b64_json": base64.b64encode(image.data).decode("ascii"), "seed": image.seed, **_cache_of(image)} for image in images],
+            "data": [{"b64_json": base64.b64encode(image.data).decode("ascii"), "seed": image.seed, **_extensions(image)} for image in images],
             "output_format": images[0].format,
             "size": f"{images[0].width}x{images[0].height}",
             "timings": timings,
@@ -258,9 +264,12 @@ def _image_event(image: EditedImage) -> dict:
     }
 
 
-def _cache_of(image: EditedImage) -> dict:
-    """An extension of an image's entry: with step caching, its model forwards computed, reused and predicted."""
-    return {} if image.cache is None else {"cache": image.cache}
+def _extensions(image: EditedImage) -> dict:
+    """What an image's entry says beyond OpenAI's fields: its quality report, its guard's verdict, and
+    with step caching its model forwards computed, reused and predicted."""
+    # `quality_report`: OpenAI's events already have a `quality` (the quality asked for)
+    extensions = {"cache": image.cache, "quality_report": image.quality, "guard": image.guard}
+    return {name: value for name, value in extensions.items() if value is not None}
 
 
 def _with_retries(headers: dict, edit: StagedEdit | None) -> dict:

@@ -38,6 +38,7 @@ def _edit_path(form: dict) -> dict:
                 },
                 "400": _error_response("An invalid field; `param` names it."),
                 "413": _error_response("The request or an image is too large."),
+                "422": _error_response("An edited image crossed its guard's limits and the guard's action is fail."),
                 "503": _error_response("At capacity or a replica restarting; see Retry-After."),
                 "504": _error_response("The edit did not finish within the request timeout."),
             },

@@ -13,6 +13,7 @@ object store (Ray's ObjectLostError family), the upstream stage makes that input
 """
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -24,6 +25,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from deployments import metrics
 from deployments.contracts import EditedImage, EditRequest
 from deployments.errors import EngineStoppedError
+from deployments.guards import judge, retry_seed
 from serve.errors import caused_by
 from serve.stages import ACCEPTED
 
@@ -80,7 +82,22 @@ class StagedEdit:
             self._stop_encoding()
 
     async def image(self, seed: int) -> EditedImage:
+        return await self.guarded(await self.made(seed), seed)
+
+    async def made(self, seed: int) -> EditedImage:
         return await (await self.call("decode", self.decoder.decode.remote, lambda again: self.latents(seed, again)))
+
+    async def guarded(self, edited: EditedImage, seed: int) -> EditedImage:
+        """`edited` (the image of `seed`) with the request's guard's verdict; made again with the next seed
+        if the guard says so. Raises GuardFailedError if it fails the image."""
+        guard = self.request.parameters.guard
+        if guard is None:
+            return edited
+        verdict = judge(guard, edited.quality)
+        if verdict is None:  # action retry
+            edited = await self.made(retry_seed(seed, self.request.parameters.n))
+            verdict = judge(guard, edited.quality, first_seed=seed)
+        return dataclasses.replace(edited, guard=verdict.as_dict())
 
     async def decoded(self, latents) -> EditedImage:
         """The Decoder's image of `latents` (a value here, as a stream's previews and result are)."""

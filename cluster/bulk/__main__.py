@@ -30,6 +30,7 @@ import pyarrow.dataset
 import ray
 import ray.util.metrics
 
+from cluster.bulk.guarding import Guarding
 from cluster.bulk.image_reads import ImageReader
 from cluster.bulk.manifest import NOT_COLUMNS, ManifestError, check_ids, check_schema
 from cluster.bulk.requests import RequestBuilder
@@ -134,9 +135,16 @@ def main(argv=None) -> int:
     connect(args)
     tally = Tally(model=model_name(model), skipped=len(done))
     writer = ResultsWriter(output, args.results_part_rows, args.results_part_seconds)
-    for rows in run(args, spec, done, limits, lora, loop, defaults, output):
-        writer.add(rows)
-        tally.add(rows)
+    guarding = Guarding(model_name(model))
+    passes = [None]  # the main pass; then, if a guard asked for it, the rows made again with their next seed
+    while passes:
+        for batch in run(args, spec, done, limits, lora, loop, defaults, output, seeds=passes.pop()):
+            rows = to_result_rows(guarding.judged(batch), spec.model_id, spec.declared)
+            writer.add(rows)
+            tally.add(rows)
+        if guarding.retries:
+            print(f"making {len(guarding.retries)} row(s) again with their next seed (their guard's action: retry)", flush=True)
+            passes.append(guarding.second_pass())
     writer.flush()
     print("\n" + tally.summary())
     return 0 if tally.error == 0 else 1
@@ -156,23 +164,25 @@ def connect(args) -> None:
 
 
 def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSettings, loop: LoopSettings,
-        defaults: dict, output: Output):
-    """The pipeline over the manifest's rows not in `done`, `defaults` filling their missing parameters;
-    yields result rows as they come."""
-    model, declared = spec.model_id, spec.declared
+        defaults: dict, output: Output, seeds: dict[str, int] | None = None):
+    """The pipeline over the manifest's rows not in `done` (with `seeds`: only those rows, each with its
+    seed), `defaults` filling their missing parameters; yields its last frames as they come."""
+    model = spec.model_id
     images = ImageReader.for_manifest(args.manifest, limits, args.image_root)
 
     # The `item` column carries the stage contracts as pickled Python objects; saying so explicitly
     # stops every worker from warning that it fell back to that.
     ray.data.DataContext.get_current().enable_fallback_to_arrow_object_ext_type = True
     ds = ray.data.read_parquet(args.manifest)
-    if len(done):  # whole blocks at once; the ids travel once, in the object store
+    if seeds is not None:
+        ds = ds.map_batches(keep_only, fn_args=(pa.array(list(seeds), pa.string()),), batch_format="pyarrow", batch_size=None)
+    elif len(done):  # whole blocks at once; the ids travel once, in the object store
         ds = ds.map_batches(drop_done, fn_args=(done,), batch_format="pyarrow", batch_size=None)
     # Small blocks let the stages overlap: a Parquet file is one block, and a map step works through
     # a whole block before handing anything on, so without this each stage would wait for the last.
     ds = ds.repartition(target_num_rows_per_block=args.encoder_batch_size)
     ds = ds.map_batches(
-        RequestBuilder(spec, limits, lora, defaults, images), batch_format="pandas", num_cpus=REQUESTS_CPUS,
+        RequestBuilder(spec, limits, lora, defaults, images, seeds), batch_format="pandas", num_cpus=REQUESTS_CPUS,
         concurrency=args.read_tasks,
     )
     fast_path = FastPath(
@@ -196,12 +206,15 @@ def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSetting
             num_gpus=getattr(args, f"{stage}_gpus"),
             accelerator_type=getattr(args, f"{stage}_accelerator_type"),
         )
-    for batch in ds.iter_batches(batch_format="pandas", batch_size=args.decoder_batch_size):  # results as they come
-        yield to_result_rows(batch, model, declared)
+    yield from ds.iter_batches(batch_format="pandas", batch_size=args.decoder_batch_size)  # results as they come
 
 
 def drop_done(rows: pa.Table, done: pa.Array) -> pa.Table:
     return rows.filter(pc.invert(pc.is_in(rows["id"], value_set=done)))
+
+
+def keep_only(rows: pa.Table, ids: pa.Array) -> pa.Table:
+    return rows.filter(pc.is_in(rows["id"], value_set=ids))
 
 
 def local_cpus(args) -> int:

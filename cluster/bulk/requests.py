@@ -32,6 +32,7 @@ class RequestBuilder:
     lora: LoraSettings
     defaults: dict
     images: ImageReader
+    seeds: dict[str, int] | None = None  # rows made again (a guard's retry): id -> the seed to use instead
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         model = _request_model(self.spec, self.limits, self.lora)
@@ -40,6 +41,8 @@ class RequestBuilder:
         rows = []
         for row in batch.to_dict("records"):
             values = self._values(row, columns)
+            if self.seeds is not None:
+                values["seed"] = self.seeds[row["id"]]
             out = {"id": row["id"], "instruction": row["instruction"], **values, "item": None, "error": None}
             try:
                 uploads = {name: self.images.read(row[name], name) for name in files if _given(row.get(name))}

@@ -12,6 +12,7 @@
   the driver holds is the ids, never every row.
 """
 
+import dataclasses
 import functools
 import time
 import uuid
@@ -26,9 +27,14 @@ import pyarrow.parquet as pq
 from cluster.bulk.manifest import parameter_columns
 from cluster.bulk.storage import Output
 from deployments.parameters import EditParameters, json_types
+from deployments.quality import QualityReport
 
 STAGE_SECONDS = ("encode_s", "denoise_s", "decode_s")
 CACHE_FORWARDS = ("cache_computed", "cache_reused", "cache_predicted")  # a step-cached row's model forwards
+QUALITY = {  # the quality report's fields (deployments/quality.py), a column each
+    field.name: pa.string() if field.type is str else pa.float64() for field in dataclasses.fields(QualityReport)
+}
+GUARD = {"guard_verdict": pa.string(), "guard_crossed": pa.string(), "retried_from_seed": pa.int64()}  # cluster/bulk/guarding.py
 TIMES = ("started_at", "finished_at")
 COLUMN_TYPES = {  # a declared field's JSON type -> its results column's Arrow type
     "integer": pa.int64(),
@@ -43,8 +49,8 @@ SUFFIX = ".parquet"
 
 @functools.cache
 def result_schema(declared: type[EditParameters]) -> pa.Schema:
-    """A results row: what became of the id, every parameter it was edited with (the family's), and
-    how long each stage took it."""
+    """A results row: what became of the id, every parameter it was edited with (the family's), how
+    long each stage took it, the edited image's quality report and its guard's verdict."""
     text = ("id", "status", "output", "error", "model", "instruction")
     fields = [pa.field(name, pa.string()) for name in text]
     for name, field in parameter_columns(declared).items():
@@ -52,6 +58,7 @@ def result_schema(declared: type[EditParameters]) -> pa.Schema:
         fields.append(pa.field(name, COLUMN_TYPES[json_type]))
     fields += [pa.field(name, pa.float64()) for name in STAGE_SECONDS]
     fields += [pa.field(name, pa.int64()) for name in CACHE_FORWARDS]
+    fields += [pa.field(name, kind) for name, kind in {**QUALITY, **GUARD}.items()]
     fields += [pa.field(name, pa.timestamp("us", tz="UTC")) for name in TIMES]
     return pa.schema(fields)
 
@@ -59,7 +66,9 @@ def result_schema(declared: type[EditParameters]) -> pa.Schema:
 def to_result_rows(batch: pd.DataFrame, model: str, declared: type[EditParameters]) -> pa.Table:
     """The pipeline's last frame as result rows of the results schema."""
     ok = batch["error"].isna()
-    rows = batch.assign(status=np.where(ok, "ok", "error"), output=batch["item"].where(ok, None), model=model)
+    rows = batch.assign(status=np.where(ok, "ok", "error"), model=model)
+    if "output" in rows:  # the image of a row its guard failed is written, but is no result
+        rows["output"] = rows["output"].where(ok, None)
     schema = result_schema(declared)
     for name in schema.names:
         if name not in rows:  # no row of the batch had a value (e.g. every row failed before that stage)

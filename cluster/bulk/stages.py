@@ -15,6 +15,7 @@ steps within the token budget and row limit, so bulk has the online memory bound
 admission.
 """
 
+import dataclasses
 import logging
 import time
 from concurrent.futures import wait
@@ -24,6 +25,7 @@ import ray.util.metrics
 
 from cluster.bulk.storage import Output, safe_name
 from deployments import metrics
+from deployments.contracts import EditedImage
 from deployments.decoder import Decoder
 from deployments.denoise_loop import DenoiseLoop
 from deployments.denoiser import Denoiser
@@ -142,7 +144,8 @@ class DenoiseActor(StageActor):
 
 
 class DecodeActor(StageActor):
-    """Decodes and writes each image atomically to OUT/images/; the row keeps only its path."""
+    """Decodes and writes each image atomically to OUT/images/; the row keeps its path (`output`) and
+    its quality report's columns."""
 
     stage, verb = "decode", "decoding"
     engine_class = Decoder
@@ -154,11 +157,19 @@ class DecodeActor(StageActor):
     def run(self, items, alone):
         return each_or_error(lambda latents: self._write(self.engine.decode(latents)), items, self.verb)
 
-    def _write(self, edited) -> str:
-        extension = "jpg" if edited.format == "jpeg" else edited.format
-        relative = f"images/{safe_name(edited.request_id)}.{extension}"
+    def report(self, edited: EditedImage) -> dict:
+        return {"output": self._written(edited), **(edited.quality or {})}
+
+    def _write(self, edited: EditedImage) -> EditedImage:
+        relative = self._written(edited)
         try:
             self.output.write(relative, edited.data)
         except OSError as error:
             raise EditError(f"output: {relative} could not be written ({error})", "output") from error
-        return relative
+        return dataclasses.replace(edited, data=b"")  # the bytes are written; the row need not carry them on
+
+    @staticmethod
+    def _written(edited: EditedImage) -> str:
+        """Where the row's image is written, relative to OUT."""
+        extension = "jpg" if edited.format == "jpeg" else edited.format
+        return f"images/{safe_name(edited.request_id)}.{extension}"

@@ -17,6 +17,8 @@ class Tally:
     skipped: int = 0  # ids already `ok` from an earlier run
     ok: int = 0
     error: int = 0
+    flagged: int = 0  # `ok` rows whose guard flagged them (cluster/bulk/guarding.py)
+    retried: int = 0  # `ok` rows made again with their next seed, whose retry passed the guard
     started: float = field(default_factory=time.perf_counter)
     first_started_at: datetime | None = None  # when the engine took its first row
     last_finished_at: datetime | None = None  # when it was done with its last
@@ -30,6 +32,8 @@ class Tally:
         self.ok, self.error = self.ok + ok, self.error + error
         for status, count in (("ok", ok), ("error", error)):
             metrics.BULK_ROWS.inc(count, model=self.model, status=status)
+        self.flagged += pc.sum(pc.equal(rows["guard_verdict"], "flagged")).as_py() or 0
+        self.retried += pc.sum(pc.equal(rows["guard_verdict"], "retried")).as_py() or 0
         first, last = pc.min(rows["started_at"]).as_py(), pc.max(rows["finished_at"]).as_py()
         if first is not None:
             self.first_started_at = first if self.first_started_at is None else min(first, self.first_started_at)
@@ -53,9 +57,11 @@ class Tally:
         wall = time.perf_counter() - self.started
         driver_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
         return (
-            f"{'ok':>8} {'error':>8} {'skipped':>8} {'rows/s':>8} {'running':>8} {'wall s':>8} {'driver MB':>10}\n"
-            f"{self.ok:>8} {self.error:>8} {self.skipped:>8} {self.rows_per_s():>8.2f} "
+            f"{'ok':>8} {'error':>8} {'skipped':>8} {'flagged':>8} {'retried':>8} {'rows/s':>8} {'running':>8} {'wall s':>8} "
+            f"{'driver MB':>10}\n"
+            f"{self.ok:>8} {self.error:>8} {self.skipped:>8} {self.flagged:>8} {self.retried:>8} {self.rows_per_s():>8.2f} "
             f"{self.running_rows_per_s():>8.2f} {wall:>8.1f} {driver_mb:>10}\n"
+            "flagged, retried: ok rows their guard flagged, or made again with the next seed and then passed; "
             "rows/s: over the whole run, start-up included; running: from the engine's first row to its last; "
             "driver MB: the driver's peak resident memory"
         )

@@ -27,6 +27,7 @@ from deployments.families import ancestral_noise
 from deployments.families.base import DenoiseJob, Footprint, ModelFamily, TensorSpec
 from deployments.families.batch_invariance import make_per_row_linears_batch_invariant
 from deployments.models import ModelSpec
+from deployments.quality import reference_of
 
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 # Previews need the clean sample each step predicts: x0 = x - sigma * eps, the k-diffusion form these use.
@@ -98,6 +99,7 @@ class InstructPix2Pix(ModelFamily):
             img_shapes=(grid, grid),
             height=height,
             width=width,
+            reference=reference_of(image, None, (width, height), image.size),
         )
 
     def _working_size(self, image: Image.Image) -> tuple[int, int]:

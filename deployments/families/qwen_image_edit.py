@@ -33,6 +33,7 @@ from deployments.families.step_caching import (
     summed_report,
 )
 from deployments.models import ModelSpec
+from deployments.quality import reference_of
 
 PIPELINES = {cls.__name__: cls for cls in (QwenImageEditPipeline, QwenImageEditPlusPipeline)}
 ALL_COMPONENTS = ("scheduler", "vae", "text_encoder", "tokenizer", "processor", "transformer")
@@ -83,7 +84,7 @@ class QwenImageEdit(MaskedEdits, ModelFamily):
         true_cfg = parameters.negative_prompt is not None and parameters.true_cfg_scale > 1  # diffusers' rule
         self._check_prompts(parameters, true_cfg, self.pipe.processor.tokenizer, self.spec.settings.max_prompt_tokens)
         width, height = self._output_size(parameters.output_size, images)
-        edit_area = None
+        input_size, edit_area = images[0].size, None
         if parameters.masked:  # the mask applies to image 1 (its canvas, when outpainting), at its latent grid
             images, edit_area = self._masked_images(parameters, images)
         condition_images, vae_images, vae_sizes = self._prepare_images(images, exact_first=parameters.placement is not None)
@@ -110,6 +111,7 @@ class QwenImageEdit(MaskedEdits, ModelFamily):
             img_shapes=((1, height // scale, width // scale), *[(1, h // scale, w // scale) for w, h in vae_sizes]),
             height=height,
             width=width,
+            reference=reference_of(images[0], edit_area, (width, height), input_size),
         )
 
     def _prepare_images(self, images: list[Image.Image], exact_first: bool = False):

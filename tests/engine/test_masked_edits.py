@@ -14,7 +14,7 @@ from PIL import Image
 from deployments.contracts import Latents, OutputSpec
 from deployments.errors import InvalidInputError
 from deployments.families.qwen_image_edit_parameters import first_step
-from deployments.images import decode_image
+from deployments.images import decode_image, quantized
 from deployments.masks import EDIT, outpainting_canvas
 from tests.engine.support import denoise_joining
 from tests.helpers import edit_request, image_bytes, random_image
@@ -138,6 +138,12 @@ def test_outside_the_mask_the_final_latents_are_the_inputs(stages, variant, imag
     )
     assert value > 25
 
+    # The Decoder's quality report measures the same kept area, on the 8-bit image, against the input.
+    report = s.decoder.decode(s.denoiser.denoise([conditioning])[0]).quality
+    out, ref = quantized(pixels)[kept].astype(np.float64), np.asarray(decode_image(images[0]).resize(size, Image.LANCZOS))[kept]
+    assert report["unchanged_psnr_db"] == pytest.approx(10 * np.log10(255**2 / np.mean((out - ref) ** 2)), abs=1e-5)
+    assert report["input_size"] == "96x64" and report["output_size"] == "320x224" and 0 < report["unchanged_ssim"] < 1
+
 
 @pytest.mark.parametrize("variant, images, mask", MASKED_FAMILIES)
 def test_an_all_edit_mask_at_strength_1_adds_nothing_to_the_edit(stages, variant, images, mask):
@@ -223,6 +229,8 @@ def test_outpainting_makes_the_asked_size_and_keeps_the_placed_image(stages, var
     assert top.all() and right.all() and not placed.any()  # the new area is edited, the placed image's left part kept
     edited = s.decoder.decode(s.denoiser.denoise([conditioning])[0])
     assert (edited.width, edited.height) == (128, 80)
+    assert (edited.quality["input_size"], edited.quality["output_size"]) == ("40x48", "128x80")
+    assert edited.quality["aspect_ratio_change"] == pytest.approx((128 / 80) / (40 / 48) - 1, abs=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,7 @@ def test_edit_equals_in_process_engine(client, engine):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["data"][0]["seed"] == 42 and body["output_format"] == "png"
+    assert body["data"][0]["quality_report"]["output_size"] == body["size"]  # deployments/quality.py; tests/serve/test_guards_api.py
     expected = engine([PHOTO], prompt="make the sky pink", negative_prompt="blurry", seed=42, num_inference_steps=2)
     assert_same_image(body["data"][0]["b64_json"], expected)
 

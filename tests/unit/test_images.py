@@ -4,7 +4,7 @@ from PIL import Image
 
 from deployments.contracts import OutputSpec
 from deployments.errors import InvalidInputError
-from deployments.images import decode_image, encode_image
+from deployments.images import decode_image, encode_image, quantized
 from tests.helpers import image_bytes, random_image
 
 
@@ -61,12 +61,12 @@ def test_transparent_pixels_become_white():
 @pytest.mark.parametrize("fmt, magic", [("png", b"\x89PNG"), ("jpeg", b"\xff\xd8"), ("webp", b"RIFF")])
 def test_encode_image_formats(fmt, magic):
     pixels = np.random.RandomState(0).rand(24, 32, 3).astype(np.float32)
-    data = encode_image(pixels, OutputSpec(format=fmt, compression=90))
+    data = encode_image(quantized(pixels), OutputSpec(format=fmt, compression=90))
     assert data.startswith(magic)
     assert Image.open(__import__("io").BytesIO(data)).size == (32, 24)
 
 
 def test_png_is_diffusers_quantization():
     pixels = np.random.RandomState(0).rand(8, 8, 3).astype(np.float32)
-    decoded = np.asarray(decode_image(encode_image(pixels, OutputSpec())))
+    decoded = np.asarray(decode_image(encode_image(quantized(pixels), OutputSpec())))
     assert np.array_equal(decoded, (pixels * 255).round().astype(np.uint8))
