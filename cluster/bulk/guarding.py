@@ -55,7 +55,8 @@ class Guarding:
             columns["retried_from_seed"][i] = verdict.retried_from_seed
             kept.append(i)
             self._count(verdict.verdict)
-        return batch.assign(error=errors, **columns).iloc[kept]
+        # `item` (the last stage's contract) is no result column, and pandas can't select rows of it
+        return batch.drop(columns="item").assign(error=errors, **columns).iloc[kept]
 
     def _count(self, verdict: str) -> None:
         metrics.GUARD_VERDICTS.inc(model=self.model, verdict=verdict)

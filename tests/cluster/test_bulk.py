@@ -326,3 +326,56 @@ def test_bulk_rows_take_a_step_cache_column_and_report_their_forwards(tiny_check
     expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
     bulk = np.asarray(Image.open(out / results.loc["default", "output"]), dtype=np.int16)
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
+
+
+def test_bulk_rows_report_quality_and_their_guards_flag_retry_and_fail(tiny_checkpoints, tmp_path):
+    """A `guard` column per row: results carry every row's quality report and its guard's verdict; a row
+    whose guard says retry is made again with the next seed (a second pass), one whose guard fails is
+    an error naming the guard; the summary counts flagged and retried rows."""
+    model = tiny_checkpoints["edit-plus"]
+    upload = image_bytes(random_image(64, 48, seed=2))
+    (tmp_path / "in.png").write_bytes(upload)
+    encoder, denoiser, decoder = Encoder(model), Denoiser(model), Decoder(model)
+    engine = {
+        seed: decoder.decode(denoiser.denoise([encoder.encode(edit_request(model, [upload], prompt="make it autumn", seed=seed,
+                                                                            num_inference_steps=2))])[0])
+        for seed in (0, 1)
+    }
+    changed = {seed: image.quality["changed_fraction"] for seed, image in engine.items()}
+    between = (changed[0] + changed[1]) / 2
+    passes_only_seed_1 = {"max_changed_fraction": between} if changed[0] > changed[1] else {"min_changed_fraction": between}
+    rows = {  # id -> guard
+        "plain": None,
+        "passed": {"max_changed_fraction": 1},
+        "flagged": {"max_changed_fraction": 0},
+        "retried": {**passes_only_seed_1, "action": "retry"},
+        "retried-flagged": {"max_changed_fraction": 0, "action": "retry"},
+        "failed": {"max_changed_fraction": 0, "action": "fail"},
+    }
+    table = pa.Table.from_pylist(
+        [{"id": row_id, "image": "in.png", "instruction": "make it autumn", "guard": guard and json.dumps(guard)}
+         for row_id, guard in rows.items()],
+        schema=pa.schema([("id", pa.string()), ("image", pa.string()), ("instruction", pa.string()), ("guard", pa.string())]),
+    )
+    pq.write_table(table, tmp_path / "manifest.parquet")
+    out = tmp_path / "out"
+    done = subprocess.run(bulk_command(tmp_path / "manifest.parquet", out, model), capture_output=True, text=True, timeout=480)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]  # the failed row
+    table = check_exactly_once(out, tmp_path / "manifest.parquet", failing={"failed"}).set_index("id")
+    verdicts = [None if pd.isna(verdict) else verdict for verdict in table["guard_verdict"]]
+    assert dict(zip(table.index, verdicts)) == {
+        "plain": None, "passed": "passed", "flagged": "flagged", "retried": "retried", "retried-flagged": "flagged", "failed": "failed",
+    }
+    assert table.loc["failed", "error"].startswith("guard: the edited image crossed its limits (changed_fraction")
+    assert pd.isna(table.loc["failed", "output"])
+    assert table.loc["flagged", "guard_crossed"] == f"changed_fraction {table.loc['flagged', 'changed_fraction']:g} is above max_changed_fraction 0"
+    assert table.loc[["retried", "retried-flagged"], "retried_from_seed"].tolist() == [0, 0]
+    assert table.loc[["retried", "retried-flagged", "plain"], "seed"].tolist() == [1, 1, 0]
+    assert table.loc["retried", "changed_fraction"] == pytest.approx(changed[1], abs=1e-3)
+    for column, value in engine[0].quality.items():  # the whole report, a column each (pixels may differ by 1 level)
+        assert table.loc["plain", column] == (value if isinstance(value, str) else pytest.approx(value, abs=1e-3))
+    summary = done.stdout.splitlines()
+    header = summary.index(next(line for line in summary if line.split()[:5] == ["ok", "error", "skipped", "flagged", "retried"]))
+    assert summary[header + 1].split()[:5] == ["5", "1", "0", "2", "1"]
+    retried = np.asarray(Image.open(out / table.loc["retried", "output"]), dtype=np.int16)
+    assert np.abs(retried - np.asarray(Image.open(io.BytesIO(engine[1].data)), dtype=np.int16)).max() <= 1
