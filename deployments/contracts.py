@@ -72,6 +72,7 @@ and `scheduler` come from the request's LoRA adapters (deployments/lora_settings
     scheduler: dict[str, Any] | None = None  # scheduler-config values replacing the checkpoint's (an adapter's schedule)
     cache: Any = None  # the request's step cache setting, or None (deployments/step_cache_settings.py)
     reference: Reference | None = None  # what the Decoder compares the edited image with (deployments/quality.py)
+    provenance: dict[str, Any] | None = None  # how the image is made, but for its seed (deployments/provenance.py)
     timings: dict[str, float] = field(default_factory=dict, compare=False)
 
 
@@ -88,6 +89,7 @@ class Latents:
     timings: dict[str, float] = field(default_factory=dict, compare=False)
     cache: dict[str, int] | None = None  # with step caching: the model forwards computed, reused, predicted
     reference: Reference | None = None  # Conditioning.reference (none for a preview)
+    provenance: dict[str, Any] | None = None  # Conditioning.provenance with this image's seed (none for a preview)
 
 
 @dataclass(frozen=True)
@@ -104,4 +106,5 @@ class EditedImage:
     cache: dict[str, int] | None = None  # Latents.cache
     quality: dict[str, Any] | None = None  # how much changed and how well the rest was kept (deployments/quality.py)
     guard: dict[str, Any] | None = None  # the request's guard's verdict on it (deployments/guards.py), if it had one
+    provenance: dict[str, Any] | None = None  # Latents.provenance, also written into `data`
 

@@ -1,7 +1,9 @@
 """Stage 3, Decoder: Latents -> EditedImage.
 
 Loads: the VAE only. Turns the family's latents back into VAE latents (unpacks, de-normalizes),
-VAE-decodes, post-processes exactly as diffusers does and encodes the image as PNG, JPEG or WebP.
+VAE-decodes, post-processes exactly as diffusers does and encodes the image as PNG, JPEG or WebP
+with its provenance record (deployments/provenance.py); reports the image's quality against its input
+(deployments/quality.py).
 """
 
 import numpy as np
@@ -30,7 +32,7 @@ class Decoder:
         reference = latents.reference
         return EditedImage(
             request_id=latents.request_id,
-            data=encode_image(image, latents.output),
+            data=encode_image(image, latents.output, latents.provenance),
             format=latents.output.format,
             width=image.shape[1],
             height=image.shape[0],
@@ -38,6 +40,7 @@ class Decoder:
             timings=latents.timings,
             cache=latents.cache,
             quality=None if reference is None else quality_report(torch.from_numpy(image), reference).as_dict(),
+            provenance=latents.provenance,
         )
 
     def decode_batch(self, batch: list[Latents]) -> list[EditedImage | EditError]:

@@ -15,7 +15,7 @@ A request's adapters must be loaded before it starts: `adapters_ready` loads the
 
 import torch
 
-from deployments import metrics
+from deployments import metrics, provenance
 from deployments.adapter_store import AdapterStore
 from deployments.contracts import Conditioning, Latents
 from deployments.errors import EditError, failed_alone
@@ -146,7 +146,7 @@ class Denoiser:
         job.step_index += 1
 
     def finish(self, job: DenoiseJob) -> Latents:
-        latents = self._as_latents(job, job.latents, job.conditioning.reference)
+        latents = self._as_latents(job, job.latents, final=True)
         if latents.cache is not None:  # a step-cached request: how its forwards went
             for outcome, forwards in latents.cache.items():
                 metrics.CACHE_FORWARDS.inc(forwards, model=self.model_name, outcome=outcome)
@@ -159,8 +159,9 @@ class Denoiser:
         preview, job.preview = job.preview, None
         return None if preview is None else self._as_latents(job, preview)
 
-    def _as_latents(self, job: DenoiseJob, latents, reference=None) -> Latents:
-        """The job's `latents` for the Decoder; `reference` only for the final image (a preview gets no report)."""
+    def _as_latents(self, job: DenoiseJob, latents, final: bool = False) -> Latents:
+        """The job's `latents` for the Decoder; the `final` image's with what its quality report and
+        provenance need (a preview has neither)."""
         c = job.conditioning
         return Latents(
             request_id=c.request_id,
@@ -171,5 +172,6 @@ class Denoiser:
             output=c.output,
             timings=c.timings,
             cache=self.family.cache_report(job),
-            reference=reference,
+            reference=c.reference if final else None,
+            provenance=provenance.with_seed(c.provenance, c.seed) if final and c.provenance is not None else None,
         )

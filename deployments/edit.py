@@ -13,15 +13,16 @@ import logging
 import time
 from pathlib import Path
 
-from deployments.contracts import EditRequest
+from deployments.contracts import EditedImage, EditRequest
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from deployments.errors import EditError
 from deployments.generated import ensure_generated
+from deployments.lora_settings import LoraSettings
 from deployments.models import resolve_model
 from deployments.parameter_flags import add_parameter_flags, given
-from deployments.parameters import parse
+from deployments.parameters import EditParameters, parse
 from deployments.settings import model_from_env
 
 logger = logging.getLogger(__name__)
@@ -46,15 +47,20 @@ def main() -> int:
         values = {"seed": 0, **given(args, flags), "output_format": output_format}
         images = [path.read_bytes() for path in args.images]
         parameters = parse(spec.request_model(), {**values, "prompt": args.prompt, "image": images})
-        encoder, denoiser, decoder = Encoder(model), Denoiser(model), Decoder(model)
-        start = time.perf_counter()
-        edited = decoder.decode(denoiser.denoise([encoder.encode(EditRequest(parameters))])[0])
+        edited = edit_in_process(model, parameters)
     except EditError as e:
         parser.exit(2, f"error: {e.message}\n")
     args.out.write_bytes(edited.data)
-    logger.info("wrote %s (%dx%d %s) in %.2fs with %s", args.out, edited.width, edited.height, edited.format,
-                time.perf_counter() - start, model)
     return 0
+
+
+def edit_in_process(model: str, parameters: EditParameters, lora: LoraSettings = LoraSettings()) -> EditedImage:
+    """One edit through the three stages in this process (`lora`: the adapters it may name)."""
+    encoder, denoiser, decoder = Encoder(model, lora=lora), Denoiser(model, lora=lora), Decoder(model)
+    start = time.perf_counter()
+    edited = decoder.decode(denoiser.denoise([encoder.encode(EditRequest(parameters))])[0])
+    logger.info("made a %dx%d %s in %.2fs with %s", edited.width, edited.height, edited.format, time.perf_counter() - start, model)
+    return edited
 
 
 if __name__ == "__main__":

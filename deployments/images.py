@@ -9,6 +9,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deployments.contracts import OutputSpec
 from deployments.errors import InvalidInputError
+from deployments.provenance import save_options
 
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 ACCEPTED = "PNG, JPEG or WebP"
@@ -121,12 +122,11 @@ def quantized(pixels: np.ndarray) -> np.ndarray:
     return (pixels * 255).round().astype("uint8")
 
 
-def encode_image(image: np.ndarray, output: OutputSpec) -> bytes:
-    """Encodes an (H, W, 3) uint8 image (`quantized`)."""
-    image = Image.fromarray(image)
+def encode_image(image: np.ndarray, output: OutputSpec, provenance: dict | None = None) -> bytes:
+    """Encodes an (H, W, 3) uint8 image (`quantized`), with its provenance record if given."""
+    options = {} if output.format == "png" else {"quality": output.compression}
+    if provenance is not None:
+        options.update(save_options(provenance, output.format))
     buffer = io.BytesIO()
-    if output.format == "png":
-        image.save(buffer, format="PNG")
-    else:
-        image.save(buffer, format=PIL_FORMATS[output.format], quality=output.compression)
+    Image.fromarray(image).save(buffer, format=PIL_FORMATS[output.format], **options)
     return buffer.getvalue()

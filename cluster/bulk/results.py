@@ -51,7 +51,7 @@ SUFFIX = ".parquet"
 def result_schema(declared: type[EditParameters]) -> pa.Schema:
     """A results row: what became of the id, every parameter it was edited with (the family's), how
     long each stage took it, the edited image's quality report and its guard's verdict."""
-    text = ("id", "status", "output", "error", "model", "instruction")
+    text = ("id", "status", "output", "error", "model", "instruction", "provenance")  # provenance: the image's record, JSON
     fields = [pa.field(name, pa.string()) for name in text]
     for name, field in parameter_columns(declared).items():
         (json_type,) = json_types(field)  # one JSON type per declared field (null aside)

@@ -24,7 +24,7 @@ import pandas as pd
 import ray.util.metrics
 
 from cluster.bulk.storage import Output, safe_name
-from deployments import metrics
+from deployments import metrics, provenance
 from deployments.contracts import EditedImage
 from deployments.decoder import Decoder
 from deployments.denoise_loop import DenoiseLoop
@@ -144,8 +144,8 @@ class DenoiseActor(StageActor):
 
 
 class DecodeActor(StageActor):
-    """Decodes and writes each image atomically to OUT/images/; the row keeps its path (`output`) and
-    its quality report's columns."""
+    """Decodes and writes each image atomically to OUT/images/; the row keeps its path (`output`), its
+    quality report's columns and its provenance."""
 
     stage, verb = "decode", "decoding"
     engine_class = Decoder
@@ -158,7 +158,8 @@ class DecodeActor(StageActor):
         return each_or_error(lambda latents: self._write(self.engine.decode(latents)), items, self.verb)
 
     def report(self, edited: EditedImage) -> dict:
-        return {"output": self._written(edited), **(edited.quality or {})}
+        """Where the image is, its quality report and its provenance record (as the image carries it)."""
+        return {"output": self._written(edited), **(edited.quality or {}), "provenance": provenance.as_text(edited.provenance)}
 
     def _write(self, edited: EditedImage) -> EditedImage:
         relative = self._written(edited)

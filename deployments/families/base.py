@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deployments import provenance
 from deployments.contracts import Conditioning, EditRequest, Latents
 from deployments.errors import InvalidInputError, ModelLoadError
 from deployments.families import declaration
@@ -202,9 +203,15 @@ class ModelFamily(ABC):
             adapters=request.parameters.adapters,
             scheduler=self.scheduler_of(request.parameters),
             cache=request.parameters.cache,
+            provenance=provenance.record(request.parameters, self.spec.model_id, self.adapter_sources),
             timings=request.timings,
             **encoded,
         )
+
+    @functools.cached_property
+    def adapter_sources(self) -> dict[str, str]:
+        """Each offered adapter's file or hub id, by name (for provenance records)."""
+        return {name: adapter.source for name, adapter in self.lora.adapters.items()}
 
     def checked_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """`tensors`, if they are what this family's Conditioning declares (as diffusers' modular blocks

@@ -19,6 +19,7 @@ import yaml
 from PIL import Image
 
 from cluster.bulk.storage import safe_name
+from deployments import provenance
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
@@ -377,5 +378,7 @@ def test_bulk_rows_report_quality_and_their_guards_flag_retry_and_fail(tiny_chec
     summary = done.stdout.splitlines()
     header = summary.index(next(line for line in summary if line.split()[:5] == ["ok", "error", "skipped", "flagged", "retried"]))
     assert summary[header + 1].split()[:5] == ["5", "1", "0", "2", "1"]
+    record = provenance.read((out / table.loc["retried", "output"]).read_bytes())  # the image's record, also a column
+    assert json.loads(table.loc["retried", "provenance"]) == record and record["parameters"]["seed"] == 1
     retried = np.asarray(Image.open(out / table.loc["retried", "output"]), dtype=np.int16)
     assert np.abs(retried - np.asarray(Image.open(io.BytesIO(engine[1].data)), dtype=np.int16)).max() <= 1

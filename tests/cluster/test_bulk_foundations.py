@@ -167,12 +167,13 @@ def test_running_rate_counts_from_the_engines_first_row_to_its_last():
             "status": statuses,
             "started_at": pa.array([at(s) for s in started], timestamp),
             "finished_at": pa.array([at(s) for s in finished], timestamp),
+            "guard_verdict": pa.array(["flagged" if status == "ok" else None for status in statuses], pa.string()),
         })
 
     tally = Tally(model="tiny", skipped=3)
     tally.add(rows(["ok", "error"], [100.0, None], [101.0, None]))  # the error never reached the engine
     tally.add(rows(["ok", "ok"], [101.0, 102.0], [103.0, 104.0]))
-    assert (tally.ok, tally.error, tally.skipped) == (3, 1, 3)
+    assert (tally.ok, tally.error, tally.skipped, tally.flagged) == (3, 1, 3, 3)
     assert tally.running_rows_per_s() == pytest.approx(4 / 4.0)
     assert "running" in tally.summary().splitlines()[0]
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deployments import provenance
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
@@ -53,6 +54,8 @@ def test_edit_equals_in_process_engine(client, engine):
     body = response.json()
     assert body["data"][0]["seed"] == 42 and body["output_format"] == "png"
     assert body["data"][0]["quality_report"]["output_size"] == body["size"]  # deployments/quality.py; tests/serve/test_guards_api.py
+    record = provenance.read(base64.b64decode(body["data"][0]["b64_json"]))  # tests/engine/test_provenance.py
+    assert record["parameters"]["seed"] == 42 and record["parameters"]["negative_prompt"] == "blurry"
     expected = engine([PHOTO], prompt="make the sky pink", negative_prompt="blurry", seed=42, num_inference_steps=2)
     assert_same_image(body["data"][0]["b64_json"], expected)
 

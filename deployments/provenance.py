@@ -1,0 +1,102 @@
+"""How an edited image was made, written into the image itself and read back from it.
+
+The record (JSON) names the model (checkpoint id and family), every request value that decides the
+pixels (prompt, steps, guidance, size, strength, adapters with their scales and sources, step cache,
+output format; not `n` or `guard`, which don't), the image's own seed, the SHA-256 of each input file
+(the images in order, the mask) and the versions of this project, diffusers and torch. Images made
+from the same record and inputs on the same software are the same, byte for byte: `python -m
+deployments.rerun` makes one again from an image's record and its input files.
+
+Where it goes: PNG, an iTXt chunk `provenance`; JPEG and WebP, an XMP packet whose
+`qec:provenance` property holds the JSON (the `xmp` entry of Pillow's `Image.info`).
+"""
+
+import hashlib
+import importlib.metadata
+import io
+import json
+import xml.etree.ElementTree as ElementTree
+from functools import cache
+from typing import Any
+from xml.sax.saxutils import escape
+
+from PIL import Image, PngImagePlugin
+
+from deployments.errors import InvalidInputError
+from deployments.parameters import EditParameters
+
+KEY = "provenance"
+NAMESPACE = "https://github.com/qwen-edit-cluster/xmp/1.0/"
+XMP = (
+    '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    f'<rdf:Description rdf:about="" xmlns:qec="{NAMESPACE}"><qec:provenance>{{}}</qec:provenance></rdf:Description>'
+    '</rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+)
+NOT_RECORDED = ("n", "seed", "guard")  # n and seed: the record has the image's own seed; guard never changes pixels
+
+
+def record(parameters: EditParameters, model_id: str, adapter_sources: dict[str, str]) -> dict[str, Any]:
+    """The request's provenance, but for the seed (each image has its own: `with_seed`)."""
+    files = parameters.file_fields()
+    values = parameters.model_dump(mode="json", exclude={*files, *NOT_RECORDED})
+    inputs = {name: _hashes(getattr(parameters, name)) for name in files if getattr(parameters, name) is not None}
+    return {
+        "model": model_id,
+        "family": parameters.family,
+        "parameters": values,
+        "adapter_sources": {name: adapter_sources[name] for name, _ in parameters.adapters},
+        "inputs_sha256": inputs,
+        "software": software(),
+    }
+
+
+def with_seed(provenance: dict[str, Any], seed: int) -> dict[str, Any]:
+    return {**provenance, "parameters": {**provenance["parameters"], "seed": seed}}
+
+
+@cache
+def software() -> dict[str, str]:
+    return {name: importlib.metadata.version(name) for name in ("qwen-edit-cluster", "diffusers", "torch")}
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _hashes(files: bytes | list[bytes]) -> str | list[str]:
+    return [sha256(data) for data in files] if isinstance(files, list) else sha256(files)
+
+
+def as_text(provenance: dict[str, Any]) -> str:
+    """The record as it is written: JSON with sorted keys (the same record, the same bytes)."""
+    return json.dumps(provenance, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def save_options(provenance: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """Pillow `save` options that write the record into an image of `fmt`."""
+    text = as_text(provenance)
+    if fmt == "png":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt(KEY, text)
+        return {"pnginfo": info}
+    return {"xmp": XMP.format(escape(text)).encode("utf-8")}
+
+
+def read(data: bytes) -> dict[str, Any]:
+    """The record an edited image carries; InvalidInputError (param `image`) if it has none."""
+    image = Image.open(io.BytesIO(data))
+    if image.format == "PNG":
+        text = image.text.get(KEY)
+    else:
+        text = _from_xmp(image.info.get("xmp"))
+    if text is None:
+        raise InvalidInputError("image", f"carries no provenance record (a {image.format} file not made by this project)")
+    return json.loads(text)
+
+
+def _from_xmp(xmp: bytes | None) -> str | None:
+    if not xmp:
+        return None
+    found = ElementTree.fromstring(xmp.decode("utf-8").split("?>", 1)[1].rsplit("<?xpacket", 1)[0]).find(f".//{{{NAMESPACE}}}{KEY}")
+    return None if found is None else found.text

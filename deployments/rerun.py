@@ -1,0 +1,84 @@
+"""Makes an edited image again from the provenance record it carries (deployments/provenance.py):
+
+    python -m deployments.rerun EDITED.png --image INPUT.png [--image INPUT2.png] [--mask MASK.png] --out AGAIN.png
+
+The record has the model, every parameter and the seed, but only the SHA-256 of each input file: give
+the same files (checked against the record). With the same model and software versions the result is
+the same file, byte for byte; the command says whether it is. `--limits` and `--adapters` are the
+original deployment's (a Serve config file), when the record goes beyond the default limits or names
+adapters other than the checkpoint's own.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from deployments import provenance
+from deployments.edit import edit_in_process
+from deployments.errors import EditError, InvalidInputError
+from deployments.generated import ensure_generated
+from deployments.limits import Limits
+from deployments.lora_settings import LoraSettings
+from deployments.models import resolve_model
+from deployments.parameters import parse
+from deployments.settings import load_app_settings
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("edited", type=Path, help="an image this project made (PNG, JPEG or WebP)")
+    parser.add_argument("--image", type=Path, action="append", required=True, help="the input image(s), in order")
+    parser.add_argument("--mask", type=Path, default=None, help="the mask, if the record has one")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the image made again")
+    parser.add_argument("--model", default=None, help="the checkpoint, if not where the record says (its id or directory)")
+    parser.add_argument("--limits", type=Path, default=None, help="a Serve config file (its `limits`) or a YAML mapping of them")
+    parser.add_argument("--adapters", type=Path, default=None, help="a Serve config file (its `lora`) or a YAML mapping of them")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        edited = args.edited.read_bytes()
+        record = provenance.read(edited)
+        model = args.model or record["model"]
+        ensure_generated(model)
+        spec = resolve_model(model)
+        lora = load_app_settings(args.adapters, "lora", LoraSettings).offering_checkpoint_adapters(spec.path)
+        files = {"image": [path.read_bytes() for path in args.image], **({"mask": args.mask.read_bytes()} if args.mask else {})}
+        _check_inputs(record, files)
+        _check_adapters(record, lora)
+        parameters = parse(spec.request_model(load_app_settings(args.limits, "limits", Limits), lora), {**record["parameters"], **files})
+        again = edit_in_process(model, parameters, lora)
+    except EditError as e:
+        parser.exit(2, f"error: {e.message}\n")
+    args.out.write_bytes(again.data)
+    if again.data == edited:
+        print(f"{args.out}: the same file as {args.edited}, byte for byte")
+        return 0
+    differs = {name: (was, now) for name, was in record["software"].items() if (now := provenance.software()[name]) != was}
+    print(f"{args.out}: differs from {args.edited}" + (f"; other software versions (was, now): {differs}" if differs else ""))
+    return 1
+
+
+def _check_inputs(record: dict, files: dict) -> None:
+    """Refuses input files other than those the record was made from, naming the first that differs."""
+    recorded = record["inputs_sha256"]
+    if set(files) != set(recorded):
+        raise InvalidInputError("mask", f"the record {'has' if 'mask' in recorded else 'has no'} mask; give --mask only with one")
+    for name, hashes in recorded.items():
+        given = [provenance.sha256(data) for data in files[name]] if name == "image" else provenance.sha256(files[name])
+        if given != hashes:
+            count = f" ({len(hashes)} in the record, {len(given)} given)" if name == "image" and len(given) != len(hashes) else ""
+            raise InvalidInputError(name, f"is not the file the image was made from{count} (its SHA-256 differs from the record's)")
+
+
+def _check_adapters(record: dict, lora: LoraSettings) -> None:
+    for name, source in record["adapter_sources"].items():
+        offered = lora.adapters.get(name)
+        if offered is None or offered.source != source:
+            raise InvalidInputError("lora", f"adapter {name!r} was {source}; give --adapters offering it (now: {offered and offered.source})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
