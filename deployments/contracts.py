@@ -41,6 +41,7 @@ class EditRequest:
     parameters: EditParameters
     request_id: str = ""
     timings: dict[str, float] = field(default_factory=dict, compare=False)
+    derived_from: dict[str, Any] | None = None  # a chain's later link: the provenance record of the image it edits
 
     @property
     def output(self) -> OutputSpec:

@@ -47,20 +47,27 @@ def main() -> int:
         values = {"seed": 0, **given(args, flags), "output_format": output_format}
         images = [path.read_bytes() for path in args.images]
         parameters = parse(spec.request_model(), {**values, "prompt": args.prompt, "image": images})
-        edited = edit_in_process(model, parameters)
+        edited = InProcessStages(model).edit(parameters)
     except EditError as e:
         parser.exit(2, f"error: {e.message}\n")
     args.out.write_bytes(edited.data)
     return 0
 
 
-def edit_in_process(model: str, parameters: EditParameters, lora: LoraSettings = LoraSettings()) -> EditedImage:
-    """One edit through the three stages in this process (`lora`: the adapters it may name)."""
-    encoder, denoiser, decoder = Encoder(model, lora=lora), Denoiser(model, lora=lora), Decoder(model)
-    start = time.perf_counter()
-    edited = decoder.decode(denoiser.denoise([encoder.encode(EditRequest(parameters))])[0])
-    logger.info("made a %dx%d %s in %.2fs with %s", edited.width, edited.height, edited.format, time.perf_counter() - start, model)
-    return edited
+class InProcessStages:
+    """The three stages in this process (`lora`: the adapters requests may name)."""
+
+    def __init__(self, model: str, lora: LoraSettings = LoraSettings()):
+        self.model = model
+        self.encoder, self.denoiser, self.decoder = Encoder(model, lora=lora), Denoiser(model, lora=lora), Decoder(model)
+
+    def edit(self, parameters: EditParameters, derived_from: dict | None = None) -> EditedImage:
+        """One edit (`derived_from`: for a chain's later link, the provenance record of the image it edits)."""
+        start = time.perf_counter()
+        request = EditRequest(parameters, derived_from=derived_from)
+        edited = self.decoder.decode(self.denoiser.denoise([self.encoder.encode(request)])[0])
+        logger.info("made a %dx%d %s in %.2fs with %s", edited.width, edited.height, edited.format, time.perf_counter() - start, self.model)
+        return edited
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ class Limits(BaseModel):
     )
     max_work: int = Field(
         4 * 50 * 1024 * 1024, ge=1,
-        description="Most n x steps x output pixels one request may ask for: bounds what one request can cost.",
+        description="Most n x steps x output pixels one request (each link of a chain) may ask for: bounds what one edit can cost.",
     )
+    max_chain_links: int = Field(4, ge=1, le=16, description="Most links (the request and its `chain`) one request may have.")
     step_cache: StepCachePolicy = Field(
         default_factory=StepCachePolicy, description="Step caching: the default (off) and how aggressive a request may be.",
     )

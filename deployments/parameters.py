@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic import field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from deployments.chains import ChainField
 from deployments.errors import InvalidInputError
 from deployments.guards import GuardField
 from deployments.limits import HARD_MAX_N, HARD_MAX_STEPS, Limits
@@ -123,6 +124,11 @@ class EditParameters(BaseModel):
         "further from the uncached result the more it skips.",
     )
 
+    chain: ChainField = Field(
+        (), title="Chain", description='Further instructions, each applied to the previous one\'s image: a JSON list '
+        'of instructions or objects with a prompt and fields of their own, e.g. ["make it night", {"prompt": '
+        '"add snow", "seed": 3}]. Later links take the request\'s values where they set none.',
+    )
     guard: GuardField = Field(
         None, title="Guard", description='Limits on the edited image\'s quality report and what to do past them: JSON '
         'such as {"max_changed_fraction": 0.3, "min_unchanged_ssim": 0.9, "action": "retry"} (action flag, retry '

@@ -3,7 +3,8 @@
 The record (JSON) names the model (checkpoint id and family), every request value that decides the
 pixels (prompt, steps, guidance, size, strength, adapters with their scales and sources, step cache,
 output format; not `n` or `guard`, which don't), the image's own seed, the SHA-256 of each input file
-(the images in order, the mask) and the versions of this project, diffusers and torch. Images made
+(the images in order, the mask) and the versions of this project, diffusers and torch; a chained
+edit's image also the record of the image it edited (`derived_from`), back to link 1. Images made
 from the same record and inputs on the same software are the same, byte for byte: `python -m
 deployments.rerun` makes one again from an image's record and its input files.
 
@@ -33,15 +34,19 @@ XMP = (
     f'<rdf:Description rdf:about="" xmlns:qec="{NAMESPACE}"><qec:provenance>{{}}</qec:provenance></rdf:Description>'
     '</rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
 )
-NOT_RECORDED = ("n", "seed", "guard")  # n and seed: the record has the image's own seed; guard never changes pixels
+# n and seed: the record has the image's own seed; guard never changes pixels; chain: each link has its record
+NOT_RECORDED = ("n", "seed", "guard", "chain")
 
 
-def record(parameters: EditParameters, model_id: str, adapter_sources: dict[str, str]) -> dict[str, Any]:
-    """The request's provenance, but for the seed (each image has its own: `with_seed`)."""
+def record(
+    parameters: EditParameters, model_id: str, adapter_sources: dict[str, str], derived_from: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The request's provenance, but for the seed (each image has its own: `with_seed`). `derived_from`:
+    for a chain's later link, the record of the image it edits (so a chain's last image records them all)."""
     files = parameters.file_fields()
     values = parameters.model_dump(mode="json", exclude={*files, *NOT_RECORDED})
     inputs = {name: _hashes(getattr(parameters, name)) for name in files if getattr(parameters, name) is not None}
-    return {
+    made = {
         "model": model_id,
         "family": parameters.family,
         "parameters": values,
@@ -49,6 +54,7 @@ def record(parameters: EditParameters, model_id: str, adapter_sources: dict[str,
         "inputs_sha256": inputs,
         "software": software(),
     }
+    return made if derived_from is None else {**made, "derived_from": derived_from}
 
 
 def with_seed(provenance: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -3,7 +3,8 @@
     python -m deployments.rerun EDITED.png --image INPUT.png [--image INPUT2.png] [--mask MASK.png] --out AGAIN.png
 
 The record has the model, every parameter and the seed, but only the SHA-256 of each input file: give
-the same files (checked against the record). With the same model and software versions the result is
+the same files (checked against the record). A chained edit's image is made again link by link from
+the first link's inputs. With the same model and software versions the result is
 the same file, byte for byte; the command says whether it is. `--limits` and `--adapters` are the
 original deployment's (a Serve config file), when the record goes beyond the default limits or names
 adapters other than the checkpoint's own.
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from deployments import provenance
-from deployments.edit import edit_in_process
+from deployments.edit import InProcessStages
 from deployments.errors import EditError, InvalidInputError
 from deployments.generated import ensure_generated
 from deployments.limits import Limits
@@ -46,10 +47,8 @@ def main(argv=None) -> int:
         spec = resolve_model(model)
         lora = load_app_settings(args.adapters, "lora", LoraSettings).offering_checkpoint_adapters(spec.path)
         files = {"image": [path.read_bytes() for path in args.image], **({"mask": args.mask.read_bytes()} if args.mask else {})}
-        _check_inputs(record, files)
-        _check_adapters(record, lora)
-        parameters = parse(spec.request_model(load_app_settings(args.limits, "limits", Limits), lora), {**record["parameters"], **files})
-        again = edit_in_process(model, parameters, lora)
+        request_model = spec.request_model(load_app_settings(args.limits, "limits", Limits), lora)
+        again = _made_again(record, files, InProcessStages(model, lora), request_model, lora)
     except EditError as e:
         parser.exit(2, f"error: {e.message}\n")
     args.out.write_bytes(again.data)
@@ -59,6 +58,18 @@ def main(argv=None) -> int:
     differs = {name: (was, now) for name, was in record["software"].items() if (now := provenance.software()[name]) != was}
     print(f"{args.out}: differs from {args.edited}" + (f"; other software versions (was, now): {differs}" if differs else ""))
     return 1
+
+
+def _made_again(record: dict, files: dict, stages: InProcessStages, request_model, lora: LoraSettings):
+    """The image `record` describes, from the original input `files`; a chain's earlier links first."""
+    if "derived_from" in record:
+        previous = _made_again(record["derived_from"], files, stages, request_model, lora)
+        files, derived_from = {"image": [previous.data]}, previous.provenance
+    else:
+        derived_from = None
+    _check_inputs(record, files)
+    _check_adapters(record, lora)
+    return stages.edit(parse(request_model, {**record["parameters"], **files}), derived_from)
 
 
 def _check_inputs(record: dict, files: dict) -> None:

@@ -32,6 +32,7 @@ from serve.errors import as_edit_error, error_body, error_response
 from serve.openapi import openapi_document
 from serve.schema import EditForm, ServedModel, parse_edit_form, read_uploads
 from serve.settings import AppSettings
+from serve.chained_edit import ChainedEdit
 from serve.stage_calls import StagedEdit
 from serve.stages import DEFAULT_OPTIONS, adapters_id
 
@@ -93,17 +94,18 @@ class Ingress:
             request = dataclasses.replace(parsed.request, request_id=request_id, timings={"sent_at": time.time()})
             images_asked = len(parsed.seeds)
             timeout = parsed.timeout_s or self.settings.request_timeout_s
-            edit = self._staged(request)
             if parsed.stream:
+                edit = self._staged(request)
                 steps = await asyncio.wait_for(self._start_stream(edit, parsed), timeout)
                 events = self._stream(edit, steps, parsed, timeout - (time.time() - started), started)
                 return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-            images = await asyncio.wait_for(edit.images(parsed.seeds), timeout)
+            edit = ChainedEdit(self._staged, request, parsed.links)
+            chains = await asyncio.wait_for(edit.images(parsed.seeds), timeout)
         except Exception as e:  # every failure becomes an OpenAI-shaped error, never a stack trace
             return error_response(self._failed(e, images_asked, edit), _with_retries(headers, edit))
         total_s = time.time() - started
-        self._succeeded(images, total_s)
-        return self._edit_response(images, total_s, _with_retries(headers, edit))
+        self._succeeded([chain[-1] for chain in chains], total_s)
+        return self._edit_response(chains, parsed.chain_intermediates, total_s, _with_retries(headers, edit))
 
     def _succeeded(self, images: list[EditedImage], total_s: float) -> None:
         metrics.IMAGES.inc(len(images), model=self.served_model, status="ok")
@@ -112,7 +114,7 @@ class Ingress:
             if image.guard is not None:
                 metrics.GUARD_VERDICTS.inc(model=self.served_model, verdict=image.guard["verdict"])
 
-    def _failed(self, exception: Exception, images_asked: int, edit: StagedEdit | None) -> EditError:
+    def _failed(self, exception: Exception, images_asked: int, edit: StagedEdit | ChainedEdit | None) -> EditError:
         """The error `exception` means to the client, counted (with the images it cost, if any). A
         deadline that passed while a lost replica's work was being redone means no capacity (503,
         retry), not a slow edit."""
@@ -180,13 +182,19 @@ class Ingress:
         finally:  # also when the client disconnects: the request leaves the denoising batch
             await steps.aclose()
 
-    def _edit_response(self, images: list[EditedImage], total_s: float, headers: dict) -> Response:
+    def _edit_response(self, chains: list[list[EditedImage]], intermediates: bool, total_s: float, headers: dict) -> Response:
+        """Each image's entry: its chain's last image, and with `intermediates` the images before it."""
+        images = [chain[-1] for chain in chains]
         timings = {name: round(value, 4) for name, value in images[0].timings.items() if name != "sent_at"}
         timings["total"] = round(total_s, 4)
         headers["Server-Timing"] = ", ".join(f"{name};dur={value * 1000:.1f}" for name, value in timings.items())
+        data = [_entry(image) for image in images]
+        if intermediates:
+            for entry, chain in zip(data, chains):
+                entry["intermediates"] = [_entry(image) for image in chain[:-1]]
         body = {
             "created": int(time.time()),
-            "data": [{"b64_json": base64.b64encode(image.data).decode("ascii"), "seed": image.seed, **_extensions(image)} for image in images],
+            "data": data,
             "output_format": images[0].format,
             "size": f"{images[0].width}x{images[0].height}",
             "timings": timings,
@@ -264,6 +272,11 @@ def _image_event(image: EditedImage) -> dict:
     }
 
 
+def _entry(image: EditedImage) -> dict:
+    """An image's entry in a response's `data`."""
+    return {"b64_json": base64.b64encode(image.data).decode("ascii"), "seed": image.seed, **_extensions(image)}
+
+
 def _extensions(image: EditedImage) -> dict:
     """What an image's entry says beyond OpenAI's fields: its quality report, its guard's verdict, and
     with step caching its model forwards computed, reused and predicted."""
@@ -272,7 +285,7 @@ def _extensions(image: EditedImage) -> dict:
     return {name: value for name, value in extensions.items() if value is not None}
 
 
-def _with_retries(headers: dict, edit: StagedEdit | None) -> dict:
+def _with_retries(headers: dict, edit: StagedEdit | ChainedEdit | None) -> dict:
     """`headers`, and X-Stage-Retries naming the stages whose call was made again after a lost replica."""
     if edit is not None and edit.retried:
         return {**headers, "X-Stage-Retries": ",".join(edit.retried)}

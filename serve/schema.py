@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from starlette.datastructures import FormData, UploadFile
 
+from deployments.chains import chain_links
 from deployments.contracts import EditRequest
 from deployments.errors import InvalidInputError
 from deployments.images import inspect_image
@@ -43,6 +44,9 @@ class CallOptions(BaseModel):
     )
     partial_images: int = Field(0, ge=0, le=3, description="Previews streamed before the final image.")
     stream_progress: bool = Field(False, description="Also stream an image_edit.progress event per denoising step.")
+    chain_intermediates: bool = Field(
+        False, description="With a `chain`: each image's entry also lists the images of the links before the last."
+    )
     background: str | None = Field(None, description=IGNORED)
     quality: str | None = Field(None, description=IGNORED)
     user: str | None = Field(None, description=IGNORED)
@@ -59,6 +63,10 @@ class CallOptions(BaseModel):
             raise refused("n", f"must be 1 when streaming, got {n}")
         if not self.stream and self.partial_images:
             raise refused("partial_images", "needs stream=true")
+        if self.stream and getattr(self, "chain", ()):
+            raise refused("chain", "a chained edit can't be streamed; leave out stream or the chain")
+        if self.chain_intermediates and not getattr(self, "chain", ()):
+            raise refused("chain_intermediates", "needs a chain")
         return self
 
 
@@ -99,12 +107,14 @@ class EditForm:
     """A parsed edit call: the request for the engine, how many images, and how to answer."""
 
     request: EditRequest
+    links: tuple[EditParameters, ...]  # the chain's links: the request's parameters first (deployments/chains.py)
     n: int
     seeds: tuple[int, ...]  # one per image: seed, seed + 1, ...
     timeout_s: float | None  # the request's own deadline, if it set a shorter one than the server's
     stream: bool = False  # answer as Server-Sent Events
     partial_images: int = 0  # previews to stream before the final image
     stream_progress: bool = False  # also stream an `image_edit.progress` event per denoising step
+    chain_intermediates: bool = False  # answer with each image's links before the last, too
 
 
 async def read_uploads(form: FormData, limits: Limits, form_model: type[BaseModel]) -> dict[str, bytes | list[bytes]]:
@@ -161,14 +171,17 @@ def parse_edit_form(form: FormData, uploads: dict[str, bytes | list[bytes]], for
         values["lora"] = _with_adapter(values["model"], values.get("lora"))
     validated = validate(form_model, values)
     parameters = as_declared(validated)
+    links = chain_links(form_model, parameters, values)
     return EditForm(
-        request=EditRequest(parameters),
+        request=EditRequest(links[0]),
+        links=links,
         n=parameters.n,
         seeds=tuple(parameters.seed + i for i in range(parameters.n)),
         timeout_s=validated.timeout,
         stream=validated.stream,
         partial_images=validated.partial_images,
         stream_progress=validated.stream_progress,
+        chain_intermediates=validated.chain_intermediates,
     )
 
 

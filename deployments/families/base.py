@@ -203,7 +203,7 @@ class ModelFamily(ABC):
             adapters=request.parameters.adapters,
             scheduler=self.scheduler_of(request.parameters),
             cache=request.parameters.cache,
-            provenance=provenance.record(request.parameters, self.spec.model_id, self.adapter_sources),
+            provenance=provenance.record(request.parameters, self.spec.model_id, self.adapter_sources, request.derived_from),
             timings=request.timings,
             **encoded,
         )

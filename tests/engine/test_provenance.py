@@ -6,7 +6,8 @@ import json
 import pytest
 
 from deployments import provenance
-from deployments.edit import edit_in_process
+from deployments.chains import chain_links, with_input
+from deployments.edit import InProcessStages
 from deployments.lora_settings import LoraSettings
 from deployments.models import resolve_model
 from deployments.parameters import parse
@@ -29,7 +30,7 @@ def test_each_format_carries_its_record_and_reruns_to_the_same_bytes(tiny_checkp
     spec = resolve_model(model)
     lora = LoraSettings().offering_checkpoint_adapters(spec.path)
     values = {"image": [PHOTO], "prompt": "把背景换成海滩", "seed": 7, "num_inference_steps": 2, "output_format": fmt, **CASES[fmt]}
-    edited = edit_in_process(model, parse(spec.request_model(lora=lora), values), lora)
+    edited = InProcessStages(model, lora).edit(parse(spec.request_model(lora=lora), values))
 
     record = provenance.read(edited.data)
     assert record == edited.provenance
@@ -58,7 +59,7 @@ def test_each_format_carries_its_record_and_reruns_to_the_same_bytes(tiny_checkp
 def test_a_rerun_refuses_other_inputs_and_images_without_a_record(tiny_checkpoints, tmp_path, capsys):
     model = tiny_checkpoints["edit-plus"]
     spec = resolve_model(model)
-    edited = edit_in_process(model, parse(spec.request_model(), {"image": [PHOTO], "prompt": "p", "seed": 1, "num_inference_steps": 2}))
+    edited = InProcessStages(model).edit(parse(spec.request_model(), {"image": [PHOTO], "prompt": "p", "seed": 1, "num_inference_steps": 2}))
     (tmp_path / "edited").write_bytes(edited.data)
     (tmp_path / "other").write_bytes(SECOND)
     (tmp_path / "plain").write_bytes(PHOTO)
@@ -69,3 +70,22 @@ def test_a_rerun_refuses_other_inputs_and_images_without_a_record(tiny_checkpoin
         with pytest.raises(SystemExit) as exited:
             rerun([str(tmp_path / edited_file), "--image", str(tmp_path / given), "--out", str(tmp_path / "again")])
         assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_chained_edit_reruns_link_by_link_from_the_first_link_s_inputs(tiny_checkpoints, tmp_path):
+    model = tiny_checkpoints["edit-plus"]
+    request_model = resolve_model(model).request_model()
+    chain = json.dumps(["add snow", {"prompt": "make it night", "seed": 4}])
+    values = {"image": [PHOTO], "prompt": "make it autumn", "seed": 2, "num_inference_steps": 2, "chain": chain, "output_format": "webp"}
+    links = chain_links(request_model, parse(request_model, values), values)
+    stages = InProcessStages(model)
+    made = [stages.edit(links[0])]
+    for link in links[1:]:  # as serve/chained_edit.py runs them
+        made.append(stages.edit(with_input(link, made[-1].data), made[-1].provenance))
+    record = provenance.read(made[-1].data)
+    assert record["parameters"]["prompt"] == "make it night" and record["derived_from"]["parameters"]["prompt"] == "add snow"
+    assert record["derived_from"]["derived_from"]["inputs_sha256"]["image"] == [provenance.sha256(PHOTO)]
+    (tmp_path / "edited").write_bytes(made[-1].data)
+    (tmp_path / "in").write_bytes(PHOTO)
+    assert rerun([str(tmp_path / "edited"), "--image", str(tmp_path / "in"), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again").read_bytes() == made[-1].data
