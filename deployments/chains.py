@@ -79,5 +79,10 @@ def in_link(error: EditError, k: int, links: int) -> EditError:
     # Ray raises a remote error as a subclass of its own and the error's class: keep the error's class
     kind = next(cls for cls in type(error).__mro__ if issubclass(cls, EditError) and cls.__module__.startswith("deployments."))
     named = kind.__new__(kind)
-    EditError.__init__(named, f"chain[{k - 1}] (link {k + 1} of {links}): {error.message}", f"chain[{k - 1}]")
+    EditError.__init__(named, f"{link_name(k, links)}: {error.message}", f"chain[{k - 1}]")
     return named
+
+
+def link_name(k: int, links: int) -> str:
+    """How messages name link k (0-based, > 0) of a chain of `links`."""
+    return f"chain[{k - 1}] (link {k + 1} of {links})"

@@ -6,6 +6,8 @@
 read_parquet -> drop ids already done -> read images + build requests (tasks) -> Encoder pool ->
 Denoiser pool (the online engine loop) -> Decoder pool (writes OUT/images/<safe-id>.<ext>
 atomically) -> OUT/results/ (Parquet parts of one schema, one row per id; cluster/bulk/results.py).
+Rows whose `chain` has further links, or whose `guard` asks for a retry, take further passes over
+just those rows (cluster/bulk/follow_ups.py).
 Manifest, images and OUT may be local or on any filesystem pyarrow supports (s3:// with the usual
 AWS_* variables). Re-running the same command skips ids already `ok` and retries the rest; exit
 code 0 only when every row is `ok`. With no cluster address (RAY_ADDRESS) it starts a local Ray
@@ -30,7 +32,7 @@ import pyarrow.dataset
 import ray
 import ray.util.metrics
 
-from cluster.bulk.guarding import Guarding
+from cluster.bulk.follow_ups import FollowUps, Pending
 from cluster.bulk.image_reads import ImageReader
 from cluster.bulk.manifest import NOT_COLUMNS, ManifestError, check_ids, check_schema
 from cluster.bulk.requests import RequestBuilder
@@ -135,16 +137,17 @@ def main(argv=None) -> int:
     connect(args)
     tally = Tally(model=model_name(model), skipped=len(done))
     writer = ResultsWriter(output, args.results_part_rows, args.results_part_seconds)
-    guarding = Guarding(model_name(model))
-    passes = [None]  # the main pass; then, if a guard asked for it, the rows made again with their next seed
-    while passes:
-        for batch in run(args, spec, done, limits, lora, loop, defaults, output, seeds=passes.pop()):
-            rows = to_result_rows(guarding.judged(batch), spec.model_id, spec.declared)
+    follow_ups = FollowUps(model_name(model))
+    pending = None  # the first pass: every row not done; then the rows whose chain or guard asks for another edit
+    while True:
+        for batch in run(args, spec, done, limits, lora, loop, defaults, output, pending):
+            rows = to_result_rows(follow_ups.judged(batch), spec.model_id, spec.declared)
             writer.add(rows)
             tally.add(rows)
-        if guarding.retries:
-            print(f"making {len(guarding.retries)} row(s) again with their next seed (their guard's action: retry)", flush=True)
-            passes.append(guarding.second_pass())
+        pending = follow_ups.next_pass()
+        if pending is None:
+            break
+        print(f"another pass for {len(pending)} row(s): their chain's next link, or their guard's retry", flush=True)
     writer.flush()
     print("\n" + tally.summary())
     return 0 if tally.error == 0 else 1
@@ -164,9 +167,9 @@ def connect(args) -> None:
 
 
 def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSettings, loop: LoopSettings,
-        defaults: dict, output: Output, seeds: dict[str, int] | None = None):
-    """The pipeline over the manifest's rows not in `done` (with `seeds`: only those rows, each with its
-    seed), `defaults` filling their missing parameters; yields its last frames as they come."""
+        defaults: dict, output: Output, pending: dict[str, Pending] | None = None):
+    """The pipeline over the manifest's rows not in `done` (in a later pass: the `pending` rows, each
+    with its next edit), `defaults` filling their missing parameters; yields its last frames as they come."""
     model = spec.model_id
     images = ImageReader.for_manifest(args.manifest, limits, args.image_root)
 
@@ -174,15 +177,15 @@ def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSetting
     # stops every worker from warning that it fell back to that.
     ray.data.DataContext.get_current().enable_fallback_to_arrow_object_ext_type = True
     ds = ray.data.read_parquet(args.manifest)
-    if seeds is not None:
-        ds = ds.map_batches(keep_only, fn_args=(pa.array(list(seeds), pa.string()),), batch_format="pyarrow", batch_size=None)
+    if pending is not None:
+        ds = ds.map_batches(keep_only, fn_args=(pa.array(list(pending), pa.string()),), batch_format="pyarrow", batch_size=None)
     elif len(done):  # whole blocks at once; the ids travel once, in the object store
         ds = ds.map_batches(drop_done, fn_args=(done,), batch_format="pyarrow", batch_size=None)
     # Small blocks let the stages overlap: a Parquet file is one block, and a map step works through
     # a whole block before handing anything on, so without this each stage would wait for the last.
     ds = ds.repartition(target_num_rows_per_block=args.encoder_batch_size)
     ds = ds.map_batches(
-        RequestBuilder(spec, limits, lora, defaults, images, seeds), batch_format="pandas", num_cpus=REQUESTS_CPUS,
+        RequestBuilder(spec, limits, lora, defaults, images, output, pending), batch_format="pandas", num_cpus=REQUESTS_CPUS,
         concurrency=args.read_tasks,
     )
     fast_path = FastPath(

@@ -12,10 +12,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from cluster.bulk.follow_ups import Pending
 from cluster.bulk.image_reads import ImageReader
 from cluster.bulk.manifest import file_columns, parameter_columns
+from cluster.bulk.storage import Output
+from deployments.chains import chain_links, with_input
 from deployments.contracts import EditRequest
 from deployments.errors import EditError
+from deployments.guards import retry_seed
 from deployments.limits import Limits
 from deployments.lora_settings import LoraSettings
 from deployments.models import ModelSpec
@@ -32,7 +36,8 @@ class RequestBuilder:
     lora: LoraSettings
     defaults: dict
     images: ImageReader
-    seeds: dict[str, int] | None = None  # rows made again (a guard's retry): id -> the seed to use instead
+    output: Output
+    pending: dict[str, Pending] | None = None  # a later pass's rows and their next edits (cluster/bulk/follow_ups.py)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         model = _request_model(self.spec, self.limits, self.lora)
@@ -41,18 +46,32 @@ class RequestBuilder:
         rows = []
         for row in batch.to_dict("records"):
             values = self._values(row, columns)
-            if self.seeds is not None:
-                values["seed"] = self.seeds[row["id"]]
             out = {"id": row["id"], "instruction": row["instruction"], **values, "item": None, "error": None}
             try:
                 uploads = {name: self.images.read(row[name], name) for name in files if _given(row.get(name))}
-                parameters = parse(model, {**values, **uploads, "prompt": row["instruction"], "image": self._images(row["image"])})
-                out["item"] = EditRequest(parameters, request_id=row["id"])
+                values = {**values, **uploads, "prompt": row["instruction"], "image": self._images(row["image"])}
+                parameters = parse(model, values)
                 out.update(as_columns(parameters, columns))  # as used: defaults filled, adapters' scales resolved
+                links = chain_links(model, parameters, values)
+                out["item"], link = self._request(row["id"], links)
+                out.update(links=len(links), seed=link.seed, guard=as_columns(link, ("guard",))["guard"])  # the link's own
             except EditError as e:
                 out["error"] = e.message
             rows.append(out)
         return pd.DataFrame(rows)
+
+    def _request(self, row_id: str, links: tuple[EditParameters, ...]) -> tuple[EditRequest, EditParameters]:
+        """The row's next edit: its first link, or in a later pass the one `pending` says."""
+        pending = self.pending[row_id] if self.pending is not None else Pending()
+        link = links[pending.link]
+        if pending.image is not None:
+            link = with_input(link, self.output.read(pending.image))
+        if pending.retry_of_seed is not None:
+            link = link.model_copy(update={"seed": retry_seed(pending.retry_of_seed, 1)})
+        last = pending.link == len(links) - 1  # its image is the row's result, OUT/images/<safe-id>.<ext>
+        request_id = row_id if last else f"{row_id}.link{pending.link + 1}"
+        derived_from = None if pending.derived_from is None else json.loads(pending.derived_from)
+        return EditRequest(link, request_id=request_id, derived_from=derived_from), link
 
     def _values(self, row: dict, columns: tuple[str, ...]) -> dict:
         """The row's parameters: its own values, the job's defaults where it has none."""

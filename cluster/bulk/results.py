@@ -34,7 +34,7 @@ CACHE_FORWARDS = ("cache_computed", "cache_reused", "cache_predicted")  # a step
 QUALITY = {  # the quality report's fields (deployments/quality.py), a column each
     field.name: pa.string() if field.type is str else pa.float64() for field in dataclasses.fields(QualityReport)
 }
-GUARD = {"guard_verdict": pa.string(), "guard_crossed": pa.string(), "retried_from_seed": pa.int64()}  # cluster/bulk/guarding.py
+GUARD = {"guard_verdict": pa.string(), "guard_crossed": pa.string(), "retried_from_seed": pa.int64()}  # cluster/bulk/follow_ups.py
 TIMES = ("started_at", "finished_at")
 COLUMN_TYPES = {  # a declared field's JSON type -> its results column's Arrow type
     "integer": pa.int64(),

@@ -67,6 +67,10 @@ class Output:
             for folder in FOLDERS:
                 self.filesystem.create_dir(f"{self.root}/{folder}", recursive=True)
 
+    def read(self, relative: str) -> bytes:
+        with self.filesystem.open_input_stream(self.path(relative)) as stream:
+            return stream.read()
+
     def write(self, relative: str, data: bytes) -> str:
         """Writes `data` to OUT/`relative` atomically; returns its path within the filesystem."""
         path = self.path(relative)

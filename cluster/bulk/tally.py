@@ -17,7 +17,7 @@ class Tally:
     skipped: int = 0  # ids already `ok` from an earlier run
     ok: int = 0
     error: int = 0
-    flagged: int = 0  # `ok` rows whose guard flagged them (cluster/bulk/guarding.py)
+    flagged: int = 0  # `ok` rows whose guard flagged them (cluster/bulk/follow_ups.py)
     retried: int = 0  # `ok` rows made again with their next seed, whose retry passed the guard
     started: float = field(default_factory=time.perf_counter)
     first_started_at: datetime | None = None  # when the engine took its first row

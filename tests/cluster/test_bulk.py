@@ -382,3 +382,41 @@ def test_bulk_rows_report_quality_and_their_guards_flag_retry_and_fail(tiny_chec
     assert json.loads(table.loc["retried", "provenance"]) == record and record["parameters"]["seed"] == 1
     retried = np.asarray(Image.open(out / table.loc["retried", "output"]), dtype=np.int16)
     assert np.abs(retried - np.asarray(Image.open(io.BytesIO(engine[1].data)), dtype=np.int16)).max() <= 1
+
+
+def test_bulk_rows_with_a_chain_take_a_pass_per_link_each_fed_the_previous_image(tiny_checkpoints, tmp_path):
+    """A `chain` column: each further link is another pass over the rows still in their chain, editing
+    the image the previous link wrote; the result is the last link's image, whose provenance records
+    every link; a refused link fails its row before any work, a failing link names itself."""
+    model = tiny_checkpoints["edit-plus"]
+    (tmp_path / "in.png").write_bytes(image_bytes(random_image(64, 48, seed=5)))
+    rows = {  # id -> chain
+        "plain": None,
+        "chained": json.dumps(["add snow", {"prompt": "make it night", "seed": 4, "num_inference_steps": 3}]),
+        "refused-link": json.dumps([{"prompt": "x", "num_inference_steps": 0}]),
+        # the tiny model changes its own output little: a last link that must change half the image fails
+        "failing-link": json.dumps([{"prompt": "add snow", "guard": {"min_changed_fraction": 0.5, "action": "fail"}}]),
+    }
+    table = pa.Table.from_pylist(
+        [{"id": row_id, "image": "in.png", "instruction": "make it autumn", "chain": chain} for row_id, chain in rows.items()],
+        schema=pa.schema([("id", pa.string()), ("image", pa.string()), ("instruction", pa.string()), ("chain", pa.string())]),
+    )
+    pq.write_table(table, tmp_path / "manifest.parquet")
+    out = tmp_path / "out"
+    done = subprocess.run(bulk_command(tmp_path / "manifest.parquet", out, model), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]
+    results = check_exactly_once(out, tmp_path / "manifest.parquet", failing={"refused-link", "failing-link"}).set_index("id")
+    assert "chain: chain[0].num_inference_steps: must be an integer" in results.loc["refused-link", "error"]
+    assert results.loc["failing-link", "error"].startswith("chain[0] (link 2 of 2): guard: the edited image crossed its limits")
+
+    record = json.loads(results.loc["chained", "provenance"])
+    links = [record["derived_from"]["derived_from"], record["derived_from"], record]
+    assert [link["parameters"]["prompt"] for link in links] == ["make it autumn", "add snow", "make it night"]
+    assert [link["parameters"]["seed"] for link in links] == [0, 0, 4] and results.loc["chained", "seed"] == 4
+    intermediate = out / "images" / f"{safe_name('chained.link2')}.png"  # link 2's image, link 3's input
+    assert links[2]["inputs_sha256"]["image"] == [provenance.sha256(intermediate.read_bytes())]
+    request = edit_request(model, [intermediate.read_bytes()], prompt="make it night", seed=4, num_inference_steps=3)
+    expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
+    bulk = np.asarray(Image.open(out / results.loc["chained", "output"]), dtype=np.int16)
+    assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
+    assert "another pass for 2 row(s)" in done.stdout  # link 2 of "chained" and "failing-link"; then link 3 of "chained"
