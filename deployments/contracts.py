@@ -108,4 +108,5 @@ class EditedImage:
     quality: dict[str, Any] | None = None  # how much changed and how well the rest was kept (deployments/quality.py)
     guard: dict[str, Any] | None = None  # the request's guard's verdict on it (deployments/guards.py), if it had one
     provenance: dict[str, Any] | None = None  # Latents.provenance, also written into `data`
+    result_cache: str | None = None  # online with the result cache on: "hit" or "miss" (serve/result_cache.py)
 

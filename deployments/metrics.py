@@ -83,13 +83,18 @@ GUARD_VERDICTS = Metric(
     "counter", "guard_verdicts", "Guarded images by verdict: passed, flagged, retried (made again, then passed), failed.",
     ("model", "verdict"),
 )
+RESULT_CACHE_LOOKUPS = Metric(
+    "counter", "result_cache_lookups", "Result cache lookups by outcome: hit (answered from the cache), miss.",
+    ("model", "outcome"),
+)
+RESULT_CACHE_BYTES = Metric("gauge", "result_cache_bytes", "Bytes of images the result cache holds.", ("model",))
 BULK_ROWS = Metric("counter", "bulk_rows", "Bulk job rows finished, by status: ok, error, skipped.", ("model", "status"))
 BULK_ROWS_PER_SECOND = Metric("gauge", "bulk_rows_per_second", "A running bulk job's rows per second.", ("model",))
 
 ALL = (
     HTTP_REQUESTS, IMAGES, ERRORS, REQUEST_SECONDS, QUEUE_SECONDS, STAGE_SECONDS, STAGE_RETRIES, BATCH_SIZE, DENOISE_STEP_SECONDS,
     DENOISE_ROWS, DENOISE_TOKENS, DENOISE_STEPS, DENOISE_ACTIVE, DENOISE_WAITING, MEMORY_BYTES, ADAPTER_REQUESTS,
-    ADAPTER_LOADS, ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, CACHE_FORWARDS, CACHE_SKIPPED_SHARE, GUARD_VERDICTS, BULK_ROWS,
+    ADAPTER_LOADS, ADAPTER_EVICTIONS, ADAPTER_LOAD_SECONDS, CACHE_FORWARDS, CACHE_SKIPPED_SHARE, GUARD_VERDICTS, RESULT_CACHE_LOOKUPS, RESULT_CACHE_BYTES, BULK_ROWS,
     BULK_ROWS_PER_SECOND,
 )
 

@@ -10,6 +10,7 @@ from deployments.generated import ensure_generated
 from deployments.models import model_name, resolve_model
 from deployments.settings import model_from_env
 from serve.ingress import Ingress
+from serve.result_cache import ResultCacheDeployment
 from serve.schema import ServedModel
 from serve.settings import AppSettings
 from serve.stages import DecoderDeployment, DenoiserDeployment, EncoderDeployment
@@ -28,7 +29,9 @@ def build_app(settings: AppSettings) -> Application:
     for key, deployment in (("encoder", EncoderDeployment), ("denoiser", DenoiserDeployment), ("decoder", DecoderDeployment)):
         stage_settings = getattr(settings, key)
         stage[key] = deployment.options(**stage_settings.deployment.options()).bind(model, stage_settings, name, lora)
+    cache = settings.result_cache
+    results = ResultCacheDeployment.options(**cache.deployment.options()).bind(cache, name) if cache.enabled else None
     return Ingress.options(**settings.ingress.deployment.options()).bind(
-        stage["encoder"], stage["denoiser"], stage["decoder"], settings, served
+        stage["encoder"], stage["denoiser"], stage["decoder"], settings, served, results
     )
 

@@ -30,6 +30,7 @@ from deployments.errors import EditError, InvalidInputError, OverloadedError, Pa
 from deployments.guards import GuardFailedError
 from serve.errors import as_edit_error, error_body, error_response
 from serve.openapi import openapi_document
+from serve.result_cache import CachedResults
 from serve.schema import EditForm, ServedModel, parse_edit_form, read_uploads
 from serve.settings import AppSettings
 from serve.chained_edit import ChainedEdit
@@ -57,9 +58,12 @@ class Ingress:
         decoder: DeploymentHandle,
         settings: AppSettings,
         served: ServedModel,
+        result_cache: DeploymentHandle | None = None,
     ):
         metrics.bind(ray.util.metrics)
         self.encoder, self.denoiser, self.decoder = encoder, denoiser, decoder
+        sources = {name: adapter.source for name, adapter in served.lora.adapters.items()}
+        self.results = None if result_cache is None else CachedResults(result_cache, served.spec.model_id, sources)
         self.settings = settings
         self.served = served
         self.served_model = served.name
@@ -142,7 +146,7 @@ class Ingress:
         """`request`'s way through the stages; with adapters, the Denoiser calls go to a replica that
         holds them if any does."""
         denoiser = self.denoiser.options(multiplexed_model_id=adapters_id(request.parameters.adapters))
-        return StagedEdit(self.encoder, denoiser, self.decoder, request)
+        return StagedEdit(self.encoder, denoiser, self.decoder, request, self.results)
 
     async def _start_stream(self, edit: StagedEdit, parsed: EditForm):
         """The Denoiser's event stream for the request, once the request is in its loop: whatever the
@@ -278,10 +282,10 @@ def _entry(image: EditedImage) -> dict:
 
 
 def _extensions(image: EditedImage) -> dict:
-    """What an image's entry says beyond OpenAI's fields: its quality report, its guard's verdict, and
-    with step caching its model forwards computed, reused and predicted."""
+    """What an image's entry says beyond OpenAI's fields: its quality report, its guard's verdict, with
+    step caching its model forwards computed, reused and predicted, with the result cache hit or miss."""
     # `quality_report`: OpenAI's events already have a `quality` (the quality asked for)
-    extensions = {"cache": image.cache, "quality_report": image.quality, "guard": image.guard}
+    extensions = {"cache": image.cache, "quality_report": image.quality, "guard": image.guard, "result_cache": image.result_cache}
     return {name: value for name, value in extensions.items() if value is not None}
 
 

@@ -99,6 +99,14 @@ class IngressSettings(_Settings):
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
 
+class ResultCacheSettings(_Settings):
+    """The result cache (deployments/result_cache.py): identical requests answered from memory, exactly."""
+
+    enabled: bool = Field(False, description="Answer identical requests (same inputs, parameters, seed, model) from the cache.")
+    max_bytes: int = Field(512 * 2**20, ge=2**20, description="Most bytes of images the cache holds (least recently used go first).")
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+
+
 class AppSettings(_Settings):
     """Everything `serve/config.yaml` sets under `args`."""
 
@@ -117,4 +125,5 @@ class AppSettings(_Settings):
     encoder: BatchedStage = Field(default_factory=BatchedStage)
     denoiser: DenoiserStage = Field(default_factory=DenoiserStage)
     decoder: BatchedStage = Field(default_factory=BatchedStage)
+    result_cache: ResultCacheSettings = Field(default_factory=ResultCacheSettings)
 

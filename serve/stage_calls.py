@@ -27,6 +27,7 @@ from deployments.contracts import EditedImage, EditRequest
 from deployments.errors import EngineStoppedError
 from deployments.guards import judge, retry_seed
 from serve.errors import caused_by
+from serve.result_cache import CachedResults
 from serve.stages import ACCEPTED
 
 logger = logging.getLogger(__name__)
@@ -65,9 +66,13 @@ class StagedEdit:
     """One request through Encoder -> Denoiser (once per seed) -> Decoder; `retried` lists the stages
     whose call had to be made again."""
 
-    def __init__(self, encoder: DeploymentHandle, denoiser: DeploymentHandle, decoder: DeploymentHandle, request: EditRequest):
+    def __init__(
+        self, encoder: DeploymentHandle, denoiser: DeploymentHandle, decoder: DeploymentHandle, request: EditRequest,
+        results: CachedResults | None = None,
+    ):
         self.encoder, self.denoiser, self.decoder = encoder, denoiser, decoder
         self.request = request
+        self.results = results  # the result cache, if on
         self.retried: list[str] = []
         self._encoding: asyncio.Task | None = None  # shared by the request's images
         self._encoded_again = False
@@ -85,6 +90,12 @@ class StagedEdit:
         return await self.guarded(await self.made(seed), seed)
 
     async def made(self, seed: int) -> EditedImage:
+        """The image of `seed`, from the result cache if it is on and has it."""
+        if self.results is None:
+            return await self._made(seed)
+        return await self.results.made(self.request, seed, lambda: self._made(seed))
+
+    async def _made(self, seed: int) -> EditedImage:
         return await (await self.call("decode", self.decoder.decode.remote, lambda again: self.latents(seed, again)))
 
     async def guarded(self, edited: EditedImage, seed: int) -> EditedImage:

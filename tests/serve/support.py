@@ -19,15 +19,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def app_settings(model: str, lora: dict | None = None) -> AppSettings:
+def app_settings(model: str, lora: dict | None = None, **settings) -> AppSettings:
     """The repo's defaults, pointed at the tiny test checkpoint, with small CPU shares so that the app
-    and the autoscaling app fit the test cluster; `lora`: the LoRA settings (none by default)."""
+    and the autoscaling app fit the test cluster; `lora`: the LoRA settings (none by default); and any
+    other `settings` (e.g. result_cache; off by default: it would hide the work of repeated requests)."""
     deployment = {"ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 32}
     stage = {"max_batch_size": 8, "batch_wait_timeout_s": 0.2, "deployment": deployment}
     denoiser = {"deployment": deployment}
     return AppSettings.model_validate(
         {"model": model, "request_timeout_s": 120, "encoder": stage, "denoiser": denoiser, "decoder": stage,
-         "lora": lora or {}}
+         "lora": lora or {}, **settings}
     )
 
 
