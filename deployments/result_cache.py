@@ -10,6 +10,7 @@ images, a guard judges each one as it is answered.
 Held in memory, least recently used first out, bounded in bytes (the encoded images').
 """
 
+import dataclasses
 import hashlib
 import threading
 from collections import OrderedDict
@@ -21,7 +22,17 @@ from deployments.contracts import EditedImage, EditRequest
 def result_key(request: EditRequest, seed: int, model_id: str, adapter_sources: dict[str, str]) -> str:
     """The content address of the image `request` makes with `seed`."""
     record = provenance.record(request.parameters, model_id, adapter_sources, request.derived_from)
-    return hashlib.sha256(provenance.as_text(provenance.with_seed(record, seed)).encode("utf-8")).hexdigest()
+    return key_of(provenance.with_seed(record, seed))
+
+
+def key_of(record: dict) -> str:
+    """The content address of the image a provenance record describes (an EditedImage's `provenance`)."""
+    return hashlib.sha256(provenance.as_text(record).encode("utf-8")).hexdigest()
+
+
+def as_cached(image: EditedImage) -> EditedImage:
+    """What the cache keeps of an image: nothing of the request it was made for."""
+    return dataclasses.replace(image, request_id="", timings={}, guard=None, result_cache=None)
 
 
 class ResultCache:

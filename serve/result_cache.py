@@ -14,7 +14,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments import metrics
 from deployments.contracts import EditedImage, EditRequest
-from deployments.result_cache import ResultCache, result_key
+from deployments.result_cache import ResultCache, as_cached, result_key
 from serve.settings import ResultCacheSettings
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class CachedResults:
             return dataclasses.replace(cached, request_id=request.request_id, timings=lookup, result_cache="hit")
         edited = await make()
         try:
-            await self.handle.put.remote(key, dataclasses.replace(edited, request_id="", timings={}, guard=None))
+            await self.handle.put.remote(key, as_cached(edited))
         except Exception as e:
             logger.warning("result cache store failed (%r)", e)
         return dataclasses.replace(edited, timings={**lookup, **edited.timings}, result_cache="miss")

@@ -36,6 +36,7 @@ from cluster.bulk.follow_ups import FollowUps, Pending
 from cluster.bulk.image_reads import ImageReader
 from cluster.bulk.manifest import NOT_COLUMNS, ManifestError, check_ids, check_schema
 from cluster.bulk.requests import RequestBuilder
+from cluster.bulk.result_cache import SharedResultCache
 from cluster.bulk.results import ResultsWriter, compact, to_result_rows
 from cluster.bulk.stages import DecodeActor, DenoiseActor, EncodeActor
 from cluster.bulk.storage import Output
@@ -70,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--adapters", type=Path, default=None,
                    help="a Serve config file (its app's `lora`) or a YAML mapping of LoRA settings: the adapters a "
                    "row's `lora` may name, besides the checkpoint's own (default: none)")
+    p.add_argument("--result-cache", default=None, metavar="APP",
+                   help="share the result cache of this Serve application in the job's cluster: rows whose image it "
+                   "holds are answered from it, every image made is kept there (default: none)")
     d = p.add_argument_group("defaults for the manifest's optional columns (a row's own value wins)")
     add_parameter_flags(d, NOT_COLUMNS, BULK_DEFAULTS)
     r = p.add_argument_group("resources (defaults fit one GPU, or this CPU machine)")
@@ -135,12 +139,19 @@ def main(argv=None) -> int:
     done = compact(output, spec.declared)
     print(f"resuming: {len(done)} id(s) already ok, {removed} partial file(s) removed", flush=True)
     connect(args)
+    results = None if args.result_cache is None else SharedResultCache(args.result_cache)
+    if results is not None:
+        try:
+            results.check()
+        except Exception as e:
+            print(f"error: --result-cache: the Serve application {args.result_cache!r} has no result cache here ({e!r})", file=sys.stderr)
+            return 2
     tally = Tally(model=model_name(model), skipped=len(done))
     writer = ResultsWriter(output, args.results_part_rows, args.results_part_seconds)
     follow_ups = FollowUps(model_name(model))
     pending = None  # the first pass: every row not done; then the rows whose chain or guard asks for another edit
     while True:
-        for batch in run(args, spec, done, limits, lora, loop, defaults, output, pending):
+        for batch in run(args, spec, done, limits, lora, loop, defaults, output, results, pending):
             rows = to_result_rows(follow_ups.judged(batch), spec.model_id, spec.declared)
             writer.add(rows)
             tally.add(rows)
@@ -167,7 +178,7 @@ def connect(args) -> None:
 
 
 def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSettings, loop: LoopSettings,
-        defaults: dict, output: Output, pending: dict[str, Pending] | None = None):
+        defaults: dict, output: Output, results: SharedResultCache | None, pending: dict[str, Pending] | None = None):
     """The pipeline over the manifest's rows not in `done` (in a later pass: the `pending` rows, each
     with its next edit), `defaults` filling their missing parameters; yields its last frames as they come."""
     model = spec.model_id
@@ -185,7 +196,7 @@ def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSetting
     # a whole block before handing anything on, so without this each stage would wait for the last.
     ds = ds.repartition(target_num_rows_per_block=args.encoder_batch_size)
     ds = ds.map_batches(
-        RequestBuilder(spec, limits, lora, defaults, images, output, pending), batch_format="pandas", num_cpus=REQUESTS_CPUS,
+        RequestBuilder(spec, limits, lora, defaults, images, output, pending, results), batch_format="pandas", num_cpus=REQUESTS_CPUS,
         concurrency=args.read_tasks,
     )
     fast_path = FastPath(
@@ -195,7 +206,7 @@ def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSetting
     # Enough Denoiser calls in flight that its loop always has rows waiting to join the running batch.
     denoiser_calls = max(2, math.ceil(loop.max_batch_rows / args.denoiser_batch_size) + 1)
     actors = {
-        "encoder": (EncodeActor, (), 1), "denoiser": (DenoiseActor, (loop,), denoiser_calls), "decoder": (DecodeActor, (output,), 1),
+        "encoder": (EncodeActor, (), 1), "denoiser": (DenoiseActor, (loop,), denoiser_calls), "decoder": (DecodeActor, (output, results), 1),
     }
     for stage in STAGES:
         actor, extra, calls = actors[stage]

@@ -7,6 +7,7 @@ Kept apart from the stage actors so that its worker imports neither diffusers no
 several seconds less start-up on a small machine, where every worker's imports compete for cores.
 """
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -15,7 +16,9 @@ import pandas as pd
 from cluster.bulk.follow_ups import Pending
 from cluster.bulk.image_reads import ImageReader
 from cluster.bulk.manifest import file_columns, parameter_columns
-from cluster.bulk.storage import Output
+from cluster.bulk.result_cache import SharedResultCache
+from cluster.bulk.results import image_columns
+from cluster.bulk.storage import Output, image_path
 from deployments.chains import chain_links, with_input
 from deployments.contracts import EditRequest
 from deployments.errors import EditError
@@ -24,6 +27,7 @@ from deployments.limits import Limits
 from deployments.lora_settings import LoraSettings
 from deployments.models import ModelSpec
 from deployments.parameters import EditParameters, parse
+from deployments.result_cache import result_key
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class RequestBuilder:
     images: ImageReader
     output: Output
     pending: dict[str, Pending] | None = None  # a later pass's rows and their next edits (cluster/bulk/follow_ups.py)
+    results: SharedResultCache | None = None  # --result-cache: rows whose image it has are answered from it
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         model = _request_model(self.spec, self.limits, self.lora)
@@ -55,6 +60,8 @@ class RequestBuilder:
                 links = chain_links(model, parameters, values)
                 out["item"], link = self._request(row["id"], links)
                 out.update(links=len(links), seed=link.seed, guard=as_columns(link, ("guard",))["guard"])  # the link's own
+                if self.results is not None:
+                    out.update(self._from_cache(out["item"]))
             except EditError as e:
                 out["error"] = e.message
             rows.append(out)
@@ -72,6 +79,20 @@ class RequestBuilder:
         request_id = row_id if last else f"{row_id}.link{pending.link + 1}"
         derived_from = None if pending.derived_from is None else json.loads(pending.derived_from)
         return EditRequest(link, request_id=request_id, derived_from=derived_from), link
+
+    def _from_cache(self, request: EditRequest) -> dict:
+        """The row's columns when the result cache has its image (written to OUT here), else a miss."""
+        key = result_key(request, request.parameters.seed, self.spec.model_id, self.adapter_sources)
+        cached = self.results.get(key)
+        if cached is None:
+            return {"result_cache": "miss"}
+        relative = image_path(request.request_id, cached.format)
+        self.output.write(relative, cached.data)
+        return {**image_columns(cached, relative), "result_cache": "hit"}
+
+    @functools.cached_property
+    def adapter_sources(self) -> dict[str, str]:
+        return {name: adapter.source for name, adapter in self.lora.adapters.items()}
 
     def _values(self, row: dict, columns: tuple[str, ...]) -> dict:
         """The row's parameters: its own values, the job's defaults where it has none."""

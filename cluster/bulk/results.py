@@ -26,6 +26,8 @@ import pyarrow.parquet as pq
 
 from cluster.bulk.manifest import parameter_columns
 from cluster.bulk.storage import Output
+from deployments import provenance
+from deployments.contracts import EditedImage
 from deployments.parameters import EditParameters, json_types
 from deployments.quality import QualityReport
 
@@ -51,7 +53,8 @@ SUFFIX = ".parquet"
 def result_schema(declared: type[EditParameters]) -> pa.Schema:
     """A results row: what became of the id, every parameter it was edited with (the family's), how
     long each stage took it, the edited image's quality report and its guard's verdict."""
-    text = ("id", "status", "output", "error", "model", "instruction", "provenance")  # provenance: the image's record, JSON
+    # provenance: the image's record (JSON); result_cache: with --result-cache, hit (not made again) or miss
+    text = ("id", "status", "output", "error", "model", "instruction", "provenance", "result_cache")
     fields = [pa.field(name, pa.string()) for name in text]
     for name, field in parameter_columns(declared).items():
         (json_type,) = json_types(field)  # one JSON type per declared field (null aside)
@@ -61,6 +64,11 @@ def result_schema(declared: type[EditParameters]) -> pa.Schema:
     fields += [pa.field(name, kind) for name, kind in {**QUALITY, **GUARD}.items()]
     fields += [pa.field(name, pa.timestamp("us", tz="UTC")) for name in TIMES]
     return pa.schema(fields)
+
+
+def image_columns(edited: EditedImage, relative: str) -> dict:
+    """A row's columns of its image, written at OUT/`relative`: where, its quality report, its provenance."""
+    return {"output": relative, **(edited.quality or {}), "provenance": provenance.as_text(edited.provenance)}
 
 
 def to_result_rows(batch: pd.DataFrame, model: str, declared: type[EditParameters]) -> pa.Table:

@@ -23,8 +23,10 @@ from concurrent.futures import wait
 import pandas as pd
 import ray.util.metrics
 
-from cluster.bulk.storage import Output, safe_name
-from deployments import metrics, provenance
+from cluster.bulk.result_cache import SharedResultCache
+from cluster.bulk.results import image_columns
+from cluster.bulk.storage import Output, image_path
+from deployments import metrics
 from deployments.contracts import EditedImage
 from deployments.decoder import Decoder
 from deployments.denoise_loop import DenoiseLoop
@@ -86,7 +88,8 @@ class StageActor:
         return failed_alone(result, self.verb, item.request_id) if isinstance(result, Exception) else result
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        healthy = batch.index[batch["error"].isna()]
+        answered = batch.get("result_cache", pd.Series(None, index=batch.index)) == "hit"  # its image is written already
+        healthy = batch.index[batch["error"].isna() & ~answered]
         started, started_at = time.perf_counter(), time.time()
         results = self.isolated(list(batch.loc[healthy, "item"])) if len(healthy) else []
         seconds = time.perf_counter() - started
@@ -102,9 +105,11 @@ class StageActor:
             else:
                 items[i] = result
                 for column, value in self.report(result).items():
-                    reports.setdefault(column, [None] * len(batch))[i] = value
+                    if column not in reports:  # keep what the column holds for rows this stage didn't run (cache hits)
+                        reports[column] = batch[column].tolist() if column in batch else [None] * len(batch)
+                    reports[column][i] = value
         batch = batch.assign(item=items, error=errors, **reports)
-        batch[f"{self.stage}_s"] = seconds
+        batch[f"{self.stage}_s"] = pd.Series(seconds, index=batch.index).mask(answered)  # the batch's time; none for a hit
         if "started_at" not in batch:  # the first engine stage to take the row
             batch["started_at"] = started_at
         batch["finished_at"] = time.time()  # the last one to be done with it has the final say
@@ -150,27 +155,24 @@ class DecodeActor(StageActor):
     stage, verb = "decode", "decoding"
     engine_class = Decoder
 
-    def __init__(self, model: str, fast_path: FastPath, lora: LoraSettings, output: Output):
+    def __init__(self, model: str, fast_path: FastPath, lora: LoraSettings, output: Output, results: SharedResultCache | None):
         super().__init__(model, fast_path, lora)
         self.output = output
+        self.results = results  # --result-cache: where each image made is also kept
 
     def run(self, items, alone):
         return each_or_error(lambda latents: self._write(self.engine.decode(latents)), items, self.verb)
 
     def report(self, edited: EditedImage) -> dict:
         """Where the image is, its quality report and its provenance record (as the image carries it)."""
-        return {"output": self._written(edited), **(edited.quality or {}), "provenance": provenance.as_text(edited.provenance)}
+        return image_columns(edited, image_path(edited.request_id, edited.format))
 
     def _write(self, edited: EditedImage) -> EditedImage:
-        relative = self._written(edited)
+        relative = image_path(edited.request_id, edited.format)
         try:
             self.output.write(relative, edited.data)
         except OSError as error:
             raise EditError(f"output: {relative} could not be written ({error})", "output") from error
+        if self.results is not None:
+            self.results.put(edited)
         return dataclasses.replace(edited, data=b"")  # the bytes are written; the row need not carry them on
-
-    @staticmethod
-    def _written(edited: EditedImage) -> str:
-        """Where the row's image is written, relative to OUT."""
-        extension = "jpg" if edited.format == "jpeg" else edited.format
-        return f"images/{safe_name(edited.request_id)}.{extension}"

@@ -32,6 +32,11 @@ def safe_name(row_id: str) -> str:
     return f"{readable}-{digest}"
 
 
+def image_path(request_id: str, fmt: str) -> str:
+    """Where, relative to OUT, the image of a request (a row, or a chain's link) is written."""
+    return f"images/{safe_name(request_id)}.{'jpg' if fmt == 'jpeg' else fmt}"
+
+
 def filesystem_and_path(location: str) -> tuple[pafs.FileSystem, str]:
     """A local path (made absolute) or a URI -> its pyarrow filesystem and the path within it."""
     if "://" in location:

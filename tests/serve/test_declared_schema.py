@@ -13,6 +13,7 @@ from cluster.bulk.__main__ import parse_args
 from cluster.bulk.manifest import NOT_COLUMNS, file_columns, parameter_columns
 from cluster.bulk.image_reads import ImageReader
 from cluster.bulk.requests import RequestBuilder
+from cluster.bulk.storage import Output
 from deployments.lora_settings import LoraSettings
 from deployments.models import resolve_model
 from tests.helpers import image_bytes, random_image
@@ -71,7 +72,7 @@ def test_an_out_of_range_value_is_refused_alike_online_and_in_a_bulk_row(client,
     spec, model = declared
     (tmp_path / "in.png").write_bytes(PNG)
     limits = app_settings(spec.model_id).limits
-    rows = RequestBuilder(spec, limits, LoraSettings(), {}, ImageReader(str(tmp_path), limits))
+    rows = RequestBuilder(spec, limits, LoraSettings(), {}, ImageReader(str(tmp_path), limits), Output.at(str(tmp_path / "out")))
     checked = 0
     for name, schema in model.model_json_schema()["properties"].items():
         value = out_of_range(schema)

@@ -1,9 +1,18 @@
-"""The result cache online: a repeated request is a hit with identical bytes, answered faster; any
-change is a miss; guards still judge a cached image (serve/result_cache.py)."""
+"""The result cache: online, a repeated request is a hit with identical bytes, answered faster; any
+change is a miss; guards still judge a cached image (serve/result_cache.py). A bulk job in the same
+cluster shares it (cluster/bulk/result_cache.py)."""
 
+import base64
 import json
+import os
+import subprocess
+import sys
 import time
 
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
 from ray import serve
 
 from serve.app import build_app
@@ -13,7 +22,7 @@ from tests.serve.test_http_api import PHOTO
 FIELDS = {"prompt": "make the sky pink", "num_inference_steps": "4"}
 
 
-def test_a_repeated_request_is_a_hit_with_the_same_bytes_and_faster(served, tiny_checkpoints):
+def test_a_repeated_request_is_a_hit_with_the_same_bytes_and_faster_online_and_in_bulk(served, tiny_checkpoints, tmp_path):
     settings = app_settings(tiny_checkpoints["edit-plus"], result_cache={"enabled": True, "max_bytes": 2**24})
     with deployed(build_app(settings), "cached", "/cached"):
         client = Client(f"{served}/cached")
@@ -42,3 +51,24 @@ def test_a_repeated_request_is_a_hit_with_the_same_bytes_and_faster(served, tiny
 
         stats = serve.get_deployment_handle("ResultCache", "cached").stats.remote().result(timeout_s=60)
         assert (stats["hits"], stats["misses"], stats["entries"]) == (4, 3, 3)
+
+        # A bulk job in the same cluster shares the cache: a row made online is answered from it (no stage
+        # runs it), a new one is made and kept, and an online request for it is then a hit.
+        (tmp_path / "photo.png").write_bytes(PHOTO)
+        rows = [{"id": "made-online", "image": "photo.png", "instruction": FIELDS["prompt"], "seed": 3},
+                {"id": "new", "image": "photo.png", "instruction": FIELDS["prompt"], "seed": 5}]
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "manifest.parquet")
+        command = [sys.executable, "-m", "cluster.bulk", "--manifest", str(tmp_path / "manifest.parquet"), "--output",
+                   str(tmp_path / "out"), "--model", tiny_checkpoints["edit-plus"], "--num-inference-steps", "4",
+                   "--result-cache", "cached"]
+        env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+        done = subprocess.run(command, capture_output=True, text=True, timeout=480, env=env)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+        results = pq.read_table(tmp_path / "out" / "results").to_pandas().set_index("id")
+        assert results.loc["made-online", "result_cache"] == "hit" and results.loc["new", "result_cache"] == "miss"
+        assert pd.isna(results.loc["made-online", "denoise_s"])  # no stage ran it
+        written = (tmp_path / "out" / results.loc["made-online", "output"]).read_bytes()
+        assert written == base64.b64decode(first["data"][0]["b64_json"])
+        online, _ = edit(seed="5")
+        assert online["data"][0]["result_cache"] == "hit"
+        assert base64.b64decode(online["data"][0]["b64_json"]) == (tmp_path / "out" / results.loc["new", "output"]).read_bytes()
