@@ -72,3 +72,12 @@ def test_the_reference_is_the_input_at_the_output_size_with_the_mask_as_kept_are
     assert reference.pixels.shape == (24, 32, 3) and reference.pixels.dtype == torch.uint8
     assert reference.keep[:, :16].sum() == 0 and reference.keep[:, 16:].all()
     assert reference_of(image, None, (64, 48), (64, 48)).pixels.equal(PICTURE)
+
+
+def test_a_large_image_is_compared_at_about_256_pixels_and_still_exactly_1_when_unchanged():
+    large = torch.from_numpy(RNG.integers(0, 256, (600, 520, 3), dtype=np.uint8))  # averaged down by 2
+    assert quality_report(large.clone(), _reference(large)).unchanged_ssim == 1
+    edited = large.clone()
+    edited[:, :260] = edited[:, :260] + 128
+    report = quality_report(edited, _reference(large))
+    assert report.changed_fraction == 0.5 and 0.5 < report.unchanged_ssim < 1
