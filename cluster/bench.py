@@ -122,13 +122,15 @@ def run_in_process(stages, image: bytes, jobs: list[Job]) -> dict:
 
 @contextlib.contextmanager
 def served_app(model: str, config_path: Path = CONFIG, lora: dict | None = None, ray_address: str | None = None,
-               actor_options: dict[str, dict] | None = None, **denoiser):
+               actor_options: dict[str, dict] | None = None, result_cache: bool = False, **denoiser):
     """Runs `python -m serve` with `config_path` (the model, the `lora` and `denoiser` settings given set,
     and each stage's `ray_actor_options` updated with `actor_options[stage]`) on a free port, on its
-    own local Ray cluster or on the one at `ray_address`."""
+    own local Ray cluster or on the one at `ray_address`. The result cache is off unless asked for: a
+    benchmark that repeats a request measures its work, not a cache hit."""
     config = yaml.safe_load(config_path.read_text())
     args = config["applications"][0]["args"]
     args["model"] = model
+    args.setdefault("result_cache", {})["enabled"] = result_cache
     if lora is not None:
         args["lora"] = lora
     args.setdefault("denoiser", {}).update(denoiser)

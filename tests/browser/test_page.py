@@ -49,7 +49,7 @@ def test_edit_by_hand_with_progress_previews_and_result(page_url, browser, tmp_p
     assert len({v for v in seen if 0 < v < 40}) >= 3, "the progress bar did not move"
     assert browser.find_element(By.ID, "after").get_attribute("src").startswith("data:image/png;base64,")
     assert browser.find_element(By.ID, "before").get_attribute("src").startswith("blob:")
-    assert "256x256" in browser.find_element(By.ID, "status").text
+    assert "256x256" in browser.find_element(By.ID, "status").text and "% changed" in browser.find_element(By.ID, "status").text  # the quality report
     assert '"num_inference_steps": "40"' in browser.find_element(By.ID, "params").text
     assert browser.find_element(By.ID, "download").get_attribute("download") == "edited.png"
 

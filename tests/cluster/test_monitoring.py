@@ -95,7 +95,8 @@ FIRST_EDIT_SERIES = (
 
 
 def run_workload(base: str, model: str, root: Path, prom: Prometheus) -> None:
-    """Two refusals and three edits (four images; one step-cached), then a bulk job of BULK_ROWS rows on the same
+    """Two refusals and seven edits (eight images; one step-cached, one guarded, one answered from the
+    result cache), then a bulk job of BULK_ROWS rows on the same
     cluster. The first edit's metrics, from every process that records them, reach Prometheus before
     the rest are sent: rate() only sees increases of a series Prometheus already had."""
     post = lambda files, data: requests.post(f"{base}/v1/images/edits", files=files, data=data, timeout=120)  # noqa: E731
@@ -110,6 +111,9 @@ def run_workload(base: str, model: str, root: Path, prom: Prometheus) -> None:
         assert post(image, data).status_code == 200
     for adapter in ("style", "detail"):  # one adapter loaded at a time: the second load evicts the first
         assert post(image, {**EDIT, "model": adapter}).status_code == 200
+    guarded = post(image, {**EDIT, "seed": "5", "guard": '{"max_changed_fraction": 1}'}).json()["data"][0]
+    assert guarded["guard"]["verdict"] == "passed" and guarded["result_cache"] == "miss"
+    assert post(image, {**EDIT, "seed": "5"}).json()["data"][0]["result_cache"] == "hit"  # no stage runs it
 
     (root / "in.png").write_bytes(IMAGE)
     pq.write_table(pa.table({
@@ -144,7 +148,7 @@ def observed(tiny_checkpoints, tmp_path_factory):
     model = tiny_checkpoints["edit-plus"]
     started = time.time()
     lora = {"max_loaded": 1, "max_per_request": 1}  # the checkpoint's own adapters, one loaded at a time
-    with served_app(model, lora=lora) as app, prometheus(root) as prom:
+    with served_app(model, lora=lora, result_cache=True) as app, prometheus(root) as prom:
         run_workload(app.base, model, root, prom)
         idle_since = time.time()
         time.sleep(12)  # two more scrapes, so that every rate() has two samples after the last change
@@ -153,24 +157,25 @@ def observed(tiny_checkpoints, tmp_path_factory):
 
 EXPECTED = {  # PromQL -> value after the workload (model label: the checkpoint directory's name)
     'sum(ray_image_edit_http_requests_total{route="/v1/images/edits", code="400"})': 2,
-    'sum(ray_image_edit_http_requests_total{route="/v1/images/edits", code="200"})': 5,
+    'sum(ray_image_edit_http_requests_total{route="/v1/images/edits", code="200"})': 7,
     'sum(ray_image_edit_errors_total{kind="bad_input"})': 2,
-    'sum(ray_image_edit_images_total{model="edit-plus", status="ok"})': 6,
+    'sum(ray_image_edit_images_total{model="edit-plus", status="ok"})': 8,
     'sum(ray_image_edit_images_total{model="edit-plus", status="error"})': 1,  # the one the Encoder refused
-    "sum(ray_image_edit_request_seconds_count)": 5,
-    'sum(ray_image_edit_queue_seconds_count{stage="encode"})': 5,
-    'sum(ray_image_edit_queue_seconds_count{stage="denoise"})': 6,
-    'sum(ray_image_edit_queue_seconds_count{stage="decode"})': 6,
-    'sum(ray_image_edit_stage_seconds_count{stage="encode"})': 5 + BULK_ROWS,
-    'sum(ray_image_edit_stage_seconds_count{stage="denoise"})': 6 + BULK_ROWS,
-    'sum(ray_image_edit_stage_seconds_count{stage="decode"})': 6 + BULK_ROWS,
-    # Online, one request at a time: six Encoder batches of 1; the bulk job: two batches of 4.
-    'sum(ray_image_edit_batch_size_bucket{stage="encode", le="1.0"})': 6,
-    'sum(ray_image_edit_batch_size_bucket{stage="encode", le="2.0"})': 6,
-    'sum(ray_image_edit_batch_size_bucket{stage="encode", le="4.0"})': 8,
+    "sum(ray_image_edit_request_seconds_count)": 7,
+    # The cache hit runs no stage.
+    'sum(ray_image_edit_queue_seconds_count{stage="encode"})': 6,
+    'sum(ray_image_edit_queue_seconds_count{stage="denoise"})': 7,
+    'sum(ray_image_edit_queue_seconds_count{stage="decode"})': 7,
+    'sum(ray_image_edit_stage_seconds_count{stage="encode"})': 6 + BULK_ROWS,
+    'sum(ray_image_edit_stage_seconds_count{stage="denoise"})': 7 + BULK_ROWS,
+    'sum(ray_image_edit_stage_seconds_count{stage="decode"})': 7 + BULK_ROWS,
+    # Online, one request at a time: seven Encoder batches of 1; the bulk job: two batches of 4.
+    'sum(ray_image_edit_batch_size_bucket{stage="encode", le="1.0"})': 7,
+    'sum(ray_image_edit_batch_size_bucket{stage="encode", le="2.0"})': 7,
+    'sum(ray_image_edit_batch_size_bucket{stage="encode", le="4.0"})': 9,
     # Denoising requests by adapter (none: the base model) — four online, and the bulk rows, which run
     # the same engine loop — adapter loads and the eviction.
-    'sum(ray_image_edit_adapter_requests_total{adapter="none"})': 4 + BULK_ROWS,
+    'sum(ray_image_edit_adapter_requests_total{adapter="none"})': 5 + BULK_ROWS,
     'sum(ray_image_edit_adapter_requests_total{adapter="style"})': 1,
     'sum(ray_image_edit_adapter_loads_total{status="ok"})': 2,
     'sum(ray_image_edit_adapter_evictions_total{adapter="style"})': 1,
@@ -178,6 +183,10 @@ EXPECTED = {  # PromQL -> value after the workload (model label: the checkpoint 
     'sum(ray_image_edit_cache_forwards_total{outcome="computed"})': 2,
     'sum(ray_image_edit_cache_forwards_total{outcome="predicted"})': 2,
     "sum(ray_image_edit_cache_skipped_share_count)": 1,
+    'sum(ray_image_edit_guard_verdicts_total{verdict="passed"})': 1,
+    # every image looked up before any stage runs (the Encoder's refusal too); the repeat is the hit
+    'sum(ray_image_edit_result_cache_lookups_total{outcome="miss"})': 8,
+    'sum(ray_image_edit_result_cache_lookups_total{outcome="hit"})': 1,
     'sum(ray_image_edit_bulk_rows_total{model="edit-plus", status="ok"})': BULK_ROWS,
     "sum(ray_image_edit_denoise_active_requests)": 0,
     "sum(ray_image_edit_denoise_waiting_requests)": 0,
@@ -189,11 +198,11 @@ def test_each_metric_moves_as_the_workload_says(observed):
     got = {expr: prom.value(expr) for expr in EXPECTED}
     assert got == pytest.approx(EXPECTED)
 
-    # The denoiser's loops (online and the bulk job's): 6 online images and BULK_ROWS rows x 2 steps,
-    # batched into at least 2 + 2 and at most 12 + 2 x BULK_ROWS forwards, each recorded once in every
+    # The denoiser's loops (online and the bulk job's): 7 online images made and BULK_ROWS rows x 2 steps,
+    # batched into at least 2 + 2 and at most 14 + 2 x BULK_ROWS forwards, each recorded once in every
     # per-forward metric.
     steps = prom.value("sum(ray_image_edit_denoise_steps_total)")
-    assert 4 <= steps <= 12 + 2 * BULK_ROWS
+    assert 4 <= steps <= 14 + 2 * BULK_ROWS
     for name in ("denoise_step_seconds", "denoise_rows", "denoise_tokens"):
         assert prom.value(f"sum(ray_image_edit_{name}_count)") == steps, name
     assert prom.value('sum(ray_image_edit_denoise_rows_bucket{le="1.0"})') == 0  # CFG on: 2 rows a request
