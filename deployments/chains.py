@@ -10,34 +10,21 @@ of `n` uses its link's seed + i). Intermediate images are PNG (lossless); the la
 `output_format`. Every link is validated before any work starts; a refusal names `chain[k]`.
 """
 
-import json
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field
-from pydantic_core import PydanticCustomError
+from pydantic import Field
 
 from deployments.errors import EditError, InvalidInputError
+from deployments.json_text import json_text
 
 IMAGE_OF_THE_REQUEST = ("image", "mask", "placement", "chain", "n", "output_format", "output_compression")
 NOT_INHERITED = ("mask", "placement", "chain")  # they shape link 1 only
 
 
-def _from_text(value: Any) -> Any:
-    """A `chain` value from JSON text; "" is none."""
-    if not isinstance(value, str):
-        return value
-    if not value.strip():
-        return ()
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as e:
-        raise PydanticCustomError(
-            "as_is", "must be a JSON list of instructions (or objects with a prompt), e.g. {example}; got {value} ({why})",
-            {"example": '["make it night", {"prompt": "add snow", "seed": 3}]', "value": repr(value), "why": e.msg},
-        ) from None
-
-
-ChainField = Annotated[tuple[str | dict[str, Any], ...], BeforeValidator(_from_text), Field(max_length=16)]
+ChainField = Annotated[
+    tuple[str | dict[str, Any], ...], json_text('["make it night", {"prompt": "add snow", "seed": 3}]', empty=(), off=False),
+    Field(max_length=16),
+]
 
 
 def chain_links(model, parameters, values: dict[str, Any]) -> tuple:

@@ -9,14 +9,14 @@ verdict "retried" if it passes, else "flagged"; `fail` fails the image (a 422 on
 in bulk). Guards never change how an image is made: the result cache and provenance ignore them.
 """
 
-import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from deployments.errors import EditError
+from deployments.json_text import json_text
 
 # limit -> (the report's field, whether the limit is a most (else a least))
 LIMITS = {
@@ -62,22 +62,7 @@ class Guard(BaseModel):
         return crossed
 
 
-def _from_text(value: Any) -> Any:
-    """A `guard` value from JSON text; "" or "off" is no guard."""
-    if not isinstance(value, str):
-        return value
-    if value.strip() in ("", "off"):
-        return None
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as e:
-        raise PydanticCustomError(
-            "as_is", "must be JSON such as {example}, or off; got {value} ({why})",
-            {"example": '{"max_changed_fraction": 0.3, "action": "flag"}', "value": repr(value), "why": e.msg},
-        ) from None
-
-
-GuardField = Annotated[Guard | None, BeforeValidator(_from_text)]
+GuardField = Annotated[Guard | None, json_text('{"max_changed_fraction": 0.3, "action": "flag"}')]
 
 
 class GuardPolicy(BaseModel):

@@ -98,6 +98,10 @@ class LoraSettings(_Settings):
         settings["adapters"] = {**shipped, **settings["adapters"]}
         return LoraSettings.model_validate(settings)
 
+    def sources(self) -> dict[str, str]:
+        """Each offered adapter's file or hub id, by name (what provenance records and the result cache key)."""
+        return {name: adapter.source for name, adapter in self.adapters.items()}
+
     def resolved(self, choices: list[dict[str, Any]]) -> tuple[tuple[str, float], ...]:
         """A request's validated `lora` choices as (name, scale) pairs, each scale given or the adapter's
         own; refuses unknown names, repeats, too many adapters, scales out of range and adapters made for

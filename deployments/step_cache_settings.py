@@ -4,11 +4,11 @@ form field or a manifest column, e.g. {"method": "first_block_cache", "threshold
 deployment's policy (`limits.step_cache`: the default for requests that don't ask, and how aggressive
 a request may be). The math: deployments/families/step_caching.py."""
 
-import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.json_text import json_text
 
 METHODS = ("first_block_cache", "taylorseer")
 
@@ -38,23 +38,9 @@ class TaylorSeer(BaseModel):
     max_order: int = Field(1, ge=0, le=4, description="Order of the Taylor expansion.")
 
 
-def _from_text(value: Any) -> Any:
-    """A `cache` value from JSON text (a form field, a manifest column); "" or "off" is no caching."""
-    if not isinstance(value, str):
-        return value
-    if value.strip() in ("", "off"):
-        return None
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as e:
-        raise PydanticCustomError(
-            "as_is", "must be JSON such as {example}, or off; got {value} ({why})",
-            {"example": '{"method": "first_block_cache", "threshold": 0.05}', "value": repr(value), "why": e.msg},
-        ) from None
-
-
 StepCache = Annotated[
-    Annotated[FirstBlockCache | TaylorSeer, Field(discriminator="method")] | None, BeforeValidator(_from_text),
+    Annotated[FirstBlockCache | TaylorSeer, Field(discriminator="method")] | None,
+    json_text('{"method": "first_block_cache", "threshold": 0.05}'),
 ]
 
 

@@ -62,8 +62,7 @@ class Ingress:
     ):
         metrics.bind(ray.util.metrics)
         self.encoder, self.denoiser, self.decoder = encoder, denoiser, decoder
-        sources = {name: adapter.source for name, adapter in served.lora.adapters.items()}
-        self.results = None if result_cache is None else CachedResults(result_cache, served.spec.model_id, sources)
+        self.results = None if result_cache is None else CachedResults(result_cache, served.spec.model_id, served.lora.sources())
         self.settings = settings
         self.served = served
         self.served_model = served.name

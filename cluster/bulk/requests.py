@@ -7,7 +7,6 @@ Kept apart from the stage actors so that its worker imports neither diffusers no
 several seconds less start-up on a small machine, where every worker's imports compete for cores.
 """
 
-import functools
 import json
 from dataclasses import dataclass
 
@@ -82,17 +81,13 @@ class RequestBuilder:
 
     def _from_cache(self, request: EditRequest) -> dict:
         """The row's columns when the result cache has its image (written to OUT here), else a miss."""
-        key = result_key(request, request.parameters.seed, self.spec.model_id, self.adapter_sources)
+        key = result_key(request, request.parameters.seed, self.spec.model_id, self.lora.sources())
         cached = self.results.get(key)
         if cached is None:
             return {"result_cache": "miss"}
         relative = image_path(request.request_id, cached.format)
         self.output.write(relative, cached.data)
         return {**image_columns(cached, relative), "result_cache": "hit"}
-
-    @functools.cached_property
-    def adapter_sources(self) -> dict[str, str]:
-        return {name: adapter.source for name, adapter in self.lora.adapters.items()}
 
     def _values(self, row: dict, columns: tuple[str, ...]) -> dict:
         """The row's parameters: its own values, the job's defaults where it has none."""

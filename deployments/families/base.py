@@ -203,15 +203,10 @@ class ModelFamily(ABC):
             adapters=request.parameters.adapters,
             scheduler=self.scheduler_of(request.parameters),
             cache=request.parameters.cache,
-            provenance=provenance.record(request.parameters, self.spec.model_id, self.adapter_sources, request.derived_from),
+            provenance=provenance.record(request.parameters, self.spec.model_id, self.lora.sources(), request.derived_from),
             timings=request.timings,
             **encoded,
         )
-
-    @functools.cached_property
-    def adapter_sources(self) -> dict[str, str]:
-        """Each offered adapter's file or hub id, by name (for provenance records)."""
-        return {name: adapter.source for name, adapter in self.lora.adapters.items()}
 
     def checked_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """`tensors`, if they are what this family's Conditioning declares (as diffusers' modular blocks
