@@ -329,43 +329,56 @@ def test_bulk_rows_take_a_step_cache_column_and_report_their_forwards(tiny_check
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
 
 
-def test_bulk_rows_report_quality_and_their_guards_flag_retry_and_fail(tiny_checkpoints, tmp_path):
-    """A `guard` column per row: results carry every row's quality report and its guard's verdict; a row
-    whose guard says retry is made again with the next seed (a second pass), one whose guard fails is
-    an error naming the guard; the summary counts flagged and retried rows."""
+def test_bulk_rows_with_guards_and_chains_take_follow_up_passes(tiny_checkpoints, tmp_path):
+    """`guard` and `chain` columns, in one job. Results carry every row's quality report and its guard's
+    verdict; a row whose guard says retry is made again with the next seed, one whose guard fails is an
+    error naming the guard; the summary counts flagged and retried rows. A chain's further links are
+    further passes over the rows still in their chain, each editing the image the previous link wrote;
+    the result is the last link's image, whose provenance records every link; a refused link fails its
+    row before any work, a failing link names itself."""
     model = tiny_checkpoints["edit-plus"]
     upload = image_bytes(random_image(64, 48, seed=2))
     (tmp_path / "in.png").write_bytes(upload)
     encoder, denoiser, decoder = Encoder(model), Denoiser(model), Decoder(model)
-    engine = {
-        seed: decoder.decode(denoiser.denoise([encoder.encode(edit_request(model, [upload], prompt="make it autumn", seed=seed,
-                                                                            num_inference_steps=2))])[0])
-        for seed in (0, 1)
-    }
-    changed = {seed: image.quality["changed_fraction"] for seed, image in engine.items()}
+
+    def engine(image: bytes, prompt: str, seed: int, steps: int = 2):
+        request = edit_request(model, [image], prompt=prompt, seed=seed, num_inference_steps=steps)
+        return decoder.decode(denoiser.denoise([encoder.encode(request)])[0])
+
+    made = {seed: engine(upload, "make it autumn", seed) for seed in (0, 1)}
+    changed = {seed: image.quality["changed_fraction"] for seed, image in made.items()}
     between = (changed[0] + changed[1]) / 2
     passes_only_seed_1 = {"max_changed_fraction": between} if changed[0] > changed[1] else {"min_changed_fraction": between}
-    rows = {  # id -> guard
-        "plain": None,
-        "passed": {"max_changed_fraction": 1},
-        "flagged": {"max_changed_fraction": 0},
-        "retried": {**passes_only_seed_1, "action": "retry"},
-        "retried-flagged": {"max_changed_fraction": 0, "action": "retry"},
-        "failed": {"max_changed_fraction": 0, "action": "fail"},
+    rows = {  # id -> (guard, chain)
+        "plain": (None, None),
+        "passed": ({"max_changed_fraction": 1}, None),
+        "flagged": ({"max_changed_fraction": 0}, None),
+        "retried": ({**passes_only_seed_1, "action": "retry"}, None),
+        "retried-flagged": ({"max_changed_fraction": 0, "action": "retry"}, None),
+        "failed": ({"max_changed_fraction": 0, "action": "fail"}, None),
+        "chained": (None, ["add snow", {"prompt": "make it night", "seed": 4, "num_inference_steps": 3}]),
+        "refused-link": (None, [{"prompt": "x", "num_inference_steps": 0}]),
+        # the tiny model changes its own output little: a last link that must change half the image fails
+        "failing-link": (None, [{"prompt": "add snow", "guard": {"min_changed_fraction": 0.5, "action": "fail"}}]),
     }
     table = pa.Table.from_pylist(
-        [{"id": row_id, "image": "in.png", "instruction": "make it autumn", "guard": guard and json.dumps(guard)}
-         for row_id, guard in rows.items()],
-        schema=pa.schema([("id", pa.string()), ("image", pa.string()), ("instruction", pa.string()), ("guard", pa.string())]),
+        [{"id": row_id, "image": "in.png", "instruction": "make it autumn", "guard": guard and json.dumps(guard),
+          "chain": chain and json.dumps(chain)} for row_id, (guard, chain) in rows.items()],
+        schema=pa.schema([("id", pa.string()), ("image", pa.string()), ("instruction", pa.string()), ("guard", pa.string()),
+                          ("chain", pa.string())]),
     )
     pq.write_table(table, tmp_path / "manifest.parquet")
     out = tmp_path / "out"
-    done = subprocess.run(bulk_command(tmp_path / "manifest.parquet", out, model), capture_output=True, text=True, timeout=480)
-    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]  # the failed row
-    table = check_exactly_once(out, tmp_path / "manifest.parquet", failing={"failed"}).set_index("id")
-    verdicts = [None if pd.isna(verdict) else verdict for verdict in table["guard_verdict"]]
-    assert dict(zip(table.index, verdicts)) == {
-        "plain": None, "passed": "passed", "flagged": "flagged", "retried": "retried", "retried-flagged": "flagged", "failed": "failed",
+    done = subprocess.run(bulk_command(tmp_path / "manifest.parquet", out, model), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]
+    failing = {"failed", "refused-link", "failing-link"}
+    table = check_exactly_once(out, tmp_path / "manifest.parquet", failing=failing).set_index("id")
+
+    # Guards
+    verdicts = {row_id: None if pd.isna(verdict) else verdict for row_id, verdict in table["guard_verdict"].items()}
+    assert verdicts == {
+        "plain": None, "passed": "passed", "flagged": "flagged", "retried": "retried", "retried-flagged": "flagged",
+        "failed": "failed", "chained": None, "refused-link": None, "failing-link": "failed",
     }
     assert table.loc["failed", "error"].startswith("guard: the edited image crossed its limits (changed_fraction")
     assert pd.isna(table.loc["failed", "output"])
@@ -373,50 +386,27 @@ def test_bulk_rows_report_quality_and_their_guards_flag_retry_and_fail(tiny_chec
     assert table.loc[["retried", "retried-flagged"], "retried_from_seed"].tolist() == [0, 0]
     assert table.loc[["retried", "retried-flagged", "plain"], "seed"].tolist() == [1, 1, 0]
     assert table.loc["retried", "changed_fraction"] == pytest.approx(changed[1], abs=1e-3)
-    for column, value in engine[0].quality.items():  # the whole report, a column each (pixels may differ by 1 level)
+    for column, value in made[0].quality.items():  # the whole report, a column each (pixels may differ by 1 level)
         assert table.loc["plain", column] == (value if isinstance(value, str) else pytest.approx(value, abs=1e-3))
     summary = done.stdout.splitlines()
     header = summary.index(next(line for line in summary if line.split()[:5] == ["ok", "error", "skipped", "flagged", "retried"]))
-    assert summary[header + 1].split()[:5] == ["5", "1", "0", "2", "1"]
+    assert summary[header + 1].split()[:5] == ["6", "3", "0", "2", "1"]
     record = provenance.read((out / table.loc["retried", "output"]).read_bytes())  # the image's record, also a column
     assert json.loads(table.loc["retried", "provenance"]) == record and record["parameters"]["seed"] == 1
     retried = np.asarray(Image.open(out / table.loc["retried", "output"]), dtype=np.int16)
-    assert np.abs(retried - np.asarray(Image.open(io.BytesIO(engine[1].data)), dtype=np.int16)).max() <= 1
+    assert np.abs(retried - np.asarray(Image.open(io.BytesIO(made[1].data)), dtype=np.int16)).max() <= 1
 
-
-def test_bulk_rows_with_a_chain_take_a_pass_per_link_each_fed_the_previous_image(tiny_checkpoints, tmp_path):
-    """A `chain` column: each further link is another pass over the rows still in their chain, editing
-    the image the previous link wrote; the result is the last link's image, whose provenance records
-    every link; a refused link fails its row before any work, a failing link names itself."""
-    model = tiny_checkpoints["edit-plus"]
-    (tmp_path / "in.png").write_bytes(image_bytes(random_image(64, 48, seed=5)))
-    rows = {  # id -> chain
-        "plain": None,
-        "chained": json.dumps(["add snow", {"prompt": "make it night", "seed": 4, "num_inference_steps": 3}]),
-        "refused-link": json.dumps([{"prompt": "x", "num_inference_steps": 0}]),
-        # the tiny model changes its own output little: a last link that must change half the image fails
-        "failing-link": json.dumps([{"prompt": "add snow", "guard": {"min_changed_fraction": 0.5, "action": "fail"}}]),
-    }
-    table = pa.Table.from_pylist(
-        [{"id": row_id, "image": "in.png", "instruction": "make it autumn", "chain": chain} for row_id, chain in rows.items()],
-        schema=pa.schema([("id", pa.string()), ("image", pa.string()), ("instruction", pa.string()), ("chain", pa.string())]),
-    )
-    pq.write_table(table, tmp_path / "manifest.parquet")
-    out = tmp_path / "out"
-    done = subprocess.run(bulk_command(tmp_path / "manifest.parquet", out, model), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]
-    results = check_exactly_once(out, tmp_path / "manifest.parquet", failing={"refused-link", "failing-link"}).set_index("id")
-    assert "chain: chain[0].num_inference_steps: must be an integer" in results.loc["refused-link", "error"]
-    assert results.loc["failing-link", "error"].startswith("chain[0] (link 2 of 2): guard: the edited image crossed its limits")
-
-    record = json.loads(results.loc["chained", "provenance"])
+    # Chains
+    assert "chain: chain[0].num_inference_steps: must be an integer" in table.loc["refused-link", "error"]
+    assert table.loc["failing-link", "error"].startswith("chain[0] (link 2 of 2): guard: the edited image crossed its limits")
+    record = json.loads(table.loc["chained", "provenance"])
     links = [record["derived_from"]["derived_from"], record["derived_from"], record]
     assert [link["parameters"]["prompt"] for link in links] == ["make it autumn", "add snow", "make it night"]
-    assert [link["parameters"]["seed"] for link in links] == [0, 0, 4] and results.loc["chained", "seed"] == 4
+    assert [link["parameters"]["seed"] for link in links] == [0, 0, 4] and table.loc["chained", "seed"] == 4
     intermediate = out / "images" / f"{safe_name('chained.link2')}.png"  # link 2's image, link 3's input
     assert links[2]["inputs_sha256"]["image"] == [provenance.sha256(intermediate.read_bytes())]
-    request = edit_request(model, [intermediate.read_bytes()], prompt="make it night", seed=4, num_inference_steps=3)
-    expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
-    bulk = np.asarray(Image.open(out / results.loc["chained", "output"]), dtype=np.int16)
+    expected = engine(intermediate.read_bytes(), "make it night", 4, steps=3).data
+    bulk = np.asarray(Image.open(out / table.loc["chained", "output"]), dtype=np.int16)
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
-    assert "another pass for 2 row(s)" in done.stdout  # link 2 of "chained" and "failing-link"; then link 3 of "chained"
+    # pass 2: the two retries and link 2 of both chains; pass 3: link 3 of "chained"
+    assert "another pass for 4 row(s)" in done.stdout and "another pass for 1 row(s)" in done.stdout
