@@ -29,19 +29,25 @@ class ChainedEdit:
         return [stage for edit in self.edits for stage in edit.retried]
 
     async def images(self, seeds: tuple[int, ...]) -> list[list[EditedImage]]:
-        """For each seed, every link's image (the last is the result), its timings those of all links."""
-        tasks = [asyncio.ensure_future(self.image(seed)) for seed in seeds]
+        """For each seed, every link's image (the last is the result), its timings those of all links.
+        Link 1 is one StagedEdit for every seed (the prompt is encoded once); the later links of each
+        image follow one another."""
+        first = self.staged(self.request)
+        self.edits.append(first)
+        firsts = await first.images(seeds)
+        tasks = [asyncio.ensure_future(self.rest(image, seed)) for image, seed in zip(firsts, seeds)]
         try:
             return list(await asyncio.gather(*tasks))
         finally:  # one image failed, the deadline came or the client left: stop the others' work
             for task in tasks:
                 task.cancel()
 
-    async def image(self, seed: int) -> list[EditedImage]:
+    async def rest(self, first: EditedImage, seed: int) -> list[EditedImage]:
+        """`first` (link 1's image of `seed`) and the images of the later links made from it."""
         offset = seed - self.links[0].seed  # image i of n: each link's seed + i
-        made: list[EditedImage] = []
-        for k, link in enumerate(self.links):
-            request = self.request if k == 0 else EditRequest(
+        made = [first]
+        for k, link in enumerate(self.links[1:], start=1):
+            request = EditRequest(
                 with_input(link, made[-1].data), request_id=f"{self.request.request_id}-{k}", timings={"sent_at": time.time()},
                 derived_from=made[-1].provenance,
             )
@@ -50,7 +56,7 @@ class ChainedEdit:
             try:
                 (image,) = await edit.images((link.seed + offset,))
             except EditError as error:
-                raise (in_link(error, k, len(self.links)) if k else error) from None
+                raise in_link(error, k, len(self.links)) from None
             made.append(image)
         made[-1] = dataclasses.replace(made[-1], timings=_summed([image.timings for image in made]))
         return made
