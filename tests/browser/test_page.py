@@ -85,7 +85,8 @@ def test_the_page_fields_are_the_declared_parameters(page_url, browser, tiny_che
     rendered = {
         field.get_attribute("name"): field for field in browser.find_elements(By.CSS_SELECTOR, "#fields [name]")
     }
-    assert set(rendered) == set(declared) - {"image", "prompt", "n", "lora", "mask"}  # one image per edit; adapters, mask apart
+    # one image per edit; adapters and mask apart; no chain (the page streams, a chain is not streamed)
+    assert set(rendered) == set(declared) - {"image", "prompt", "n", "lora", "mask", "chain"}
     for name, field in rendered.items():
         schema = next((o for o in declared[name].get("anyOf", []) if o.get("type") != "null"), declared[name])
         if "enum" in schema:
