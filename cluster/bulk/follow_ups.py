@@ -4,8 +4,8 @@ deployments/guards.py).
 
 The job runs the manifest once, then again over just the rows that still need an edit, each with
 its own next edit (`Pending`), until none does: a row's chain of k links takes k passes, a guard's
-retry one more. A later link edits the previous link's image (written to OUT/images/ as
-`<safe-id>.link<k>.png`, lossless); the last link's image is the row's result. A row is a result
+retry one more. A later link edits the previous link's image (written to OUT/images/ as a PNG named
+after the row's id and the link); the last link's image is the row's result. A row is a result
 only once it is done, so a kill between passes leaves it without one and the next run edits it
 from the start: exactly once still holds.
 

@@ -71,11 +71,15 @@ class RequestBuilder:
         pending = self.pending[row_id] if self.pending is not None else Pending()
         link = links[pending.link]
         if pending.image is not None:
-            link = with_input(link, self.output.read(pending.image))
+            try:
+                link = with_input(link, self.output.read(pending.image))
+            except OSError as e:  # e.g. removed between passes
+                raise EditError(f"image: the previous link's image {pending.image} could not be read ({e})", "image") from e
         if pending.retry_of_seed is not None:
             link = link.model_copy(update={"seed": retry_seed(pending.retry_of_seed, 1)})
         last = pending.link == len(links) - 1  # its image is the row's result, OUT/images/<safe-id>.<ext>
-        request_id = row_id if last else f"{row_id}.link{pending.link + 1}"
+        # NUL: no row's own id ends like an intermediate's, so no two requests share an image file
+        request_id = row_id if last else f"{row_id}\x00link{pending.link + 1}"
         derived_from = None if pending.derived_from is None else json.loads(pending.derived_from)
         return EditRequest(link, request_id=request_id, derived_from=derived_from), link
 

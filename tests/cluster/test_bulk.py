@@ -403,7 +403,7 @@ def test_bulk_rows_with_guards_and_chains_take_follow_up_passes(tiny_checkpoints
     links = [record["derived_from"]["derived_from"], record["derived_from"], record]
     assert [link["parameters"]["prompt"] for link in links] == ["make it autumn", "add snow", "make it night"]
     assert [link["parameters"]["seed"] for link in links] == [0, 0, 4] and table.loc["chained", "seed"] == 4
-    intermediate = out / "images" / f"{safe_name('chained.link2')}.png"  # link 2's image, link 3's input
+    intermediate = out / "images" / f"{safe_name('chained' + chr(0) + 'link2')}.png"  # link 2's image, link 3's input
     assert links[2]["inputs_sha256"]["image"] == [provenance.sha256(intermediate.read_bytes())]
     expected = engine(intermediate.read_bytes(), "make it night", 4, steps=3).data
     bulk = np.asarray(Image.open(out / table.loc["chained", "output"]), dtype=np.int16)
