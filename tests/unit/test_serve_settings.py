@@ -104,6 +104,7 @@ def test_the_default_config_serves_every_tiny_model(variant, tiny_checkpoints, m
 
     monkeypatch.setenv("MODEL", tiny_checkpoints[variant])
     ingress = build_app(settings_of(CONFIG))
-    served = ingress._bound_deployment.init_args[-1]
+    encoder, denoiser, decoder, settings, served, result_cache = ingress._bound_deployment.init_args
+    assert result_cache is not None  # on in serve/config.yaml
     expected = {"style", "detail", "lightning-4step"} if variant == "edit-plus" else set()
     assert set(served.lora.adapters) == expected
