@@ -25,7 +25,6 @@ LIMITS = {
     "min_unchanged_ssim": ("unchanged_ssim", False),
     "min_unchanged_psnr_db": ("unchanged_psnr_db", False),
 }
-VERDICTS = ("passed", "flagged", "retried", "failed")
 
 
 class Guard(BaseModel):
@@ -86,7 +85,7 @@ class GuardFailedError(EditError):
 
 @dataclass(frozen=True)
 class Verdict:
-    """What a guard says of an image: `verdict` one of VERDICTS, the limits it crossed, and the seed
+    """What a guard says of an image: `verdict` passed, flagged, retried or failed, the limits it crossed, and the seed
     whose image crossed them first when the image was made again."""
 
     verdict: str
