@@ -16,6 +16,7 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import tomllib
 import xml.etree.ElementTree as ElementTree
 from functools import cache
 from typing import Any
@@ -25,6 +26,7 @@ from PIL import Image, PngImagePlugin
 
 from deployments.errors import InvalidInputError
 from deployments.parameters import EditParameters
+from deployments.settings import PROJECT_DIR
 
 KEY = "provenance"
 NAMESPACE = "https://github.com/qwen-edit-cluster/xmp/1.0/"
@@ -63,7 +65,9 @@ def with_seed(provenance: dict[str, Any], seed: int) -> dict[str, Any]:
 
 @cache
 def software() -> dict[str, str]:
-    return {name: importlib.metadata.version(name) for name in ("qwen-edit-cluster", "diffusers", "torch")}
+    # The project's own version from its pyproject.toml: a checkout run without `pip install` has no metadata.
+    project = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]
+    return {project["name"]: project["version"]} | {name: importlib.metadata.version(name) for name in ("diffusers", "torch")}
 
 
 def sha256(data: bytes) -> str:
