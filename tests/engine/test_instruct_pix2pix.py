@@ -12,7 +12,7 @@ from PIL import Image
 
 from deployments.errors import InvalidInputError
 from deployments.images import decode_image
-from tests.engine.support import denoise_joining
+from cluster.staggered_batch import denoise_joining
 from tests.helpers import edit_request, image_bytes, random_image
 
 STEPS = 4

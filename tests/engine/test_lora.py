@@ -19,7 +19,7 @@ from deployments.families.qwen_image_edit_parameters import LIGHTNING_SCHEDULER
 from deployments.images import decode_image
 from deployments.lora_settings import LoraSettings
 from deployments.settings import EngineSettings
-from tests.engine.support import denoise_joining
+from cluster.staggered_batch import denoise_joining
 from tests.helpers import edit_request, image_bytes, random_image
 
 FILES = {"style": "style-peft.safetensors", "detail": "detail-kohya.safetensors", "lightning": "lightning-like.safetensors"}

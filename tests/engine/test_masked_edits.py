@@ -16,7 +16,7 @@ from deployments.errors import InvalidInputError
 from deployments.families.qwen_image_edit_parameters import first_step
 from deployments.images import decode_image, quantized
 from deployments.masks import EDIT, outpainting_canvas
-from tests.engine.support import denoise_joining
+from cluster.staggered_batch import denoise_joining
 from tests.helpers import edit_request, image_bytes, random_image
 
 STEPS = 4

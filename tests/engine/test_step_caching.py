@@ -17,7 +17,7 @@ from deployments.families import step_caching
 from deployments.images import decode_image
 from deployments.settings import EngineSettings
 from tests.engine.conftest import Stages
-from tests.engine.support import denoise_joining
+from cluster.staggered_batch import denoise_joining
 from tests.helpers import edit_request, image_bytes, random_image
 
 UPLOAD = image_bytes(random_image(96, 64, seed=3))
