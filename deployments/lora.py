@@ -36,6 +36,14 @@ def rows_using(adapters_per_row: list[Adapters]):
         _ROWS.reset(token)
 
 
+@contextlib.contextmanager
+def only_rows(rows: list[int]):
+    """Within a forward under `rows_using`: a part of its batch, rows `rows` of it in this order."""
+    batch = _ROWS.get()
+    with rows_using([batch[i] for i in rows] if batch else []):
+        yield
+
+
 def install(model: torch.nn.Module) -> None:
     """Gives every LoRA layer of `model` the per-row forward (idempotent: call after each adapter load)."""
     from peft.tuners.lora.layer import Linear as LoraLinear

@@ -23,7 +23,9 @@ from deployments import lora
 from deployments.contracts import Conditioning, EditRequest, Latents, OutputSpec
 from deployments.errors import InvalidInputError, ModelLoadError
 from deployments.families.base import DenoiseJob, Footprint, ModelFamily, TensorSpec
+from deployments.families import prompt_padding
 from deployments.families.batch_invariance import make_per_row_linears_batch_invariant
+from deployments.families.prompt_padding import PromptPaddingAttnProcessor
 from deployments.families.qwen_image_masked_edits import MaskedEdits
 from deployments.families.step_caching import (
     FirstBlockCacheRow,
@@ -75,6 +77,7 @@ class QwenImageEdit(MaskedEdits, ModelFamily):
         if transformer.config.guidance_embeds:
             raise ModelLoadError(f"{self.spec.model_id!r}: guidance-distilled Qwen-Image transformers are not supported")
         make_per_row_linears_batch_invariant(transformer)
+        transformer.set_attn_processor(PromptPaddingAttnProcessor())
 
     # ---- Encoder -------------------------------------------------------------------------------
 
@@ -297,26 +300,28 @@ class QwenImageEdit(MaskedEdits, ModelFamily):
         when a row has one)."""
         jobs = [job for job, _ in rows]
         embeds, mask = _pad_prompts([job.tensors[name] for job, name in rows], [job.tensors[name + "_mask"] for job, name in rows])
-        # No token masked (no row padded, none with masked tokens of its own): no mask, as diffusers
-        # passes an unpadded prompt. Decided from shapes and admission-time flags, without a sync.
-        unmasked = len({job.tensors[name].shape[0] for job, name in rows}) == 1 and all(job.state["unmasked"][name] for job, name in rows)
+        lengths = [job.tensors[name].shape[0] for job, name in rows]
+        # Padding is attended row by row without a mask (prompt_padding.py); only a row with masked
+        # tokens of its own takes diffusers' mask. Decided from shapes and admission-time flags, without a sync.
+        own_masks = not all(job.state["unmasked"][name] for job, name in rows)
         inputs = dict(
             hidden_states=torch.cat([torch.cat([job.latents, job.tensors["image_latents"][None]], dim=1) for job in jobs]),  # (B, L + L_img, C)
             timestep=torch.stack([job.timestep for job in jobs]).to(self.dtype) / 1000,  # one timestep per row
-            encoder_hidden_states_mask=None if unmasked else mask,
+            encoder_hidden_states_mask=mask if own_masks else None,
             encoder_hidden_states=embeds,
             img_shapes=[list(jobs[0].conditioning.img_shapes)] * len(rows),
-            attention_kwargs={},
+            attention_kwargs={} if own_masks else prompt_padding.attention_kwargs(lengths),
         )
         adapters = [job.conditioning.adapters for job in jobs]
         caches = [job.state["caches"].get(name) for job, name in rows]
         transformer = self.loaded["transformer"]
-        if any(isinstance(cache, FirstBlockCacheRow) for cache in caches):
-            fbc = [cache if isinstance(cache, FirstBlockCacheRow) else None for cache in caches]
-            noise_pred = forward_with_first_block_cache(transformer, fbc, adapters, **inputs)
-        else:
-            with lora.rows_using(adapters):
-                noise_pred = transformer(**inputs, guidance=None, return_dict=False)[0]
+        with prompt_padding.rows_with_prompt_lengths(lengths):
+            if any(isinstance(cache, FirstBlockCacheRow) for cache in caches):
+                fbc = [cache if isinstance(cache, FirstBlockCacheRow) else None for cache in caches]
+                noise_pred = forward_with_first_block_cache(transformer, fbc, adapters, **inputs)
+            else:
+                with lora.rows_using(adapters):
+                    noise_pred = transformer(**inputs, guidance=None, return_dict=False)[0]
         return noise_pred[:, : jobs[0].latents.shape[1]]  # drop the image-latent positions
 
     def cache_report(self, job: DenoiseJob) -> dict[str, int] | None:

@@ -25,6 +25,7 @@ import torch
 from diffusers.models.transformers.transformer_qwenimage import compute_text_seq_len_from_mask
 
 from deployments import lora
+from deployments.families import prompt_padding
 from deployments.step_cache_settings import FirstBlockCache, TaylorSeer
 
 
@@ -149,7 +150,7 @@ def forward_with_first_block_cache(
     if rows:
         text, computed = head_text[rows], head_image[rows]
         inputs = _rows_of(block_inputs, rows, hidden_states.shape[0])
-        with lora.rows_using([adapters[i] for i in rows]):
+        with lora.rows_using([adapters[i] for i in rows]), prompt_padding.only_rows(rows):
             for block in others:
                 text, computed = block(hidden_states=computed, encoder_hidden_states=text, **inputs)
         image[rows] = computed
