@@ -43,7 +43,8 @@ def only_rows(rows: list[int]):
 
 
 def attention_kwargs(lengths: list[int]) -> dict[str, bool]:
-    """The transformer's `attention_kwargs` for rows with these prompt lengths (set with `rows_with_prompt_lengths`)."""
+    """The transformer's `attention_kwargs` for a forward of rows with these prompt lengths: whether the
+    processor attends by length groups (which lengths, it reads from `rows_with_prompt_lengths`)."""
     return {"padded_prompts": True} if len(set(lengths)) > 1 else {}
 
 
