@@ -37,7 +37,7 @@ def rows_using(adapters_per_row: list[Adapters]):
 
 
 @contextlib.contextmanager
-def only_rows(rows: list[int]):
+def only_rows(rows: list[int] | tuple[int, ...]):
     """Within a forward under `rows_using`: a part of its batch, rows `rows` of it in this order."""
     batch = _ROWS.get()
     with rows_using([batch[i] for i in rows] if batch else []):

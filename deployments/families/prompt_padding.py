@@ -15,6 +15,7 @@ with masked tokens of its own (not padding) still takes diffusers' mask.
 """
 
 import contextlib
+import functools
 from contextvars import ContextVar
 
 import torch
@@ -63,11 +64,8 @@ class PromptPaddingAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
     def _by_prompt_length(self, attn, hidden_states, encoder_hidden_states, image_rotary_emb):
         lengths = _PROMPT_LENGTHS.get()
         padded = encoder_hidden_states.shape[1]
-        groups: dict[int, list[int]] = {}
-        for row, length in enumerate(lengths):
-            groups.setdefault(length, []).append(row)
         images, texts = [None] * len(lengths), [None] * len(lengths)
-        for length, rows in groups.items():
+        for length, rows in _groups(lengths):
             rotary = None if image_rotary_emb is None else (image_rotary_emb[0], image_rotary_emb[1][:length])
             # rows gathered by slices: indexing with a list would copy the index to the device (a sync)
             with lora.only_rows(rows):
@@ -79,3 +77,12 @@ class PromptPaddingAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
             for j, row in enumerate(rows):
                 images[row], texts[row] = image[j : j + 1], text[j : j + 1]
         return torch.cat(images), torch.cat(texts)
+
+
+@functools.lru_cache(maxsize=64)  # every block of a forward asks, with the same lengths
+def _groups(lengths: tuple[int, ...]) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """(prompt length, the rows of that length) for each length, in the order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for row, length in enumerate(lengths):
+        groups.setdefault(length, []).append(row)
+    return tuple((length, tuple(rows)) for length, rows in groups.items())
