@@ -25,7 +25,6 @@ from deployments.errors import InvalidInputError, ModelLoadError
 from deployments.families.base import DenoiseJob, Footprint, ModelFamily, TensorSpec
 from deployments.families import prompt_padding
 from deployments.families.batch_invariance import make_per_row_linears_batch_invariant
-from deployments.families.prompt_padding import PromptPaddingAttnProcessor
 from deployments.families.qwen_image_masked_edits import MaskedEdits
 from deployments.families.step_caching import (
     FirstBlockCacheRow,
@@ -77,7 +76,7 @@ class QwenImageEdit(MaskedEdits, ModelFamily):
         if transformer.config.guidance_embeds:
             raise ModelLoadError(f"{self.spec.model_id!r}: guidance-distilled Qwen-Image transformers are not supported")
         make_per_row_linears_batch_invariant(transformer)
-        transformer.set_attn_processor(PromptPaddingAttnProcessor())
+        transformer.set_attn_processor(prompt_padding.PromptPaddingAttnProcessor())
 
     # ---- Encoder -------------------------------------------------------------------------------
 
