@@ -34,8 +34,15 @@ Reader = Callable[..., tuple[StateDict, dict | None]]  # diffusers' `Pipeline.lo
 class AdapterStore:
     def __init__(
         self, model: torch.nn.Module, read: Reader, settings: LoraSettings, device: torch.device, model_name: str = "",
+        hold_structure: bool = False,
     ):
+        """`hold_structure`: the model's repeated blocks are compiled, so their LoRA layers are made now
+        and kept (`lora.hold_structure`)."""
         self.model = model  # the denoising model the adapters are injected into
+        self.resident: frozenset[str] = frozenset()  # held for good, outside the LRU
+        if hold_structure:
+            lora.hold_structure(model)
+            self.resident = frozenset({lora.STRUCTURE_ADAPTER})
         self.read = read
         self.settings = settings
         self.device = device
@@ -76,7 +83,7 @@ class AdapterStore:
         """On the loop's thread: whether every adapter of `names` is installed, installing those whose
         read has finished (evicting the least recently used ones not in `keep` or `names` to make room)
         and starting reads for the others. Raises ModelLoadError for one that can't be loaded."""
-        names = list(names)
+        names = [name for name in names if name not in self.resident]
         for name in names:
             if name in self._installed:
                 self._installed.move_to_end(name)

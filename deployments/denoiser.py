@@ -13,9 +13,11 @@ A request's adapters must be loaded before it starts: `adapters_ready` loads the
 (the engine loop's admission), `denoise_batch` waits for them.
 """
 
+import dataclasses
+
 import torch
 
-from deployments import metrics, provenance
+from deployments import lora, metrics, provenance
 from deployments.adapter_store import AdapterStore
 from deployments.contracts import Conditioning, Latents
 from deployments.errors import EditError, failed_alone
@@ -34,16 +36,20 @@ class Denoiser:
         self.family = load_family(model or model_from_env(), "denoise", device, fast_path.pinned_transfers, lora, dtype)
         denoising_model = self.family.loaded[self.family.denoising_model]
         prepare_transformer(denoising_model, fast_path)
-        self.adapters = AdapterStore(denoising_model, self.family.read_adapter, lora, self.family.device, model_name)
+        self.adapters = AdapterStore(denoising_model, self.family.read_adapter, lora, self.family.device, model_name,
+                                     hold_structure=fast_path.compile and bool(lora.adapters))
         self.model_name = model_name  # the metrics' `model` label
         if fast_path.compile:
             self.warm_up()
 
     def warm_up(self) -> None:
         """Synthetic requests at the model's default area, so that compilation (and the first kernel
-        launches) happen here rather than in a user's request."""
+        launches) happen here rather than in a user's request; with adapters offered, each batch once
+        more with a row using one (their compiled code differs only in that: deployments/lora.py)."""
         for batch in self.family.warm_up_batches():
             self.denoise(batch)
+            if self.adapters.resident:
+                self.denoise([dataclasses.replace(c, adapters=((lora.STRUCTURE_ADAPTER, 1.0),)) for c in batch])
 
     def denoise(self, batch: list[Conditioning]) -> list[Latents]:
         """Every request's Latents; raises the first request's error if any failed."""
@@ -116,7 +122,7 @@ class Denoiser:
         its bucket, a failed update its job — and the others have advanced."""
         buckets: dict = {}
         failed: dict[DenoiseJob, Exception] = {}
-        installed = set(self.adapters.installed)
+        installed = {*self.adapters.installed, *self.adapters.resident}
         for job in jobs:
             missing = {name for name, _ in job.conditioning.adapters} - installed
             if missing:  # never run a row without the adapters it asked for

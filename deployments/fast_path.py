@@ -7,7 +7,9 @@ model against the plain path (tests/engine/test_fast_path.py) except `fp8`, whic
   "_native_math" force one of them; "flash" uses the FlashAttention package when installed.
 - `compile`: regional `torch.compile` of the transformer's repeated block (compiled once, reused by
   all 60 blocks: seconds to compile instead of minutes), with dynamic shapes so new batch sizes and
-  token counts don't recompile; the Denoiser warms it up at start so no user request pays for it.
+  token counts don't recompile; the Denoiser warms it up at start so no user request pays for it
+  (with LoRA adapters offered, their layers are made at start and their terms run eagerly, so
+  adapters never recompile either: deployments/lora.py).
 - `fp8`: the transformer's linears in FP8 on GPUs with FP8 tensor cores (deployments/fp8.py), off by
   default: not exact (the one setting that changes results), refused where unsupported.
 - `vae_tiling` / `vae_slicing`: decode large images tile by tile / batches image by image, for memory.
@@ -22,6 +24,7 @@ from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
 from deployments import fp8
 
+COMPILED_VARIANTS = 64  # per compiled function (see prepare_transformer)
 ATTENTION_BACKENDS = ("native", "_native_flash", "_native_cudnn", "_native_efficient", "_native_math", "flash")
 
 
@@ -57,6 +60,10 @@ def prepare_transformer(transformer: torch.nn.Module, fast: FastPath) -> None:
         fp8.check_supported(transformer)
         fp8.quantize(transformer)
     if fast.compile:
+        # The Denoiser's warm-up compiles every variant of the block's code (prompt mask or none, one row
+        # or several, adapters in use or not: tests/engine/test_fast_path.py and test_lora.py), more than
+        # Dynamo's default limit of 8 per function, past which it would run the rest uncompiled.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_VARIANTS)
         transformer.compile_repeated_blocks(dynamic=True)
 
 

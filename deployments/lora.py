@@ -12,6 +12,12 @@ batched they would change a request's result with its batch-mates (deployments/f
 covers the base layers). Which adapters each row uses reaches the layers for one forward through
 `rows_using` — diffusers' transformer has no argument for it. Loading never changes the base weights,
 and unloading an adapter deletes its layers: the base output stays bit-identical (fuse/unfuse would not).
+
+Under `torch.compile` (the `compile` fast-path setting) two things would otherwise recompile the
+blocks for user requests, and past Dynamo's limit of compilations run them uncompiled: the modules
+themselves (a loaded adapter turns a block's linears into LoRA layers) and which adapters each row
+uses. So `hold_structure` makes every linear of the compiled blocks a LoRA layer at start, and the
+adapter terms run eagerly: the compiled code only sees whether some row of the forward uses one.
 """
 
 import contextlib
@@ -23,17 +29,24 @@ import torch
 
 Adapters = tuple[tuple[str, float], ...]  # (name, scale) pairs, in the order they are stacked
 
+# The rank-1 adapter `hold_structure` adds; no request can name it (adapter names start with a letter or digit).
+STRUCTURE_ADAPTER = "_compiled_structure"
+
 _ROWS: ContextVar[tuple[Adapters, ...] | None] = ContextVar("lora_rows", default=None)
+# Whether _ROWS is set: what compiled code tests (on a tuple it would also guard its length, a graph per row count).
+_IN_USE: ContextVar[bool] = ContextVar("lora_in_use", default=False)
 
 
 @contextlib.contextmanager
 def rows_using(adapters_per_row: list[Adapters]):
     """Within it, model forwards give batch row i the adapters `adapters_per_row[i]`."""
-    token = _ROWS.set(tuple(adapters_per_row) if any(adapters_per_row) else None)
+    in_use = any(adapters_per_row)
+    tokens = _ROWS.set(tuple(adapters_per_row) if in_use else None), _IN_USE.set(in_use)
     try:
         yield
     finally:
-        _ROWS.reset(token)
+        _ROWS.reset(tokens[0])
+        _IN_USE.reset(tokens[1])
 
 
 @contextlib.contextmanager
@@ -58,6 +71,22 @@ def install(model: torch.nn.Module) -> None:
         module._per_row_lora = True
 
 
+def hold_structure(model: torch.nn.Module) -> None:
+    """Makes every linear of the model's repeated blocks (what `compile_repeated_blocks` compiles) a
+    LoRA layer now, holding STRUCTURE_ADAPTER (rank 1, B = 0, used only by the Denoiser's warm-up):
+    loading and evicting adapters then leaves the compiled blocks' modules as they are."""
+    from peft import LoraConfig
+
+    blocks = set(model._repeated_blocks)
+    targets = [
+        f"{block_name}.{name}"
+        for block_name, block in model.named_modules() if type(block).__name__ in blocks
+        for name, module in block.named_modules() if isinstance(module, torch.nn.Linear)
+    ]
+    model.add_adapter(LoraConfig(r=1, lora_alpha=1, target_modules=targets), adapter_name=STRUCTURE_ADAPTER)
+    install(model)
+
+
 def check_plain_lora(model: torch.nn.Module, adapter: str) -> None:
     """Refuses an adapter whose layers are a LoRA variant (DoRA, ...) the per-row forward doesn't compute."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -70,9 +99,15 @@ def check_plain_lora(model: torch.nn.Module, adapter: str) -> None:
 def _per_row_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     # Adapted from peft 0.21 `tuners/lora/layer.py` Linear.forward (its unmerged, vanilla-LoRA branch).
     result = layer.base_layer(x, *args, **kwargs)
-    rows = _ROWS.get()
-    if rows is None:
+    if not _IN_USE.get():  # no row of this forward uses an adapter
         return result
+    return _with_adapter_terms(layer, x, result)
+
+
+# Eager under torch.compile: which adapters each row uses would otherwise be compiled in, a graph per combination.
+@torch.compiler.disable
+def _with_adapter_terms(layer, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    rows = _ROWS.get()
     if len(rows) != x.shape[0]:
         raise ValueError(f"{len(rows)} rows' adapters given for a batch of {x.shape[0]}")
     own = [[(name, scale) for name, scale in row if name in layer.lora_A] for row in rows]

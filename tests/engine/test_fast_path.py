@@ -49,6 +49,7 @@ def compilations() -> int:
 @pytest.fixture(scope="module")
 def compiled(stages):
     """A Denoiser with the compiled block (compiled while warming up), and how many graphs that compiled."""
+    torch._dynamo.reset()  # as in a new process: compiled Denoisers of other tests share the block's compiled code
     before = compilations()
     denoiser = Denoiser(stages["edit-plus"].model, fast_path=FastPath(compile=True))
     return denoiser, compilations() - before

@@ -10,11 +10,13 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline
 from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
+from torch._dynamo.utils import counters
 
 from deployments.decoder import Decoder
 from deployments.denoiser import Denoiser
 from deployments.encoder import Encoder
 from deployments.errors import EditError
+from deployments.fast_path import FastPath
 from deployments.families.qwen_image_edit_parameters import LIGHTNING_SCHEDULER
 from deployments.images import decode_image
 from deployments.lora_settings import LoraSettings
@@ -207,3 +209,35 @@ def test_step_cached_requests_with_adapters_batched_match_their_solo_runs(engine
     batched, _ = denoise_joining(engine.denoiser, conditionings, [0, 1, 0])
     for i, (together, alone) in enumerate(zip(batched, solo)):
         assert torch.allclose(together, alone.latents, atol=1e-5, rtol=0), f"request {i}"
+
+
+def test_a_compiled_denoiser_compiles_nothing_after_its_warm_up_and_gives_the_plain_results(engine, monkeypatch):
+    """With `compile`, requests using no adapter, one, stacked ones at any scale, in batches of one or
+    several rows, with adapters loaded and evicted in between (an LRU of 2 for 3 adapters), run what the
+    warm-up compiled and give the uncompiled Denoiser's results. Before lora.hold_structure and the eager
+    adapter terms, the first request with an adapter recompiled the blocks past Dynamo's limit of
+    compilations per function, and from then on they ran uncompiled."""
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)  # an error, not a silent fallback
+    torch._dynamo.reset()  # as in a new process: compiled Denoisers of other tests share the block's compiled code
+    lora = lora_settings(engine.model, max_loaded=2, max_per_request=2)
+    compiled = Denoiser(engine.model, fast_path=FastPath(compile=True), lora=lora)
+    before = counters["stats"]["unique_graphs"]
+    conditionings = [
+        engine.encoder.encode(engine.request(upload, prompt=prompt, lora=adapters, seed=i, num_inference_steps=2, **values))
+        for i, (upload, prompt, adapters, values) in enumerate([
+            (UPLOAD, "watercolor", [{"name": "style"}], {"negative_prompt": "ugly"}),
+            (UPLOAD, "sharper", [{"name": "detail", "scale": 1.5}], {"true_cfg_scale": 1.0}),
+            (UPLOAD, "both at once", [{"name": "style", "scale": 0.5}, {"name": "detail"}], {"true_cfg_scale": 3.0}),
+            (UPLOAD, "no adapter, and a longer prompt than the others", [], {"negative_prompt": "blurry, dark"}),
+            (UPLOAD, "fast", [{"name": "lightning"}], {}),  # a third adapter: the LRU evicts one
+            (OTHER_UPLOAD, "another shape", [{"name": "style"}], {}),
+        ])
+    ]
+    expected = [engine.denoiser.denoise([c])[0].latents for c in conditionings]
+    batched = compiled.denoise_batch(conditionings)
+    solo = [compiled.denoise([c])[0] for c in conditionings]
+    for i, (together, alone, plain) in enumerate(zip(batched, solo, expected)):
+        assert torch.allclose(together.latents, plain, atol=1e-5, rtol=0), f"request {i} in the batch"
+        assert torch.allclose(alone.latents, plain, atol=1e-5, rtol=0), f"request {i} alone"
+    assert compiled.adapters.loads > 3  # evictions happened: an adapter was loaded again
+    assert counters["stats"]["unique_graphs"] == before
