@@ -58,6 +58,11 @@ class AdapterStore:
     def installed(self) -> tuple[str, ...]:
         return tuple(self._installed)
 
+    @property
+    def held(self) -> frozenset[str]:
+        """Every adapter the model holds now: the installed ones and the resident ones."""
+        return frozenset(self._installed) | self.resident
+
     def prefetch(self, names: Iterable[str]) -> Future:
         """Starts reading the adapters `names` that aren't loaded (any thread); the future resolves when
         every read has finished (to None; a failure surfaces when a request needs the adapter)."""
@@ -80,11 +85,13 @@ class AdapterStore:
         return done
 
     def ready(self, names: Iterable[str], keep: set[str]) -> bool:
-        """On the loop's thread: whether every adapter of `names` is installed, installing those whose
+        """On the loop's thread: whether every adapter of `names` is held, installing those whose
         read has finished (evicting the least recently used ones not in `keep` or `names` to make room)
         and starting reads for the others. Raises ModelLoadError for one that can't be loaded."""
-        names = [name for name in names if name not in self.resident]
+        names = list(names)
         for name in names:
+            if name in self.resident:
+                continue
             if name in self._installed:
                 self._installed.move_to_end(name)
                 continue
@@ -105,7 +112,7 @@ class AdapterStore:
                     failed.set_exception(error)
             if error is not None:
                 raise ModelLoadError(f"LoRA adapter {name!r} could not be loaded: {error}") from error
-        return all(name in self._installed for name in names)
+        return set(names) <= self.held
 
     def forget_failures(self) -> None:
         """Drops failed loads, so a later request tries again (e.g. once the file is fixed)."""

@@ -122,9 +122,9 @@ class Denoiser:
         its bucket, a failed update its job — and the others have advanced."""
         buckets: dict = {}
         failed: dict[DenoiseJob, Exception] = {}
-        installed = {*self.adapters.installed, *self.adapters.resident}
+        held = self.adapters.held
         for job in jobs:
-            missing = {name for name, _ in job.conditioning.adapters} - installed
+            missing = {name for name, _ in job.conditioning.adapters} - held
             if missing:  # never run a row without the adapters it asked for
                 failed[job] = RuntimeError(f"LoRA adapter(s) {sorted(missing)} were not loaded")
                 continue

@@ -41,12 +41,12 @@ _IN_USE: ContextVar[bool] = ContextVar("lora_in_use", default=False)
 def rows_using(adapters_per_row: list[Adapters]):
     """Within it, model forwards give batch row i the adapters `adapters_per_row[i]`."""
     in_use = any(adapters_per_row)
-    tokens = _ROWS.set(tuple(adapters_per_row) if in_use else None), _IN_USE.set(in_use)
+    rows_token, in_use_token = _ROWS.set(tuple(adapters_per_row) if in_use else None), _IN_USE.set(in_use)
     try:
         yield
     finally:
-        _ROWS.reset(tokens[0])
-        _IN_USE.reset(tokens[1])
+        _ROWS.reset(rows_token)
+        _IN_USE.reset(in_use_token)
 
 
 @contextlib.contextmanager
