@@ -13,20 +13,13 @@ from typing import Any
 
 import torch
 
-from deployments.parameters import EditParameters
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    """How the Decoder encodes the image. `compression` is the JPEG/WebP quality, 100 = best (OpenAI's meaning)."""
-
-    format: str = "png"
-    compression: int = 100
+from deployments.media.images import OutputSpec
+from deployments.request.fields import EditParameters
 
 
 @dataclass(frozen=True)
 class Reference:
-    """What the Decoder compares an edited image with (deployments/quality.py); made by the Encoder."""
+    """What the Decoder compares an edited image with (deployments/workflows/quality.py); made by the Encoder."""
 
     pixels: torch.Tensor  # (H, W, 3) uint8: image 1 (its canvas when outpainting) at the output size
     keep: torch.Tensor | None  # (H, W) bool, True outside the request's mask; None without a mask
@@ -36,7 +29,7 @@ class Reference:
 @dataclass(frozen=True)
 class EditRequest:
     """One edit as the engine receives it: parameters already validated at the edge against the model
-    family's declaration and the limits (deployments/parameters.py), with their defaults filled in."""
+    family's declaration and the limits (deployments/request/fields.py), with their defaults filled in."""
 
     parameters: EditParameters
     request_id: str = ""
@@ -57,7 +50,7 @@ class Conditioning:
     latent grids of the output, then of each input image: Qwen-Image-Edit counts 2x2 patches, as
     diffusers passes them to the transformer (RoPE positions depend on them); InstructPix2Pix counts
     latent pixels. `parameters` are the family's own request fields (e.g. guidance scales). `adapters`
-and `scheduler` come from the request's LoRA adapters (deployments/lora_settings.py).
+and `scheduler` come from the request's LoRA adapters (deployments/settings/lora.py).
     """
 
     request_id: str
@@ -71,9 +64,9 @@ and `scheduler` come from the request's LoRA adapters (deployments/lora_settings
     output: OutputSpec
     adapters: tuple[tuple[str, float], ...] = ()  # LoRA adapters (name, scale), stacked in order
     scheduler: dict[str, Any] | None = None  # scheduler-config values replacing the checkpoint's (an adapter's schedule)
-    cache: Any = None  # the request's step cache setting, or None (deployments/step_cache_settings.py)
-    reference: Reference | None = None  # what the Decoder compares the edited image with (deployments/quality.py)
-    provenance: dict[str, Any] | None = None  # how the image is made, but for its seed (deployments/provenance.py)
+    cache: Any = None  # the request's step cache setting, or None (deployments/settings/step_cache.py)
+    reference: Reference | None = None  # what the Decoder compares the edited image with (deployments/workflows/quality.py)
+    provenance: dict[str, Any] | None = None  # how the image is made, but for its seed (deployments/workflows/provenance.py)
     timings: dict[str, float] = field(default_factory=dict, compare=False)
 
 
@@ -105,8 +98,8 @@ class EditedImage:
     seed: int
     timings: dict[str, float] = field(default_factory=dict, compare=False)
     cache: dict[str, int] | None = None  # Latents.cache
-    quality: dict[str, Any] | None = None  # how much changed and how well the rest was kept (deployments/quality.py)
-    guard: dict[str, Any] | None = None  # the request's guard's verdict on it (deployments/guards.py), if it had one
+    quality: dict[str, Any] | None = None  # how much changed and how well the rest was kept (deployments/workflows/quality.py)
+    guard: dict[str, Any] | None = None  # the request's guard's verdict on it (deployments/workflows/guards.py), if it had one
     provenance: dict[str, Any] | None = None  # Latents.provenance, also written into `data`
     result_cache: str | None = None  # online with the result cache on: "hit" or "miss" (serve/result_cache.py)
 

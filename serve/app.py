@@ -6,9 +6,9 @@ at start-up with a message naming it.
 
 from ray.serve import Application
 
-from deployments.generated import ensure_generated
-from deployments.models import model_name, resolve_model
-from deployments.settings import model_from_env
+from deployments.checkpoints.generated import ensure_generated
+from deployments.checkpoints.loader import model_name, resolve_model
+from deployments.settings.environment import model_from_env
 from serve.ingress import Ingress
 from serve.result_cache import ResultCacheDeployment
 from serve.schema import ServedModel

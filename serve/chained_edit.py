@@ -1,4 +1,4 @@
-"""A request's links (deployments/chains.py) through the stages, one after the other for each image:
+"""A request's links (deployments/workflows/chains.py) through the stages, one after the other for each image:
 each link is an edit of its own (serve/stage_calls.py: encoded, denoised, decoded and guarded like
 any request, batching with other traffic), whose image is the next link's input. A request without a
 chain is one link.
@@ -9,10 +9,10 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-from deployments.chains import in_link, with_input
 from deployments.contracts import EditedImage, EditRequest
 from deployments.errors import EditError
-from deployments.parameters import EditParameters
+from deployments.request.fields import EditParameters
+from deployments.workflows.chains import in_link, with_input
 from serve.stage_calls import StagedEdit
 
 

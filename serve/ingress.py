@@ -25,15 +25,16 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from deployments import metrics
-from deployments.contracts import EditedImage, EditRequest, OutputSpec
+from deployments.contracts import EditedImage, EditRequest
 from deployments.errors import EditError, InvalidInputError, OverloadedError, PayloadTooLargeError
-from deployments.guards import GuardFailedError
+from deployments.media.images import OutputSpec
+from deployments.workflows.guards import GuardFailedError
+from serve.chained_edit import ChainedEdit
 from serve.errors import as_edit_error, error_body, error_response
 from serve.openapi import openapi_document
 from serve.result_cache import CachedResults
 from serve.schema import EditForm, ServedModel, parse_edit_form, read_uploads
 from serve.settings import AppSettings
-from serve.chained_edit import ChainedEdit
 from serve.stage_calls import StagedEdit
 from serve.stages import DEFAULT_OPTIONS, adapters_id
 

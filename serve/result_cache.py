@@ -1,4 +1,4 @@
-"""The result cache online (deployments/result_cache.py): one `ResultCache` deployment, shared by the
+"""The result cache online (deployments/workflows/result_cache.py): one `ResultCache` deployment, shared by the
 ingress replicas, holds the images; the ingress looks each image up before it calls the stages and
 stores what they made. A cache that can't be reached never fails an edit: the edit is made as if
 the cache were off (and the problem logged).
@@ -14,7 +14,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments import metrics
 from deployments.contracts import EditedImage, EditRequest
-from deployments.result_cache import ResultCache, as_cached, result_key
+from deployments.workflows.result_cache import ResultCache, as_cached, result_key
 from serve.settings import ResultCacheSettings
 
 logger = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """The `POST /v1/images/edits` form: the served family's declared parameters (OpenAI's Images edit
-fields and the family's own, deployments/parameters.py) plus the options of the HTTP call itself,
+fields and the family's own, deployments/request/fields.py) plus the options of the HTTP call itself,
 parsed into an EditRequest. The form's fields, ranges and defaults, its OpenAPI schema and the page's
 fields all come from one model, `ServedModel.form_model`. Every refusal names the field.
 """
@@ -12,14 +12,15 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from starlette.datastructures import FormData, UploadFile
 
-from deployments.chains import chain_links
+from deployments.checkpoints.loader import ModelSpec
 from deployments.contracts import EditRequest
 from deployments.errors import InvalidInputError
-from deployments.images import inspect_image
-from deployments.limits import Limits
-from deployments.lora_settings import LoraSettings
-from deployments.models import ModelSpec
-from deployments.parameters import EditParameters, as_declared, json_types, refused, validate
+from deployments.media.images import inspect_image
+from deployments.request.binding import as_declared, json_types, validate
+from deployments.request.fields import EditParameters, refused
+from deployments.settings.limits import Limits
+from deployments.settings.lora import LoraSettings
+from deployments.workflows.chains import chain_links
 
 IMAGE_FIELDS = ("image", "image[]")  # OpenAI's SDK sends several images as `image[]`
 IGNORED = "Accepted for OpenAI compatibility; ignored."
@@ -107,7 +108,7 @@ class EditForm:
     """A parsed edit call: the request for the engine, how many images, and how to answer."""
 
     request: EditRequest
-    links: tuple[EditParameters, ...]  # the chain's links: the request's parameters first (deployments/chains.py)
+    links: tuple[EditParameters, ...]  # the chain's links: the request's parameters first (deployments/workflows/chains.py)
     n: int
     seeds: tuple[int, ...]  # one per image: seed, seed + 1, ...
     timeout_s: float | None  # the request's own deadline, if it set a shorter one than the server's

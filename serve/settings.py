@@ -2,20 +2,20 @@
 
 Ray Serve validates the YAML `args` against `AppSettings` before it builds the app, so a bad value
 stops the deployment with a message naming the field, the value and what is allowed. Each stage's
-`deployment` is Ray Serve's own deployment schema; `limits` are the engine's (deployments/limits.py),
-`lora` the LoRA adapters offered (deployments/lora_settings.py).
+`deployment` is Ray Serve's own deployment schema; `limits` are the engine's (deployments/settings/limits.py),
+`lora` the LoRA adapters offered (deployments/settings/lora.py).
 """
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import DeploymentSchema
 
-from deployments.fast_path import ATTENTION_BACKENDS, FastPath
-from deployments.limits import Limits
-from deployments.loop_settings import LoopSettings
-from deployments.lora_settings import LoraSettings
+from deployments.settings.fast_path import FastPath
+from deployments.settings.limits import Limits
+from deployments.settings.loop import LoopSettings
+from deployments.settings.lora import LoraSettings
 
 
 class _Settings(BaseModel):
@@ -45,27 +45,6 @@ class DeploymentOptions(DeploymentSchema):
         return self.model_dump(exclude_unset=True, exclude={"name"})
 
 
-class FastPathSettings(_Settings):
-    """The engine's speed-ups (deployments/fast_path.py); each can be switched off."""
-
-    attention_backend: Literal[ATTENTION_BACKENDS] = Field(  # type: ignore[valid-type]
-        "native", description="Transformer attention kernels: native = PyTorch SDPA's own choice; or one forced."
-    )
-    compile: bool = Field(False, description="Regional torch.compile of the transformer block, warmed up at start.")
-    fp8: bool = Field(
-        False, description="The Denoiser's transformer linears in FP8 (torchao; GPUs of compute capability 8.9+ only): "
-        "faster, less memory, not exact."
-    )
-    vae_tiling: bool = Field(False, description="Tiled VAE encode/decode: less memory for large images, slightly different pixels.")
-    vae_slicing: bool = Field(False, description="VAE one image at a time: less memory, same pixels.")
-    pinned_transfers: bool = Field(
-        True, description="Tensors between GPU and host through page-locked memory, asynchronously (no effect off CUDA)."
-    )
-
-    def engine(self) -> FastPath:
-        return FastPath(**self.model_dump())
-
-
 class BatchedStage(_Settings):
     max_batch_size: int = Field(4, ge=1, le=64, description="Most requests one batch call handles.")
     batch_wait_timeout_s: float = Field(
@@ -74,13 +53,13 @@ class BatchedStage(_Settings):
     wedged_after_s: float = Field(
         300, gt=0, description="A batch running longer than this marks the replica unhealthy (Serve replaces it)."
     )
-    fast_path: FastPathSettings = Field(default_factory=FastPathSettings)
+    fast_path: FastPath = Field(default_factory=FastPath)
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
 
 class DenoiserStage(LoopSettings):
     """The Denoiser replica's engine loop: step-level (continuous) batching under a token budget
-    (the admission settings are deployments/loop_settings.py's, shared with the bulk job)."""
+    (the admission settings are deployments/settings/loop.py's, shared with the bulk job)."""
 
     max_waiting: int = Field(64, ge=1, description="Requests waiting in the loop before new ones get 503.")
     wedged_after_s: float = Field(
@@ -91,7 +70,7 @@ class DenoiserStage(LoopSettings):
         description="This many engine steps in a row in which every request failed (e.g. a broken GPU) mark "
         "the replica unhealthy, so Serve replaces it.",
     )
-    fast_path: FastPathSettings = Field(default_factory=FastPathSettings)
+    fast_path: FastPath = Field(default_factory=FastPath)
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
 
@@ -100,7 +79,7 @@ class IngressSettings(_Settings):
 
 
 class ResultCacheSettings(_Settings):
-    """The result cache (deployments/result_cache.py): identical requests answered from memory, exactly."""
+    """The result cache (deployments/workflows/result_cache.py): identical requests answered from memory, exactly."""
 
     enabled: bool = Field(False, description="Answer identical requests (same inputs, parameters, seed, model) from the cache.")
     max_bytes: int = Field(512 * 2**20, ge=2**20, description="Most bytes of images the cache holds (least recently used go first).")

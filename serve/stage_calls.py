@@ -25,7 +25,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from deployments import metrics
 from deployments.contracts import EditedImage, EditRequest
 from deployments.errors import EngineStoppedError
-from deployments.guards import judge, retry_seed
+from deployments.workflows.guards import judge, retry_seed
 from serve.errors import caused_by
 from serve.result_cache import CachedResults
 from serve.stages import ACCEPTED

@@ -11,16 +11,16 @@ import ray.util.metrics
 from ray import serve
 
 from deployments import metrics
+from deployments.batching.admission import AdmissionPolicy
+from deployments.batching.denoise_loop import DenoiseLoop
+from deployments.checkpoints.loader import model_name
 from deployments.contracts import Conditioning, EditedImage, EditRequest, Latents
-from deployments.decoder import Decoder
-from deployments.denoise_loop import DenoiseLoop
-from deployments.denoiser import Denoiser
-from deployments.encoder import Encoder
 from deployments.errors import EditError
-from deployments.lora_settings import LoraSettings
-from deployments.models import model_name
+from deployments.settings.lora import LoraSettings
+from deployments.stages.decoder import Decoder
+from deployments.stages.denoiser import Denoiser
+from deployments.stages.encoder import Encoder
 from serve.settings import BatchedStage, DenoiserStage
-
 
 # What a stage deployment gets where its config leaves an option unset (Ray's defaults otherwise): a
 # bounded queue, so that overload is a fast 503 rather than an ever longer wait.
@@ -38,7 +38,7 @@ class BatchingReplica:
     def __init__(self, model: str, batching: BatchedStage, served_name: str | None = None, lora: LoraSettings = LoraSettings()):
         metrics.bind(ray.util.metrics)
         options = {"lora": lora} if self.takes_adapters else {}
-        self.engine = self.engine_class(model, fast_path=batching.fast_path.engine(), **options)
+        self.engine = self.engine_class(model, fast_path=batching.fast_path, **options)
         self.model_name = served_name or model_name(model)  # the metrics' `model` label
         self.wedged_after_s = batching.wedged_after_s
         self.busy_since: float | None = None  # when the running batch started
@@ -119,15 +119,15 @@ class DenoiserDeployment:
 
     LoRA adapters: a call for a request with adapters carries their names as its multiplexed model id
     (`ADAPTER_SEPARATOR`-joined), so Ray Serve routes it to a replica that already read them when one
-    exists; reading starts as the call arrives, loading completes at admission (deployments/adapter_store.py).
+    exists; reading starts as the call arrives, loading completes at admission (deployments/lora/store.py).
     """
 
     def __init__(self, model: str, settings: DenoiserStage, served_name: str | None = None, lora: LoraSettings = LoraSettings()):
         metrics.bind(ray.util.metrics)
         self.model_name = served_name or model_name(model)
-        denoiser = Denoiser(model, fast_path=settings.fast_path.engine(), lora=lora, model_name=self.model_name)
+        denoiser = Denoiser(model, fast_path=settings.fast_path, lora=lora, model_name=self.model_name)
         self.loop = DenoiseLoop(
-            denoiser, settings.policy(), settings.max_waiting, self.model_name, settings.unhealthy_after_failed_steps
+            denoiser, AdmissionPolicy.from_settings(settings), settings.max_waiting, self.model_name, settings.unhealthy_after_failed_steps
         )
         self.wedged_after_s = settings.wedged_after_s
 

@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     """Freshly written tiny checkpoints, {"edit": dir, "edit-plus": dir, "ip2p": dir}, shared by the session."""
-    from deployments.tiny import VARIANTS, write_checkpoint
+    from deployments.checkpoints.tiny import VARIANTS, write_checkpoint
 
     root = tmp_path_factory.mktemp("tiny")
     return {variant: str(write_checkpoint(root / variant, variant)) for variant in VARIANTS}

@@ -42,11 +42,11 @@ def edit_request(model: str, images, lora_settings=None, **values):
     """What every edge makes of `values` for `model` (a checkpoint directory): validated against its
     family's declaration under the default limits (and the adapters `lora_settings` offers), with its
     defaults filled in. `images`: upload bytes."""
+    from deployments.checkpoints.loader import resolve_model
     from deployments.contracts import EditRequest
-    from deployments.limits import Limits
-    from deployments.lora_settings import LoraSettings
-    from deployments.models import resolve_model
-    from deployments.parameters import parse
+    from deployments.request.binding import parse
+    from deployments.settings.limits import Limits
+    from deployments.settings.lora import LoraSettings
 
     bound = resolve_model(model).request_model(Limits(), lora_settings or LoraSettings())
     return EditRequest(parse(bound, {**values, "image": list(images)}))

@@ -17,7 +17,7 @@ The manifest's optional columns and their flags are the model family's declared 
 (cluster/bulk/manifest.py); rows are held to the same limits, with the same messages, as online
 requests (`--limits`). Rows may name LoRA adapters in a `lora` column (the API's JSON); the adapters
 offered are those of `--adapters` (a Serve config's `lora` settings, or a YAML mapping of them) and
-the checkpoint's own (deployments/lora_settings.py).
+the checkpoint's own (deployments/settings/lora.py).
 """
 
 import argparse
@@ -42,16 +42,17 @@ from cluster.bulk.stages import DecodeActor, DenoiseActor, EncodeActor
 from cluster.bulk.storage import Output
 from cluster.bulk.tally import Tally
 from deployments import metrics
+from deployments.checkpoints.generated import ensure_generated
+from deployments.checkpoints.loader import ModelSpec, model_name, resolve_model
 from deployments.errors import InvalidInputError
-from deployments.fast_path import ATTENTION_BACKENDS, FastPath
-from deployments.generated import ensure_generated
-from deployments.limits import Limits
-from deployments.loop_settings import LoopSettings
-from deployments.lora_settings import LoraSettings
-from deployments.models import ModelSpec, model_name, resolve_model
-from deployments.parameter_flags import add_parameter_flags, given, parameter_fields
-from deployments.parameters import parse
-from deployments.settings import load_app_settings, model_from_env
+from deployments.request.binding import parse
+from deployments.request.flags import add_parameter_flags, given, parameter_fields
+from deployments.settings.environment import load_app_settings, model_from_env
+from deployments.settings.fast_path import FastPath
+from deployments.settings.flags import add_settings_flags, settings_from_flags
+from deployments.settings.limits import Limits
+from deployments.settings.loop import LoopSettings
+from deployments.settings.lora import LoraSettings
 
 BULK_DEFAULTS = {"seed": 0}  # unlike online (random), so that re-running a job draws the same images
 LOOP_FLAGS = ("token_budget", "max_batch_rows", "max_buckets_per_step", "max_wait_steps")  # the engine loop's, as online
@@ -87,22 +88,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         r.add_argument(f"--{stage}-cpus", type=float, default=0.5, help="CPUs per actor")
         r.add_argument(f"--{stage}-accelerator-type", default=None,
                        help="the node pool of its actors: nodes with this GPU type (Ray's names: H100, L4, A100, ...)")
-    loop = p.add_argument_group("the Denoiser's engine loop (deployments/loop_settings.py, as online)")
-    for name in LOOP_FLAGS:
-        field = LoopSettings.model_fields[name]
-        loop.add_argument(f"--denoiser-{name.replace('_', '-')}", dest=name, type=int, default=field.default, help=field.description)
+    loop = p.add_argument_group("the Denoiser's engine loop (deployments/settings/loop.py, as online)")
+    add_settings_flags(loop, LoopSettings, prefix="denoiser_", fields=LOOP_FLAGS)
     o = p.add_argument_group("results")
     o.add_argument("--results-part-rows", type=int, default=10_000, help="rows per results part (at most; see --results-part-seconds)")
     o.add_argument("--results-part-seconds", type=float, default=60.0,
                    help="a results part is committed at the latest this long after its first row arrived")
-    f = p.add_argument_group("fast path (deployments/fast_path.py), for every stage")
-    f.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="native")
-    f.add_argument("--compile", action="store_true", help="regional torch.compile of the transformer, warmed up at start")
-    f.add_argument("--fp8", action="store_true", help="the transformer's linears in FP8 (GPUs of compute capability 8.9+)")
-    f.add_argument("--vae-tiling", action="store_true", help="tiled VAE: less memory for large images")
-    f.add_argument("--vae-slicing", action="store_true", help="VAE one image at a time: less memory, same pixels")
-    f.add_argument("--no-pinned-transfers", dest="pinned_transfers", action="store_false",
-                   help="plain instead of page-locked GPU-host copies")
+    add_settings_flags(p.add_argument_group("fast path (deployments/settings/fast_path.py), for every stage"), FastPath)
     return p.parse_args(argv)
 
 
@@ -120,7 +112,8 @@ def main(argv=None) -> int:
     limits = load_app_settings(args.limits, "limits", Limits)
     defaults = {**BULK_DEFAULTS, **given(args, list(parameter_fields(NOT_COLUMNS)))}
     try:
-        loop = LoopSettings.model_validate({name: getattr(args, name) for name in LOOP_FLAGS})
+        loop = settings_from_flags(args, LoopSettings, LOOP_FLAGS)
+        fast_path = settings_from_flags(args, FastPath)
         manifest = pyarrow.dataset.dataset(args.manifest, format="parquet")
         lora = load_app_settings(args.adapters, "lora", LoraSettings).offering_checkpoint_adapters(spec.path)
         # The flags as a row would use them: refused with the message a row (or an online request) gets.
@@ -151,7 +144,7 @@ def main(argv=None) -> int:
     follow_ups = FollowUps(model_name(model))
     pending = None  # the first pass: every row not done; then the rows whose chain or guard asks for another edit
     while True:
-        for batch in run(args, spec, done, limits, lora, loop, defaults, output, results, pending):
+        for batch in run(args, spec, done, limits, lora, loop, fast_path, defaults, output, results, pending):
             rows = to_result_rows(follow_ups.judged(batch), spec.model_id, spec.declared)
             writer.add(rows)
             tally.add(rows)
@@ -177,7 +170,7 @@ def connect(args) -> None:
     metrics.bind(ray.util.metrics)
 
 
-def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSettings, loop: LoopSettings,
+def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSettings, loop: LoopSettings, fast_path: FastPath,
         defaults: dict, output: Output, results: SharedResultCache | None, pending: dict[str, Pending] | None = None):
     """The pipeline over the manifest's rows not in `done` (in a later pass: the `pending` rows, each
     with its next edit), `defaults` filling their missing parameters; yields its last frames as they come."""
@@ -198,10 +191,6 @@ def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSetting
     ds = ds.map_batches(
         RequestBuilder(spec, limits, lora, defaults, images, output, pending, results), batch_format="pandas", num_cpus=REQUESTS_CPUS,
         concurrency=args.read_tasks,
-    )
-    fast_path = FastPath(
-        attention_backend=args.attention_backend, compile=args.compile, fp8=args.fp8, vae_tiling=args.vae_tiling,
-        vae_slicing=args.vae_slicing, pinned_transfers=args.pinned_transfers,
     )
     # Enough Denoiser calls in flight that its loop always has rows waiting to join the running batch.
     denoiser_calls = max(2, math.ceil(loop.max_batch_rows / args.denoiser_batch_size) + 1)

@@ -1,6 +1,6 @@
 """What a bulk row still needs after a pass of the pipeline, judged in the driver as results arrive:
-nothing (it is a result), its chain's next link, or its guard's retry (deployments/chains.py,
-deployments/guards.py).
+nothing (it is a result), its chain's next link, or its guard's retry (deployments/workflows/chains.py,
+deployments/workflows/guards.py).
 
 The job runs the manifest once, then again over just the rows that still need an edit, each with
 its own next edit (`Pending`), until none does: a row's chain of k links takes k passes, a guard's
@@ -22,8 +22,9 @@ import pandas as pd
 
 from cluster.bulk.results import GUARD, QUALITY
 from deployments import metrics
-from deployments.chains import link_name
-from deployments.guards import Guard, GuardFailedError, judge
+from deployments.settings.guard import Guard
+from deployments.workflows.chains import link_name
+from deployments.workflows.guards import GuardFailedError, judge
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 
 from cluster.bulk.storage import filesystem_and_path
 from deployments.errors import InvalidInputError
-from deployments.limits import Limits
+from deployments.settings.limits import Limits
 
 
 def manifest_folder(manifest: str) -> str:

@@ -1,5 +1,5 @@
 """The bulk manifest's contract, derived from the model family's request declaration
-(deployments/parameters.py and the family's `*_parameters.py`) and checked before any work starts.
+(deployments/request/fields.py and the family's `*_parameters.py`) and checked before any work starts.
 
 Required columns: `id` (string, unique), `image` (a path/URI string, or a list of them for models
 taking several images) and `instruction` (the API's `prompt`). Optional: the family's other file
@@ -16,8 +16,9 @@ import functools
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from deployments.families import foreign_field
-from deployments.parameters import EditParameters, json_types
+from deployments.request.binding import json_types
+from deployments.request.fields import EditParameters
+from deployments.request.registry import foreign_field
 
 REQUIRED = ("id", "image", "instruction")
 NOT_COLUMNS = ("image", "prompt", "n")  # image and prompt are required columns (as paths, as `instruction`)

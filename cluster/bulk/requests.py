@@ -18,15 +18,16 @@ from cluster.bulk.manifest import file_columns, parameter_columns
 from cluster.bulk.result_cache import SharedResultCache
 from cluster.bulk.results import image_columns
 from cluster.bulk.storage import Output, image_path
-from deployments.chains import chain_links, with_input
+from deployments.checkpoints.loader import ModelSpec
 from deployments.contracts import EditRequest
 from deployments.errors import EditError
-from deployments.guards import retry_seed
-from deployments.limits import Limits
-from deployments.lora_settings import LoraSettings
-from deployments.models import ModelSpec
-from deployments.parameters import EditParameters, parse
-from deployments.result_cache import result_key
+from deployments.request.binding import parse
+from deployments.request.fields import EditParameters
+from deployments.settings.limits import Limits
+from deployments.settings.lora import LoraSettings
+from deployments.workflows.chains import chain_links, with_input
+from deployments.workflows.guards import retry_seed
+from deployments.workflows.result_cache import result_key
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ray import serve
 
 from deployments.contracts import EditedImage
-from deployments.result_cache import as_cached, key_of
+from deployments.workflows.result_cache import as_cached, key_of
 
 logger = logging.getLogger(__name__)
 

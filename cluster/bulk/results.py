@@ -26,14 +26,15 @@ import pyarrow.parquet as pq
 
 from cluster.bulk.manifest import parameter_columns
 from cluster.bulk.storage import Output
-from deployments import provenance
 from deployments.contracts import EditedImage
-from deployments.parameters import EditParameters, json_types
-from deployments.quality import QualityReport
+from deployments.media import metadata
+from deployments.request.binding import json_types
+from deployments.request.fields import EditParameters
+from deployments.workflows.quality import QualityReport
 
 STAGE_SECONDS = ("encode_s", "denoise_s", "decode_s")
 CACHE_FORWARDS = ("cache_computed", "cache_reused", "cache_predicted")  # a step-cached row's model forwards
-QUALITY = {  # the quality report's fields (deployments/quality.py), a column each
+QUALITY = {  # the quality report's fields (deployments/workflows/quality.py), a column each
     field.name: pa.string() if field.type is str else pa.float64() for field in dataclasses.fields(QualityReport)
 }
 GUARD = {"guard_verdict": pa.string(), "guard_crossed": pa.string(), "retried_from_seed": pa.int64()}  # cluster/bulk/follow_ups.py
@@ -68,7 +69,7 @@ def result_schema(declared: type[EditParameters]) -> pa.Schema:
 
 def image_columns(edited: EditedImage, relative: str) -> dict:
     """A row's columns of its image, written at OUT/`relative`: where, its quality report, its provenance."""
-    return {"output": relative, **(edited.quality or {}), "provenance": provenance.as_text(edited.provenance)}
+    return {"output": relative, **(edited.quality or {}), "provenance": metadata.as_text(edited.provenance)}
 
 
 def to_result_rows(batch: pd.DataFrame, model: str, declared: type[EditParameters]) -> pa.Table:

@@ -9,7 +9,7 @@ No row can stop the job: a row that fails keeps its error and passes through the
 untouched; when a batch fails as a whole (say, out of memory) or a row fails for a reason that is not
 its own input's, its rows run again one at a time and only those that fail alone become errors.
 
-The Denoiser runs the online engine loop (deployments/denoise_loop.py) under the same admission
+The Denoiser runs the online engine loop (deployments/batching/denoise_loop.py) under the same admission
 policy: each actor takes several batches at once (threads), and the loop admits their rows between
 steps within the token budget and row limit, so bulk has the online memory bound and continuous
 admission.
@@ -27,16 +27,17 @@ from cluster.bulk.result_cache import SharedResultCache
 from cluster.bulk.results import image_columns
 from cluster.bulk.storage import Output, image_path
 from deployments import metrics
+from deployments.batching.admission import AdmissionPolicy
+from deployments.batching.denoise_loop import DenoiseLoop
+from deployments.checkpoints.loader import model_name
 from deployments.contracts import EditedImage
-from deployments.decoder import Decoder
-from deployments.denoise_loop import DenoiseLoop
-from deployments.denoiser import Denoiser
-from deployments.encoder import Encoder
 from deployments.errors import EditError, each_or_error, failed_alone
-from deployments.fast_path import FastPath
-from deployments.loop_settings import LoopSettings
-from deployments.lora_settings import LoraSettings
-from deployments.models import model_name
+from deployments.settings.fast_path import FastPath
+from deployments.settings.loop import LoopSettings
+from deployments.settings.lora import LoraSettings
+from deployments.stages.decoder import Decoder
+from deployments.stages.denoiser import Denoiser
+from deployments.stages.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class DenoiseActor(StageActor):
     def __init__(self, model: str, fast_path: FastPath, lora: LoraSettings, loop: LoopSettings):
         super().__init__(model, fast_path, lora)
         # Ray Data bounds what waits here (calls in flight x batch size); nothing is refused.
-        self.loop = DenoiseLoop(self.engine, loop.policy(), max_waiting=2**31, model_name=self.model_name)
+        self.loop = DenoiseLoop(self.engine, AdmissionPolicy.from_settings(loop), max_waiting=2**31, model_name=self.model_name)
 
     def report(self, latents) -> dict:
         """A step-cached row's model forwards (results' cache_computed, cache_reused, cache_predicted)."""

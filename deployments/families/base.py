@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deployments import provenance
+from deployments.checkpoints.loader import ModelSpec
 from deployments.contracts import Conditioning, EditRequest, Latents
+from deployments.devices.transfer import to_device, to_host
 from deployments.errors import InvalidInputError, ModelLoadError
-from deployments.families import declaration
-from deployments.lora_settings import LoraSettings
-from deployments.models import ModelSpec
-from deployments.parameters import EditParameters
-from deployments.transfer import to_device, to_host
+from deployments.request.fields import EditParameters
+from deployments.request.registry import declaration
+from deployments.settings.lora import LoraSettings
+from deployments.workflows import provenance
 
 ROLES = ("encode", "denoise", "decode")
 
@@ -145,7 +145,7 @@ class ModelFamily(ABC):
         return self.declared.scheduler_presets[scheduler] if isinstance(scheduler, str) else scheduler
 
     def to_host(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """CPU copies of this stage's results for the next stage (deployments/transfer.py)."""
+        """CPU copies of this stage's results for the next stage (deployments/devices/transfer.py)."""
         return to_host(tensors, self.pinned_transfers)
 
     def to_device(self, tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

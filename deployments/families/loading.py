@@ -2,12 +2,12 @@
 
 import torch
 
+from deployments.checkpoints.generated import ensure_generated
+from deployments.checkpoints.loader import default_device, default_dtype, load_components, resolve_model
 from deployments.families.base import ROLES, ModelFamily
-from deployments.families.instruct_pix2pix import InstructPix2Pix
-from deployments.families.qwen_image_edit import QwenImageEdit
-from deployments.generated import ensure_generated
-from deployments.lora_settings import LoraSettings
-from deployments.models import default_device, default_dtype, load_components, resolve_model
+from deployments.families.instruct_pix2pix.family import InstructPix2Pix
+from deployments.families.qwen_image_edit.family import QwenImageEdit
+from deployments.settings.lora import LoraSettings
 
 FAMILIES: tuple[type[ModelFamily], ...] = (QwenImageEdit, InstructPix2Pix)
 FAMILY_OF = {name: family for family in FAMILIES for name in family.pipeline_classes}

@@ -4,7 +4,7 @@ from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from cluster.bench import served_app
+from cluster.bench.common import served_app
 
 
 def served_page(model: str, lora: dict | None = None):

@@ -13,8 +13,8 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from deployments.limits import Limits
-from deployments.models import resolve_model
+from deployments.checkpoints.loader import resolve_model
+from deployments.settings.limits import Limits
 from tests.browser.support import open_page, served_page, shown, wait_for_fields
 from tests.helpers import image_bytes, random_image
 from tests.serve.support import adapter_settings

@@ -19,10 +19,9 @@ import yaml
 from PIL import Image
 
 from cluster.bulk.storage import safe_name
-from deployments import provenance
-from deployments.decoder import Decoder
-from deployments.denoiser import Denoiser
-from deployments.encoder import Encoder
+from deployments.media import metadata
+from deployments.stages.in_process import InProcessStages
+from deployments.workflows import provenance
 from tests.helpers import command_line, edit_request, image_bytes, random_image
 from tests.serve.support import adapter_settings
 
@@ -117,7 +116,7 @@ def test_bulk_job_edits_good_rows_and_reports_bad_ones(manifest, tiny_checkpoint
     row = table.set_index("id").loc["row-7"]
     request = edit_request(model, [(manifest.parent / "imgs" / "7.png").read_bytes()], prompt="edit number 7", seed=7,
                            num_inference_steps=2)
-    expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
+    expected = InProcessStages(model).edit(request).data
     bulk = np.asarray(Image.open(out / row["output"]), dtype=np.int16)
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
 
@@ -195,7 +194,7 @@ def test_bulk_job_with_instruct_pix2pix_takes_its_guidance_per_row(tiny_checkpoi
     # A row's image is the engine's (which equals diffusers', tests/engine/test_instruct_pix2pix.py).
     request = edit_request(model, [(manifest.parent / "imgs" / "2.png").read_bytes()], prompt="make it snow, 2", seed=2,
                            num_inference_steps=2, guidance_scale=9.0, image_guidance_scale=1.0)
-    expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
+    expected = InProcessStages(model).edit(request).data
     bulk = np.asarray(Image.open(out / table.loc["pix-2", "output"]), dtype=np.int16)
     assert bulk.shape == (40, 64, 3)  # the input's size
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
@@ -219,7 +218,7 @@ def test_bulk_rows_choose_adapters_with_a_lora_column(tiny_checkpoints, tmp_path
     is offered (a Serve config's lora settings); results record the adapters used, scales resolved."""
     import json
 
-    from deployments.lora_settings import LoraSettings
+    from deployments.settings.lora import LoraSettings
 
     model = tiny_checkpoints["edit-plus"]
     settings = adapter_settings(model)
@@ -252,7 +251,7 @@ def test_bulk_rows_choose_adapters_with_a_lora_column(tiny_checkpoints, tmp_path
     lora = LoraSettings.model_validate(settings).offering_checkpoint_adapters(Path(model))
     request = edit_request(model, [(tmp_path / "in.png").read_bytes()], lora, prompt="make it autumn", seed=0,
                            num_inference_steps=2, lora=rows["stacked"])
-    expected = Decoder(model).decode(Denoiser(model, lora=lora).denoise([Encoder(model, lora=lora).encode(request)])[0]).data
+    expected = InProcessStages(model, lora).edit(request).data
     bulk = np.asarray(Image.open(out / results.loc["stacked", "output"]), dtype=np.int16)
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
 
@@ -293,7 +292,7 @@ def test_bulk_rows_edit_inside_a_mask_column(tiny_checkpoints, tmp_path):
 
     request = edit_request(model, [(tmp_path / "in.png").read_bytes()], prompt="make it autumn", seed=0,
                            num_inference_steps=2, mask=(tmp_path / "mask.png").read_bytes(), strength=0.7)
-    expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
+    expected = InProcessStages(model).edit(request).data
     bulk = np.asarray(Image.open(out / results.loc["masked", "output"]), dtype=np.int16)
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
 
@@ -324,7 +323,7 @@ def test_bulk_rows_take_a_step_cache_column_and_report_their_forwards(tiny_check
 
     request = edit_request(model, [(tmp_path / "in.png").read_bytes()], prompt="make it autumn", seed=0,
                            num_inference_steps=6, cache=taylorseer)
-    expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
+    expected = InProcessStages(model).edit(request).data
     bulk = np.asarray(Image.open(out / results.loc["default", "output"]), dtype=np.int16)
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
 
@@ -339,11 +338,10 @@ def test_bulk_rows_with_guards_and_chains_take_follow_up_passes(tiny_checkpoints
     model = tiny_checkpoints["edit-plus"]
     upload = image_bytes(random_image(64, 48, seed=2))
     (tmp_path / "in.png").write_bytes(upload)
-    encoder, denoiser, decoder = Encoder(model), Denoiser(model), Decoder(model)
+    stages = InProcessStages(model)
 
     def engine(image: bytes, prompt: str, seed: int, steps: int = 2):
-        request = edit_request(model, [image], prompt=prompt, seed=seed, num_inference_steps=steps)
-        return decoder.decode(denoiser.denoise([encoder.encode(request)])[0])
+        return stages.edit(edit_request(model, [image], prompt=prompt, seed=seed, num_inference_steps=steps))
 
     made = {seed: engine(upload, "make it autumn", seed) for seed in (0, 1)}
     changed = {seed: image.quality["changed_fraction"] for seed, image in made.items()}
@@ -391,7 +389,7 @@ def test_bulk_rows_with_guards_and_chains_take_follow_up_passes(tiny_checkpoints
     summary = done.stdout.splitlines()
     header = summary.index(next(line for line in summary if line.split()[:5] == ["ok", "error", "skipped", "flagged", "retried"]))
     assert summary[header + 1].split()[:5] == ["6", "3", "0", "2", "1"]
-    record = provenance.read((out / table.loc["retried", "output"]).read_bytes())  # the image's record, also a column
+    record = metadata.read((out / table.loc["retried", "output"]).read_bytes())  # the image's record, also a column
     assert json.loads(table.loc["retried", "provenance"]) == record and record["parameters"]["seed"] == 1
     retried = np.asarray(Image.open(out / table.loc["retried", "output"]), dtype=np.int16)
     assert np.abs(retried - np.asarray(Image.open(io.BytesIO(made[1].data)), dtype=np.int16)).max() <= 1

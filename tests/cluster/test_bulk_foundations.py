@@ -12,8 +12,8 @@ from cluster.bulk.manifest import ManifestError, check_ids, check_schema
 from cluster.bulk.storage import TEMP_SUFFIX, Output, safe_name
 from cluster.bulk.tally import Tally
 from deployments.errors import InvalidInputError, PayloadTooLargeError
-from deployments.limits import Limits
-from deployments.families import DECLARATIONS
+from deployments.request.registry import DECLARATIONS
+from deployments.settings.limits import Limits
 
 QWEN, IP2P = DECLARATIONS["QwenImageEditPlusPipeline"], DECLARATIONS["StableDiffusionInstructPix2PixPipeline"]
 

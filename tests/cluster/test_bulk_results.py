@@ -16,7 +16,7 @@ import pytest
 
 from cluster.bulk.results import ResultsWriter, compact, read_results, result_schema, to_result_rows
 from cluster.bulk.storage import Output
-from deployments.families import DECLARATIONS
+from deployments.request.registry import DECLARATIONS
 
 QWEN = DECLARATIONS["QwenImageEditPlusPipeline"]
 MILLION = 1_000_000
@@ -136,7 +136,7 @@ import pyarrow.parquet as pq
 from cluster.bulk.__main__ import drop_done
 from cluster.bulk.results import compact
 from cluster.bulk.storage import Output
-from deployments.families import DECLARATIONS
+from deployments.request.registry import DECLARATIONS
 
 output, manifest = Output.at(sys.argv[1]), sys.argv[2]
 started = time.perf_counter()

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from cluster.bench import served_app
+from cluster.bench.common import served_app
 from deployments import metrics
 from tests.helpers import image_bytes, random_image
 from tests.serve.support import free_port

@@ -1,7 +1,7 @@
 """A real multi-node Ray cluster on this machine (cluster/local_cluster.py: a head and node pools L4 and
 H100, each node its own raylet and object store): the app deployed as an operator would, with
 serve/config.hetero-gpu.yaml's placement, puts each stage on its pool and edits cross nodes; the
-Denoiser's node is killed under load (cluster/bench_node_loss.py's measurement) and no request is
+Denoiser's node is killed under load (cluster/bench/node_loss.py's measurement) and no request is
 lost; a bulk job loses a node and still writes every row once."""
 
 import os
@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from cluster.bench import input_image, served_app
-from cluster.bench_node_loss import EDIT, POOLS, app_placement, hetero_placement, node_loss_under_load, references, replica_nodes
+from cluster.bench.common import input_image, served_app
+from cluster.bench.node_loss import EDIT, POOLS, app_placement, hetero_placement, node_loss_under_load, references, replica_nodes
 from cluster.local_cluster import actor_nodes, local_cluster
 from tests.cluster.test_bulk import check_exactly_once, wait_for_images
 from tests.helpers import image_bytes, random_image, wait_until
@@ -57,7 +57,7 @@ def test_each_stage_runs_on_its_pool_and_edits_cross_nodes(cluster, app, expecte
 def test_the_denoiser_s_node_lost_under_load_loses_no_request(cluster, app, photo, expected):
     report = node_loss_under_load(cluster, app.base, photo, CLIENTS, SECONDS, KILL_AFTER)
     summary = report.summary()
-    print("node loss:", summary)  # the README's figures come from cluster/bench_node_loss.py
+    print("node loss:", summary)  # the README's figures come from cluster/bench/node_loss.py
     assert summary["status_codes"] == {200: len(report.edits)}, summary  # a spare node took the replica
     assert summary["retried"] >= 1, summary  # the requests in the Denoiser when it died were made again
     timeout = float(EDIT["timeout"])

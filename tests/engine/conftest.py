@@ -7,10 +7,8 @@ from diffusers.pipelines.qwenimage import (
     pipeline_qwenimage_edit_plus,
 )
 
-from deployments.decoder import Decoder
-from deployments.denoiser import Denoiser
-from deployments.encoder import Encoder
-from deployments.settings import EngineSettings
+from deployments.settings.engine import EngineSettings
+from deployments.stages.in_process import InProcessStages
 
 # The diffusers pipelines the engine must reproduce: name -> (class, its module, the tiny checkpoint).
 REFERENCES = {
@@ -20,17 +18,10 @@ REFERENCES = {
 }
 
 
-class Stages:
-    """The three stage classes of one checkpoint, in this process."""
-
-    def __init__(self, model: str):
-        self.model = model
-        self.encoder, self.denoiser, self.decoder = Encoder(model), Denoiser(model), Decoder(model)
-
-
 @pytest.fixture(scope="session")
-def stages(tiny_checkpoints) -> dict[str, Stages]:
-    return {variant: Stages(path) for variant, path in tiny_checkpoints.items()}
+def stages(tiny_checkpoints) -> dict[str, InProcessStages]:
+    """The three stage classes of each tiny checkpoint, in this process."""
+    return {variant: InProcessStages(path) for variant, path in tiny_checkpoints.items()}
 
 
 @pytest.fixture(scope="session")

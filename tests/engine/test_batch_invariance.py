@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from deployments.denoiser import Denoiser
-from cluster.staggered_batch import denoise_joining
+from deployments.batching.staggered import denoise_joining
+from deployments.stages.denoiser import Denoiser
 from tests.helpers import edit_request, image_bytes, random_image
 
 SAME_SHAPE = image_bytes(random_image(96, 64, seed=1))
@@ -72,7 +72,7 @@ def test_bf16_batched_requests_stay_within_the_stated_bound(stages, conditioning
 def test_padded_prompts_are_attended_without_a_mask(stages, conditionings, monkeypatch):
     """Rows whose prompts differ in length (here a guided request's prompt and negative prompt) are
     attended row group by row group over their own tokens: no attention call takes a mask, which
-    would rule out flash kernels on a GPU (deployments/families/prompt_padding.py)."""
+    would rule out flash kernels on a GPU (deployments/families/qwen_image_edit/prompt_padding.py)."""
     denoiser, masks = stages["edit-plus"].denoiser, []
     attention = torch.nn.functional.scaled_dot_product_attention
 

@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from cluster.bench_gpu import Variant, variant
-from deployments.fast_path import FastPath
+from cluster.bench.gpu import Variant, variant
+from deployments.settings.fast_path import FastPath
 
 
 def test_bench_gpu_command_runs(tiny_checkpoints, tmp_path):
     report = tmp_path / "bench-gpu.json"
-    command = [sys.executable, "-m", "cluster.bench_gpu", "--model", tiny_checkpoints["edit-plus"], "--size", "64",
+    command = [sys.executable, "-m", "cluster.bench.gpu", "--model", tiny_checkpoints["edit-plus"], "--size", "64",
                "--steps", "2", "--part", "in-process", "--staged", "plain", "--staged", "attention=_native_math,lora=4",
                "--report", str(report)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -30,7 +30,7 @@ def test_bench_gpu_command_runs(tiny_checkpoints, tmp_path):
 
 def test_bench_gpu_measures_batch_invariance(tiny_checkpoints, tmp_path):
     report = tmp_path / "bench-gpu.json"
-    command = [sys.executable, "-m", "cluster.bench_gpu", "--model", tiny_checkpoints["edit-plus"], "--size", "64",
+    command = [sys.executable, "-m", "cluster.bench.gpu", "--model", tiny_checkpoints["edit-plus"], "--size", "64",
                "--steps", "3", "--part", "invariance", "--report", str(report)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -47,7 +47,7 @@ def test_a_staged_run_spec_names_what_is_allowed():
 
 
 def test_the_endpoint_part_refuses_a_gpu_layout_without_gpus(tiny_checkpoints, tmp_path):
-    command = [sys.executable, "-m", "cluster.bench_gpu", "--model", tiny_checkpoints["edit-plus"], "--part", "endpoint",
+    command = [sys.executable, "-m", "cluster.bench.gpu", "--model", tiny_checkpoints["edit-plus"], "--part", "endpoint",
                "--report", str(tmp_path / "bench-gpu.json")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "config.one-gpu.yaml asks for GPUs" in done.stderr

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from deployments.admission import AdmissionPolicy
-from deployments.denoise_loop import DenoiseLoop
+from deployments.batching.admission import AdmissionPolicy
+from deployments.batching.denoise_loop import DenoiseLoop
 from deployments.errors import EditError, EngineStoppedError, OverloadedError
 from tests.helpers import edit_request, image_bytes, random_image, wait_until
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from deployments import fp8
-from deployments.decoder import Decoder
-from deployments.denoiser import Denoiser
-from deployments.fast_path import FastPath
-from deployments.loop_settings import LoopSettings
-from deployments.transfer import to_device, to_host
+from deployments.devices import fp8
+from deployments.devices.transfer import to_device, to_host
+from deployments.settings.fast_path import FastPath
+from deployments.settings.loop import LoopSettings
+from deployments.stages.decoder import Decoder
+from deployments.stages.denoiser import Denoiser
 from tests.helpers import edit_request, image_bytes, random_image
 
 
@@ -245,7 +245,7 @@ def test_fp8_is_refused_where_it_cannot_run(model_class, device, capability, ref
 
 def test_the_torchao_api_fp8_uses_is_installed():
     """What `fp8.quantize` calls exists in the pinned torchao (it can only run on a GPU), and means
-    what deployments/fp8.py says: one scale per row for activations and for weights."""
+    what deployments/devices/fp8.py says: one scale per row for activations and for weights."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     assert callable(quantize_)

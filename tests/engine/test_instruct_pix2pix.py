@@ -10,9 +10,9 @@ import torch
 from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 
+from deployments.batching.staggered import denoise_joining
 from deployments.errors import InvalidInputError
-from deployments.images import decode_image
-from cluster.staggered_batch import denoise_joining
+from deployments.media.images import decode_image
 from tests.helpers import edit_request, image_bytes, random_image
 
 STEPS = 4

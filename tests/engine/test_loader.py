@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from deployments.decoder import Decoder
-from deployments.denoiser import Denoiser
-from deployments.encoder import Encoder
+from deployments.checkpoints import tiny
+from deployments.checkpoints.generated import ensure_generated
+from deployments.checkpoints.loader import resolve_model
+from deployments.checkpoints.tiny import TINY_BUILD, write_checkpoint
 from deployments.errors import ModelLoadError
-from deployments.models import resolve_model
-from deployments import tiny
-from deployments.generated import ensure_generated
-from deployments.tiny import TINY_BUILD, write_checkpoint
+from deployments.stages.decoder import Decoder
+from deployments.stages.denoiser import Denoiser
+from deployments.stages.in_process import InProcessStages
 from tests.helpers import edit_request, image_bytes, random_image
 
 
@@ -28,14 +28,15 @@ def test_written_checkpoint_reloads_offline_with_an_empty_cache(tmp_path):
     assert spec.pipeline_class == "QwenImageEditPipeline"
     assert spec.settings.vae_image_area == 256 * 256
 
-    encoder, denoiser, decoder = Encoder(model), Denoiser(model), Decoder(model)
+    stages = InProcessStages(model)
+    encoder, denoiser, decoder = stages.encoder, stages.denoiser, stages.decoder
     assert set(encoder.family.loaded) == {"processor", "text_encoder", "vae", "scheduler"}  # its config only
     assert set(denoiser.family.loaded) == {"transformer", "scheduler"}
     assert set(decoder.family.loaded) == {"vae"}
     assert denoiser.family.loaded["transformer"].dtype == torch.float32  # fp32 on CPU
 
     request = edit_request(model, [image_bytes(random_image(64, 64))], prompt="hello", num_inference_steps=2)
-    edited = decoder.decode(denoiser.denoise([encoder.encode(request)])[0])
+    edited = stages.edit(request)
     assert edited.data.startswith(b"\x89PNG") and (edited.width, edited.height) == (256, 256)
     assert not any(cache.rglob("*.safetensors"))
 
@@ -80,10 +81,10 @@ def test_directory_without_model_index_is_refused(tmp_path):
 
 def use_as_tiny_default(monkeypatch, target: Path) -> None:
     """Makes `target` count as one of the tiny defaults (variant "edit"), with its lock beside it."""
-    monkeypatch.setattr("deployments.generated.TINY_MODEL_DIRS", {target.resolve(): "edit"})
-    monkeypatch.setattr("deployments.models.TINY_MODEL_DIRS", {target.resolve(): "edit"})
-    monkeypatch.setattr("deployments.generated.MODELS_DIR", target.parent)
-    monkeypatch.setattr("deployments.generated.LOCK_FILE", target.parent / ".generate.lock")
+    monkeypatch.setattr("deployments.checkpoints.generated.TINY_MODEL_DIRS", {target.resolve(): "edit"})
+    monkeypatch.setattr("deployments.checkpoints.loader.TINY_MODEL_DIRS", {target.resolve(): "edit"})
+    monkeypatch.setattr("deployments.checkpoints.generated.MODELS_DIR", target.parent)
+    monkeypatch.setattr("deployments.checkpoints.generated.LOCK_FILE", target.parent / ".generate.lock")
 
 
 def test_loading_never_generates_the_tiny_default_one_explicit_call_does(tmp_path, monkeypatch):

@@ -12,17 +12,16 @@ from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline
 from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
 from torch._dynamo.utils import counters
 
-from deployments.decoder import Decoder
-from deployments.denoiser import Denoiser
-from deployments.encoder import Encoder
+from deployments.batching.staggered import denoise_joining
 from deployments.errors import EditError
-from deployments.fast_path import FastPath
-from deployments.families.qwen_image_edit_parameters import LIGHTNING_SCHEDULER
-from deployments.images import decode_image
-from deployments.lora_settings import LoraSettings
-from deployments.settings import EngineSettings
-from cluster.staggered_batch import denoise_joining
-from tests.helpers import edit_request, image_bytes, random_image
+from deployments.families.qwen_image_edit.parameters import LIGHTNING_SCHEDULER
+from deployments.media.images import decode_image
+from deployments.settings.engine import EngineSettings
+from deployments.settings.fast_path import FastPath
+from deployments.settings.lora import LoraSettings
+from deployments.stages.denoiser import Denoiser
+from deployments.stages.in_process import InProcessStages
+from tests.helpers import image_bytes, random_image
 
 FILES = {"style": "style-peft.safetensors", "detail": "detail-kohya.safetensors", "lightning": "lightning-like.safetensors"}
 UPLOAD = image_bytes(random_image(96, 64, seed=5))
@@ -37,25 +36,23 @@ def lora_settings(checkpoint: str, **extra) -> LoraSettings:
     return LoraSettings(adapters={**adapters, **extra.pop("adapters", {})}, **extra)
 
 
-class AdapterStages:
-    def __init__(self, model: str, lora: LoraSettings):
-        self.model, self.lora = model, lora
-        self.encoder, self.denoiser, self.decoder = Encoder(model, lora=lora), Denoiser(model, lora=lora), Decoder(model)
+def make_request(stages: InProcessStages, upload=UPLOAD, **values):
+    """A request of keyword values to `stages`, with one upload."""
+    return make_request(stages, {**values, "image": [upload]})
 
-    def request(self, upload=UPLOAD, **values):
-        return edit_request(self.model, [upload], self.lora, **values)
 
-    def conditioning(self, **values):
-        return self.encoder.encode(self.request(**values))
+def encoded(stages: InProcessStages, **values):
+    return stages.encoder.encode(make_request(stages, **values))
 
-    def pixels(self, **values) -> np.ndarray:
-        return self.decoder.decode_pixels(self.denoiser.denoise([self.conditioning(**values)])[0])
+
+def pixels_of(stages: InProcessStages, **values) -> np.ndarray:
+    return stages.decoder.decode_pixels(stages.denoiser.denoise([encoded(stages, **values)])[0])
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_checkpoints):
     model = tiny_checkpoints["edit-plus"]
-    return AdapterStages(model, lora_settings(model))
+    return InProcessStages(model, lora_settings(model))
 
 
 @pytest.fixture(scope="module")
@@ -92,16 +89,16 @@ CASES = [  # adapters as the request names them, the scales diffusers gets, CFG 
 def test_adapters_match_diffusers(engine, reference, monkeypatch, lora, scales, cfg):
     values = dict(prompt="make it look like a watercolor", negative_prompt="blurry", true_cfg_scale=cfg, seed=7,
                   num_inference_steps=STEPS)
-    ours = engine.pixels(lora=lora, **values)
+    ours = pixels_of(engine, lora=lora, **values)
     expected = reference(monkeypatch, scales, lightning="lightning" in scales, **values)
     assert np.abs(ours - expected).max() <= 1e-4
     # The adapter changed the image visibly: a dropped adapter or an ignored alpha could not pass.
-    assert np.abs(engine.pixels(**values) - expected).max() > 1e-2
+    assert np.abs(pixels_of(engine, **values) - expected).max() > 1e-2
 
 
 @pytest.mark.parametrize("steps", [4, 8])
 def test_lightning_schedule_matches_diffusers(engine, reference, monkeypatch, steps):
-    request = engine.request(prompt="add a red hat", lora=[{"name": "lightning"}], seed=3, num_inference_steps=steps)
+    request = make_request(engine, prompt="add a red hat", lora=[{"name": "lightning"}], seed=3, num_inference_steps=steps)
     assert request.parameters.true_cfg_scale == 1.0  # the adapter's default: CFG off
     conditioning = engine.encoder.encode(request)
     assert "negative_prompt_embeds" not in conditioning.tensors
@@ -117,14 +114,14 @@ def test_lightning_schedule_matches_diffusers(engine, reference, monkeypatch, st
 
 
 def test_lightning_defaults_apply_only_where_the_request_is_silent(engine):
-    default = engine.request(prompt="x", lora=[{"name": "lightning"}])
+    default = make_request(engine, prompt="x", lora=[{"name": "lightning"}])
     assert (default.parameters.num_inference_steps, default.parameters.true_cfg_scale) == (8, 1.0)
-    chosen = engine.request(prompt="x", lora=[{"name": "lightning"}], num_inference_steps=4, true_cfg_scale=2.0)
+    chosen = make_request(engine, prompt="x", lora=[{"name": "lightning"}], num_inference_steps=4, true_cfg_scale=2.0)
     assert (chosen.parameters.num_inference_steps, chosen.parameters.true_cfg_scale) == (4, 2.0)
     # The Lightning schedule runs 1 step (finite sigmas); the base schedule needs 2.
-    engine.encoder.encode(engine.request(prompt="x", lora=[{"name": "lightning"}], num_inference_steps=1))
+    engine.encoder.encode(make_request(engine, prompt="x", lora=[{"name": "lightning"}], num_inference_steps=1))
     with pytest.raises(EditError, match="at least 2 steps"):
-        engine.encoder.encode(engine.request(prompt="x", num_inference_steps=1))
+        engine.encoder.encode(make_request(engine, prompt="x", num_inference_steps=1))
 
 
 MIXED = [  # adapters, CFG, steps, upload, joining after this many steps
@@ -142,7 +139,7 @@ def test_mixed_adapters_in_one_batch_match_their_solo_runs(engine):
     for i, (lora, cfg, steps, upload, _) in enumerate(MIXED):
         values = {} if cfg is None else {"true_cfg_scale": cfg, "negative_prompt": "ugly"}
         conditionings.append(engine.encoder.encode(
-            engine.request(upload, prompt=f"edit number {i}", lora=lora, seed=i, num_inference_steps=steps, **values)
+            make_request(engine, upload, prompt=f"edit number {i}", lora=lora, seed=i, num_inference_steps=steps, **values)
         ))
     solo = [engine.denoiser.denoise([c])[0].latents for c in conditionings]
     batched, forwards = denoise_joining(engine.denoiser, conditionings, [m[4] for m in MIXED])
@@ -157,11 +154,11 @@ def test_loading_and_unloading_adapters_leaves_the_base_model_bit_identical(tiny
     model = tiny_checkpoints["edit-plus"]
     files = [FILES[name] for name in ("style", "detail", "lightning")]
     adapters = {f"a{i}": {"source": f"{model}/adapters/{files[i % 3]}"} for i in range(20)}
-    stages = AdapterStages(model, LoraSettings(adapters=adapters, max_loaded=2, max_per_request=2))
-    base = stages.conditioning(prompt="base", seed=1, num_inference_steps=2)
+    stages = InProcessStages(model, LoraSettings(adapters=adapters, max_loaded=2, max_per_request=2))
+    base = encoded(stages, prompt="base", seed=1, num_inference_steps=2)
     before = stages.denoiser.denoise([base])[0].latents
     for name in adapters:
-        stages.denoiser.denoise([stages.conditioning(prompt="x", lora=[{"name": name}], seed=1, num_inference_steps=2)])
+        stages.denoiser.denoise([encoded(stages, prompt="x", lora=[{"name": name}], seed=1, num_inference_steps=2)])
         assert len(stages.denoiser.adapters.installed) <= 2
     assert torch.equal(stages.denoiser.denoise([base])[0].latents, before)
     # Only the installed adapters' weights remain: evicted ones left nothing behind.
@@ -182,12 +179,12 @@ def test_a_corrupt_or_missing_adapter_fails_only_its_requests(engine, tiny_check
     corrupt.write_bytes(b"\x00" * 64)
     model = engine.model
     lora = lora_settings(model, adapters={"corrupt": {"source": str(corrupt)}, "missing": {"source": str(tmp_path / "nope.safetensors")}})
-    stages = AdapterStages(model, lora)
-    good = stages.conditioning(prompt="fine", lora=[{"name": "style"}], seed=1, num_inference_steps=2)
+    stages = InProcessStages(model, lora)
+    good = encoded(stages, prompt="fine", lora=[{"name": "style"}], seed=1, num_inference_steps=2)
     results = stages.denoiser.denoise_batch([
         good,
-        stages.conditioning(prompt="bad", lora=[{"name": "corrupt"}], seed=1, num_inference_steps=2),
-        stages.conditioning(prompt="gone", lora=[{"name": "missing"}], seed=1, num_inference_steps=2),
+        encoded(stages, prompt="bad", lora=[{"name": "corrupt"}], seed=1, num_inference_steps=2),
+        encoded(stages, prompt="gone", lora=[{"name": "missing"}], seed=1, num_inference_steps=2),
     ])
     assert not isinstance(results[0], EditError)
     for result, name in zip(results[1:], ("corrupt", "missing")):
@@ -200,7 +197,7 @@ def test_step_cached_requests_with_adapters_batched_match_their_solo_runs(engine
     """First-Block-Cache runs blocks 2..N for a subset of the rows: each keeps its own adapters there."""
     caches = ['{"method": "first_block_cache", "threshold": 0.5}', None, '{"method": "first_block_cache", "threshold": 0.3}']
     conditionings = [
-        engine.encoder.encode(engine.request(UPLOAD, prompt=f"edit {i}", lora=lora, seed=i, num_inference_steps=20,
+        engine.encoder.encode(make_request(engine, UPLOAD, prompt=f"edit {i}", lora=lora, seed=i, num_inference_steps=20,
                                              negative_prompt="ugly", **({"cache": cache} if cache else {})))
         for i, (lora, cache) in enumerate(zip(['[{"name": "style"}]', '[{"name": "detail"}]', '[]'], caches))
     ]
@@ -223,7 +220,7 @@ def test_a_compiled_denoiser_compiles_nothing_after_its_warm_up_and_gives_the_pl
     compiled = Denoiser(engine.model, fast_path=FastPath(compile=True), lora=lora)
     before = counters["stats"]["unique_graphs"]
     conditionings = [
-        engine.encoder.encode(engine.request(upload, prompt=prompt, lora=adapters, seed=i, num_inference_steps=2, **values))
+        engine.encoder.encode(make_request(engine, upload, prompt=prompt, lora=adapters, seed=i, num_inference_steps=2, **values))
         for i, (upload, prompt, adapters, values) in enumerate([
             (UPLOAD, "watercolor", [{"name": "style"}], {"negative_prompt": "ugly"}),
             (UPLOAD, "sharper", [{"name": "detail", "scale": 1.5}], {"true_cfg_scale": 1.0}),

@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from deployments.contracts import Latents, OutputSpec
+from deployments.batching.staggered import denoise_joining
+from deployments.contracts import Latents
 from deployments.errors import InvalidInputError
-from deployments.families.qwen_image_edit_parameters import first_step
-from deployments.images import decode_image, quantized
-from deployments.masks import EDIT, outpainting_canvas
-from cluster.staggered_batch import denoise_joining
+from deployments.families.qwen_image_edit.parameters import first_step
+from deployments.media.images import OutputSpec, decode_image, quantized
+from deployments.media.masks import EDIT, outpainting_canvas
 from tests.helpers import edit_request, image_bytes, random_image
 
 STEPS = 4

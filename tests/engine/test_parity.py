@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.images import decode_image
+from deployments.media.images import decode_image
 from tests.helpers import edit_request, image_bytes, random_image
 
 STEPS = 3

@@ -1,17 +1,18 @@
 """Provenance: every output format carries the record of how the image was made, and `python -m
-deployments.rerun` makes the same file again from it and the input files."""
+deployments.cli.rerun` makes the same file again from it and the input files."""
 
 import json
 
 import pytest
 
-from deployments import provenance
-from deployments.chains import chain_links, with_input
-from deployments.edit import InProcessStages
-from deployments.lora_settings import LoraSettings
-from deployments.models import resolve_model
-from deployments.parameters import parse
-from deployments.rerun import main as rerun
+from deployments.checkpoints.loader import resolve_model
+from deployments.cli.edit import InProcessStages
+from deployments.cli.rerun import main as rerun
+from deployments.media import metadata
+from deployments.request.binding import parse
+from deployments.settings.lora import LoraSettings
+from deployments.workflows import provenance
+from deployments.workflows.chains import chain_links, with_input
 from tests.engine.test_masked_edits import area, openai_mask
 from tests.helpers import image_bytes, random_image
 
@@ -32,7 +33,7 @@ def test_each_format_carries_its_record_and_reruns_to_the_same_bytes(tiny_checkp
     values = {"image": [PHOTO], "prompt": "把背景换成海滩", "seed": 7, "num_inference_steps": 2, "output_format": fmt, **CASES[fmt]}
     edited = InProcessStages(model, lora).edit(parse(spec.request_model(lora=lora), values))
 
-    record = provenance.read(edited.data)
+    record = metadata.read(edited.data)
     assert record == edited.provenance
     assert record["model"] == spec.model_id and record["family"] == spec.declared.family
     assert record["parameters"]["prompt"] == "把背景换成海滩" and record["parameters"]["seed"] == 7
@@ -82,7 +83,7 @@ def test_a_chained_edit_reruns_link_by_link_from_the_first_link_s_inputs(tiny_ch
     made = [stages.edit(links[0])]
     for link in links[1:]:  # as serve/chained_edit.py runs them
         made.append(stages.edit(with_input(link, made[-1].data), made[-1].provenance))
-    record = provenance.read(made[-1].data)
+    record = metadata.read(made[-1].data)
     assert record["parameters"]["prompt"] == "make it night" and record["derived_from"]["parameters"]["prompt"] == "add snow"
     assert record["derived_from"]["derived_from"]["inputs_sha256"]["image"] == [provenance.sha256(PHOTO)]
     (tmp_path / "edited").write_bytes(made[-1].data)

@@ -13,11 +13,11 @@ from diffusers import QwenImageEditPlusPipeline
 from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
 from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
 
-from deployments.families import step_caching
-from deployments.images import decode_image
-from deployments.settings import EngineSettings
+from deployments.batching.staggered import denoise_joining
+from deployments.families.qwen_image_edit import step_cache
+from deployments.media.images import decode_image
+from deployments.settings.engine import EngineSettings
 from tests.engine.conftest import Stages
-from cluster.staggered_batch import denoise_joining
 from tests.helpers import edit_request, image_bytes, random_image
 
 UPLOAD = image_bytes(random_image(96, 64, seed=3))
@@ -52,8 +52,8 @@ def test_a_cached_request_alone_matches_diffusers_with_the_same_cache(stages, re
     request = edit_request(s.model, [UPLOAD], prompt="make it night", negative_prompt=negative, seed=2,
                            num_inference_steps=STEPS, cache=json.dumps(cache))
     ours: list[bool] = []
-    decide = step_caching._decide
-    monkeypatch.setattr(step_caching, "_decide", lambda caches, residuals: ours.extend(result := decide(caches, residuals)) or result)
+    decide = step_cache._decide
+    monkeypatch.setattr(step_cache, "_decide", lambda caches, residuals: ours.extend(result := decide(caches, residuals)) or result)
     forwards: list[int] = []
     counter = s.denoiser.family.loaded["transformer"].transformer_blocks[1].img_mlp.register_forward_hook(
         lambda module, args, output: forwards.append(args[0].shape[0])

@@ -34,7 +34,7 @@ def app_settings(model: str, lora: dict | None = None, **settings) -> AppSetting
 
 def adapter_settings(checkpoint: str) -> dict:
     """LoRA settings offering, besides the tiny checkpoint's own adapters (style, detail 0.8,
-    lightning-4step: deployments/tiny_adapters.py), `broken`, a corrupt file written here."""
+    lightning-4step: deployments/checkpoints/tiny_adapters.py), `broken`, a corrupt file written here."""
     broken = Path(checkpoint) / "adapters" / "broken.safetensors"
     broken.write_bytes(b"\x00" * 64)
     return {"max_per_request": 2, "max_scale": 2.0, "adapters": {"broken": {"source": str(broken)}}}

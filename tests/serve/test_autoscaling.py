@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
 
-from deployments.encoder import Encoder
+from deployments.stages.encoder import Encoder
 from serve.app import build_app
 from serve.settings import AppSettings, DenoiserStage
 from serve.stages import DenoiserDeployment

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from deployments import provenance
+from deployments.media import metadata
 from tests.serve.test_http_api import edit, pixels
 
 
@@ -29,7 +29,7 @@ def test_a_three_link_chain_equals_three_calls_fed_each_other_s_output(client):
         assert np.array_equal(pixels(intermediates[1]), pixels(second["b64_json"]))
         assert np.array_equal(pixels(entry["b64_json"]), pixels(third["b64_json"]))  # the same JPEG encoding of them
         assert entry["seed"] == 4 + i and [item["seed"] for item in entry["intermediates"]] == [9 + i, 9 + i]
-        record = provenance.read(base64.b64decode(entry["b64_json"]))  # back to link 1
+        record = metadata.read(base64.b64decode(entry["b64_json"]))  # back to link 1
         assert [record["parameters"]["prompt"], record["derived_from"]["parameters"]["prompt"]] == ["make it night", "add snow"]
         assert record["derived_from"]["derived_from"]["parameters"]["prompt"] == "make the sky pink"
     assert "intermediates" not in edit(client, seed="9", chain=json.dumps(["add snow"])).json()["data"][0]

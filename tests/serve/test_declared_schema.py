@@ -1,7 +1,7 @@
 """Every edge states and enforces what the family's declaration says: the OpenAPI document, the bulk
 job's columns and flags list the declared fields with the server's ranges and defaults, and an
 out-of-range value is refused with the same message online and in a bulk row. The expectation is
-derived from the declaration itself (deployments/parameters.py + the family's `*_parameters.py`)."""
+derived from the declaration itself (deployments/request/fields.py + the family's `*_parameters.py`)."""
 
 import json
 import re
@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from cluster.bulk.__main__ import parse_args
-from cluster.bulk.manifest import NOT_COLUMNS, file_columns, parameter_columns
 from cluster.bulk.image_reads import ImageReader
+from cluster.bulk.manifest import NOT_COLUMNS, file_columns, parameter_columns
 from cluster.bulk.requests import RequestBuilder
 from cluster.bulk.storage import Output
-from deployments.lora_settings import LoraSettings
-from deployments.models import resolve_model
+from deployments.checkpoints.loader import resolve_model
+from deployments.settings.lora import LoraSettings
 from tests.helpers import image_bytes, random_image
 from tests.serve.support import app_settings
 

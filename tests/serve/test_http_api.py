@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments import provenance
-from deployments.decoder import Decoder
-from deployments.denoiser import Denoiser
-from deployments.encoder import Encoder
+from deployments.media import metadata
+from deployments.stages.in_process import InProcessStages
 from tests.helpers import edit_request, image_bytes, random_image
 
 PHOTO = image_bytes(random_image(96, 64, seed=5))
@@ -39,11 +37,10 @@ def assert_same_image(b64: str, expected_png: bytes) -> None:
 @pytest.fixture(scope="module")
 def engine(tiny_checkpoints):
     model = tiny_checkpoints["edit-plus"]
-    encoder, denoiser, decoder = Encoder(model), Denoiser(model), Decoder(model)
+    stages = InProcessStages(model)
 
     def run(images, **values) -> bytes:
-        request = edit_request(model, images, **values)
-        return decoder.decode(denoiser.denoise([encoder.encode(request)])[0]).data
+        return stages.edit(edit_request(model, images, **values)).data
 
     return run
 
@@ -53,8 +50,8 @@ def test_edit_equals_in_process_engine(client, engine):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["data"][0]["seed"] == 42 and body["output_format"] == "png"
-    assert body["data"][0]["quality_report"]["output_size"] == body["size"]  # deployments/quality.py; tests/serve/test_guards_api.py
-    record = provenance.read(base64.b64decode(body["data"][0]["b64_json"]))  # tests/engine/test_provenance.py
+    assert body["data"][0]["quality_report"]["output_size"] == body["size"]  # deployments/workflows/quality.py; tests/serve/test_guards_api.py
+    record = metadata.read(base64.b64decode(body["data"][0]["b64_json"]))  # tests/engine/test_provenance.py
     assert record["parameters"]["seed"] == 42 and record["parameters"]["negative_prompt"] == "blurry"
     expected = engine([PHOTO], prompt="make the sky pink", negative_prompt="blurry", seed=42, num_inference_steps=2)
     assert_same_image(body["data"][0]["b64_json"], expected)

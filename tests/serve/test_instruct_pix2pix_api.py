@@ -6,9 +6,7 @@ import base64
 import pytest
 from openai import BadRequestError, OpenAI
 
-from deployments.decoder import Decoder
-from deployments.denoiser import Denoiser
-from deployments.encoder import Encoder
+from deployments.stages.in_process import InProcessStages
 from tests.helpers import edit_request, image_bytes, random_image
 from tests.serve.support import Client, app_settings
 from tests.serve.test_http_api import assert_same_image
@@ -42,7 +40,7 @@ def test_edit_with_both_guidance_scales_equals_the_engine(pix2pix, tiny_checkpoi
     model = tiny_checkpoints["ip2p"]
     request = edit_request(model, [PHOTO], prompt="make it snow", negative_prompt="grey", seed=4, num_inference_steps=3,
                            guidance_scale=9.0, image_guidance_scale=1.2)
-    expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
+    expected = InProcessStages(model).edit(request).data
     assert_same_image(body["data"][0]["b64_json"], expected)
 
 

@@ -10,9 +10,7 @@ import pytest
 from openai import BadRequestError, OpenAI
 from PIL import Image
 
-from deployments.decoder import Decoder
-from deployments.denoiser import Denoiser
-from deployments.encoder import Encoder
+from deployments.stages.in_process import InProcessStages
 from tests.engine.test_masked_edits import area, openai_mask
 from tests.helpers import edit_request, image_bytes, random_image
 from tests.serve.test_bad_input import assert_refused, no_denoising_work
@@ -33,7 +31,7 @@ def test_openai_sdk_edits_inside_a_mask_as_the_engine_does(served, tiny_checkpoi
 
     model = tiny_checkpoints["edit-plus"]
     request = edit_request(model, [PHOTO], prompt="remove the car", mask=MASK, **extra)
-    expected = Decoder(model).decode(Denoiser(model).denoise([Encoder(model).encode(request)])[0]).data
+    expected = InProcessStages(model).edit(request).data
     assert_same_image(result.data[0].b64_json, expected)
 
     with pytest.raises(BadRequestError) as refused:

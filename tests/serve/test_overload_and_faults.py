@@ -19,7 +19,7 @@ import pytest
 import requests
 from ray import serve
 
-from deployments.encoder import Encoder
+from deployments.stages.encoder import Encoder
 from serve.app import build_app
 from serve.ingress import Ingress
 from serve.settings import DenoiserStage

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from deployments.admission import AdmissionPolicy
+from deployments.batching.admission import AdmissionPolicy
 
 
 @dataclass(eq=False)

@@ -1,13 +1,14 @@
-"""Guards (deployments/guards.py): each limit fires or not, each action's verdict, and how a request
+"""Guards (deployments/workflows/guards.py): each limit fires or not, each action's verdict, and how a request
 gives one (the API's and the bulk job's validation)."""
 
 import pytest
 
+from deployments.checkpoints.loader import resolve_model
 from deployments.errors import InvalidInputError
-from deployments.guards import Guard, GuardFailedError, judge, retry_seed
-from deployments.limits import Limits
-from deployments.models import resolve_model
-from deployments.parameters import parse
+from deployments.request.binding import parse
+from deployments.settings.guard import Guard
+from deployments.settings.limits import Limits
+from deployments.workflows.guards import GuardFailedError, judge, retry_seed
 from tests.helpers import image_bytes, random_image
 
 REPORT = {"changed_fraction": 0.8, "unchanged_ssim": 0.95, "unchanged_psnr_db": 31.0}

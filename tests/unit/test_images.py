@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.contracts import OutputSpec
 from deployments.errors import InvalidInputError
-from deployments.images import decode_image, encode_image, quantized
+from deployments.media.images import OutputSpec, decode_image, encode_image, quantized
 from tests.helpers import image_bytes, random_image
 
 

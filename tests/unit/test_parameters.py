@@ -6,11 +6,12 @@ import math
 import pytest
 
 from deployments.errors import InvalidInputError
-from deployments.families import DECLARATIONS
 from deployments.families.loading import FAMILY_OF
-from deployments.limits import Limits
-from deployments.parameters import EditParameters, parse, request_model
-from deployments.settings import EngineSettings
+from deployments.request.binding import parse, request_model
+from deployments.request.fields import EditParameters
+from deployments.request.registry import DECLARATIONS
+from deployments.settings.engine import EngineSettings
+from deployments.settings.limits import Limits
 from tests.helpers import image_bytes, random_image
 
 QWEN = request_model(DECLARATIONS["QwenImageEditPlusPipeline"])

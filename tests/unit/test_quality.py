@@ -1,4 +1,4 @@
-"""The quality report on synthetic images with known answers (deployments/quality.py)."""
+"""The quality report on synthetic images with known answers (deployments/workflows/quality.py)."""
 
 import math
 
@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from deployments.contracts import Reference
-from deployments.quality import SSIM_C1, quality_report, reference_of
+from deployments.workflows.quality import SSIM_C1, quality_report, reference_of
 
 RNG = np.random.default_rng(0)
 PICTURE = torch.from_numpy(RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8))

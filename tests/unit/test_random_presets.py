@@ -4,9 +4,9 @@ memory), their parameter counts are the real models'."""
 import pytest
 import torch
 
+from deployments.checkpoints.generated import ensure_generated
+from deployments.checkpoints.loader import load_components, resolve_model
 from deployments.errors import ModelLoadError
-from deployments.generated import ensure_generated
-from deployments.models import load_components, resolve_model
 
 
 @pytest.fixture(scope="module")

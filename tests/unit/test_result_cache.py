@@ -1,11 +1,11 @@
-"""The result cache's key and its bound (deployments/result_cache.py)."""
+"""The result cache's key and its bound (deployments/workflows/result_cache.py)."""
 
 import pytest
 
+from deployments.checkpoints.loader import resolve_model
 from deployments.contracts import EditedImage, EditRequest
-from deployments.models import resolve_model
-from deployments.parameters import parse
-from deployments.result_cache import ResultCache, result_key
+from deployments.request.binding import parse
+from deployments.workflows.result_cache import ResultCache, result_key
 from tests.helpers import image_bytes, random_image
 
 IMAGE = image_bytes(random_image(32, 32, seed=1))

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from deployments.checkpoints.loader import model_name
 from serve.__main__ import CONFIG, load_config
-from deployments.models import model_name
 from serve.settings import AppSettings
 
 
