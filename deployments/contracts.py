@@ -29,7 +29,7 @@ class Reference:
 @dataclass(frozen=True)
 class EditRequest:
     """One edit as the engine receives it: parameters already validated at the edge against the model
-    family's declaration and the limits (deployments/request/fields.py), with their defaults filled in."""
+    family's declaration and the limits (deployments/request/binding.py), with their defaults filled in."""
 
     parameters: EditParameters
     request_id: str = ""

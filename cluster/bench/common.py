@@ -24,6 +24,7 @@ from PIL import Image
 
 from deployments.checkpoints.generated import ensure_written
 from deployments.checkpoints.tiny import BUILD_MARKER, TINY_BUILD, write_checkpoint
+from deployments.request.binding import parse
 from deployments.settings.environment import MODELS_DIR
 from deployments.stages.in_process import InProcessStages
 
@@ -88,7 +89,7 @@ def time_in_process(stages: InProcessStages, image: bytes, jobs: list[Job]) -> d
     latencies, started = [], time.perf_counter()
     for job in jobs:
         t = time.perf_counter()
-        stages.edit(stages.request({**job.form(), "image": [image]}))
+        stages.edit(parse(stages.request_model, {**job.form(), "image": [image]}))
         latencies.append(time.perf_counter() - t)
     return summarize(latencies, time.perf_counter() - started)
 

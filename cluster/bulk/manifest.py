@@ -1,5 +1,5 @@
 """The bulk manifest's contract, derived from the model family's request declaration
-(deployments/request/fields.py and the family's `*_parameters.py`) and checked before any work starts.
+(deployments/request/fields.py and the family's `parameters.py`) and checked before any work starts.
 
 Required columns: `id` (string, unique), `image` (a path/URI string, or a list of them for models
 taking several images) and `instruction` (the API's `prompt`). Optional: the family's other file

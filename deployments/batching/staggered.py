@@ -1,5 +1,5 @@
 """A running batch that requests join at different steps, as the Denoiser's engine loop admits them:
-the batch-invariance tests and `bench_gpu --part invariance` compare it with solo runs."""
+the batch-invariance tests and `python -m cluster.bench.gpu --part invariance` compare it with solo runs."""
 
 import torch
 

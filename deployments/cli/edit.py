@@ -14,7 +14,6 @@ from pathlib import Path
 
 from deployments.checkpoints.generated import ensure_generated
 from deployments.checkpoints.loader import resolve_model
-from deployments.contracts import EditRequest
 from deployments.errors import EditError
 from deployments.request.binding import parse
 from deployments.request.flags import add_parameter_flags, given
@@ -42,7 +41,7 @@ def main() -> int:
         values = {"seed": 0, **given(args, flags), "output_format": output_format}
         images = [path.read_bytes() for path in args.images]
         parameters = parse(spec.request_model(), {**values, "prompt": args.prompt, "image": images})
-        edited = InProcessStages(model).edit(EditRequest(parameters))
+        edited = InProcessStages(model).edit(parameters)
     except EditError as e:
         parser.exit(2, f"error: {e.message}\n")
     args.out.write_bytes(edited.data)

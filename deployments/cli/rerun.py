@@ -17,7 +17,6 @@ from pathlib import Path
 
 from deployments.checkpoints.generated import ensure_generated
 from deployments.checkpoints.loader import resolve_model
-from deployments.contracts import EditRequest
 from deployments.errors import EditError, InvalidInputError
 from deployments.media import metadata
 from deployments.request.binding import parse
@@ -71,7 +70,7 @@ def _made_again(record: dict, files: dict, stages: InProcessStages, request_mode
         derived_from = None
     _check_inputs(record, files)
     _check_adapters(record, lora)
-    return stages.edit(EditRequest(parse(request_model, {**record["parameters"], **files}), derived_from=derived_from))
+    return stages.edit(parse(request_model, {**record["parameters"], **files}), derived_from)
 
 
 def _check_inputs(record: dict, files: dict) -> None:

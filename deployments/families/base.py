@@ -3,7 +3,7 @@
 The stage classes own what is common (loading, batching, the step loop, image I/O); a family owns
 prompt encoding, latent packing, the model call with its guidance combination, the scheduler set-up
 and latent decoding, and declares what its Conditioning carries and what its requests may set
-(deployments/families/*_parameters.py). A stage builds its family for one role ("encode",
+(deployments/families/<family>/parameters.py). A stage builds its family for one role ("encode",
 "denoise" or "decode") with only that role's components and calls only that role's methods.
 """
 

@@ -6,15 +6,17 @@ except `fp8`, which needs a GPU. How they are applied to a model: deployments/de
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
+from pydantic.dataclasses import dataclass
 
 # "native" is PyTorch SDPA, which itself picks flash / cuDNN / memory-efficient kernels on CUDA when the
 # inputs allow; "_native_*" force one of them; "flash" uses the FlashAttention package when installed.
 ATTENTION_BACKENDS = ("native", "_native_flash", "_native_cudnn", "_native_efficient", "_native_math", "flash")
 
 
-class FastPath(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# A (pydantic) dataclass: built positionally or by name in code, validated from a Serve config or flags.
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class FastPath:
 
     attention_backend: Literal[ATTENTION_BACKENDS] = Field(  # type: ignore[valid-type]
         "native", description="Transformer attention kernels (diffusers' attention dispatcher): native = PyTorch "
@@ -34,3 +36,10 @@ class FastPath(BaseModel):
         True, description="Tensors between GPU and host through page-locked memory, asynchronously, one wait per "
         "hand-over (no effect off CUDA).",
     )
+
+    @field_validator("attention_backend", mode="before")
+    @classmethod
+    def _known_backend(cls, value):
+        if value not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {value!r}")
+        return value

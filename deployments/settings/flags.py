@@ -6,14 +6,16 @@ import argparse
 import typing
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import TypeAdapter
 
 
-def add_settings_flags(group, settings: type[BaseModel], prefix: str = "", fields: tuple[str, ...] | None = None) -> None:
-    """`--{prefix}{field}` for each of `fields` (default: all) of `settings`; a true-by-default bool
-    becomes `--no-{prefix}{field}`. The values land under the field's own name."""
-    for name in fields or tuple(settings.model_fields):
-        field = settings.model_fields[name]
+def add_settings_flags(group, settings: type, prefix: str = "", fields: tuple[str, ...] | None = None) -> None:
+    """`--{prefix}{field}` for each of `fields` (default: all) of `settings` (a pydantic model or
+    dataclass); a true-by-default bool becomes `--no-{prefix}{field}`. The values land under the
+    field's own name."""
+    declared = settings.__pydantic_fields__
+    for name in fields or tuple(declared):
+        field = declared[name]
         flag, help_text = f"--{prefix}{name}".replace("_", "-"), field.description
         if field.annotation is bool:
             if field.default:
@@ -26,6 +28,7 @@ def add_settings_flags(group, settings: type[BaseModel], prefix: str = "", field
             group.add_argument(flag, dest=name, type=field.annotation, default=field.default, help=help_text)
 
 
-def settings_from_flags(args: argparse.Namespace, settings: type[BaseModel], fields: tuple[str, ...] | None = None) -> BaseModel:
+def settings_from_flags(args: argparse.Namespace, settings: type, fields: tuple[str, ...] | None = None):
     """`settings` from the parsed flags of `add_settings_flags` (validated: a bad value names its field)."""
-    return settings.model_validate({name: getattr(args, name) for name in fields or tuple(settings.model_fields)})
+    names = fields or tuple(settings.__pydantic_fields__)
+    return TypeAdapter(settings).validate_python({name: getattr(args, name) for name in names})

@@ -9,6 +9,7 @@ from typing import Any
 from deployments.checkpoints.loader import resolve_model
 from deployments.contracts import Conditioning, EditedImage, EditRequest
 from deployments.request.binding import parse
+from deployments.request.fields import EditParameters
 from deployments.settings.fast_path import FastPath
 from deployments.settings.limits import Limits
 from deployments.settings.lora import LoraSettings
@@ -37,9 +38,10 @@ class InProcessStages:
     def conditioning(self, values: dict[str, Any]) -> Conditioning:
         return self.encoder.encode(self.request(values))
 
-    def edit(self, request: EditRequest) -> EditedImage:
-        """One edit, through the three stages."""
+    def edit(self, parameters: EditParameters, derived_from: dict | None = None) -> EditedImage:
+        """One edit (`derived_from`: for a chain's later link, the provenance record of the image it edits)."""
         start = time.perf_counter()
+        request = EditRequest(parameters, derived_from=derived_from)
         edited = self.decoder.decode(self.denoiser.denoise([self.encoder.encode(request)])[0])
         logger.info("made a %dx%d %s in %.2fs with %s", edited.width, edited.height, edited.format, time.perf_counter() - start, self.model)
         return edited

@@ -116,7 +116,7 @@ def test_bulk_job_edits_good_rows_and_reports_bad_ones(manifest, tiny_checkpoint
     row = table.set_index("id").loc["row-7"]
     request = edit_request(model, [(manifest.parent / "imgs" / "7.png").read_bytes()], prompt="edit number 7", seed=7,
                            num_inference_steps=2)
-    expected = InProcessStages(model).edit(request).data
+    expected = InProcessStages(model).edit(request.parameters).data
     bulk = np.asarray(Image.open(out / row["output"]), dtype=np.int16)
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
 
@@ -194,7 +194,7 @@ def test_bulk_job_with_instruct_pix2pix_takes_its_guidance_per_row(tiny_checkpoi
     # A row's image is the engine's (which equals diffusers', tests/engine/test_instruct_pix2pix.py).
     request = edit_request(model, [(manifest.parent / "imgs" / "2.png").read_bytes()], prompt="make it snow, 2", seed=2,
                            num_inference_steps=2, guidance_scale=9.0, image_guidance_scale=1.0)
-    expected = InProcessStages(model).edit(request).data
+    expected = InProcessStages(model).edit(request.parameters).data
     bulk = np.asarray(Image.open(out / table.loc["pix-2", "output"]), dtype=np.int16)
     assert bulk.shape == (40, 64, 3)  # the input's size
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
@@ -251,7 +251,7 @@ def test_bulk_rows_choose_adapters_with_a_lora_column(tiny_checkpoints, tmp_path
     lora = LoraSettings.model_validate(settings).offering_checkpoint_adapters(Path(model))
     request = edit_request(model, [(tmp_path / "in.png").read_bytes()], lora, prompt="make it autumn", seed=0,
                            num_inference_steps=2, lora=rows["stacked"])
-    expected = InProcessStages(model, lora).edit(request).data
+    expected = InProcessStages(model, lora).edit(request.parameters).data
     bulk = np.asarray(Image.open(out / results.loc["stacked", "output"]), dtype=np.int16)
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
 
@@ -292,7 +292,7 @@ def test_bulk_rows_edit_inside_a_mask_column(tiny_checkpoints, tmp_path):
 
     request = edit_request(model, [(tmp_path / "in.png").read_bytes()], prompt="make it autumn", seed=0,
                            num_inference_steps=2, mask=(tmp_path / "mask.png").read_bytes(), strength=0.7)
-    expected = InProcessStages(model).edit(request).data
+    expected = InProcessStages(model).edit(request.parameters).data
     bulk = np.asarray(Image.open(out / results.loc["masked", "output"]), dtype=np.int16)
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
 
@@ -323,7 +323,7 @@ def test_bulk_rows_take_a_step_cache_column_and_report_their_forwards(tiny_check
 
     request = edit_request(model, [(tmp_path / "in.png").read_bytes()], prompt="make it autumn", seed=0,
                            num_inference_steps=6, cache=taylorseer)
-    expected = InProcessStages(model).edit(request).data
+    expected = InProcessStages(model).edit(request.parameters).data
     bulk = np.asarray(Image.open(out / results.loc["default", "output"]), dtype=np.int16)
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
 
@@ -341,7 +341,7 @@ def test_bulk_rows_with_guards_and_chains_take_follow_up_passes(tiny_checkpoints
     stages = InProcessStages(model)
 
     def engine(image: bytes, prompt: str, seed: int, steps: int = 2):
-        return stages.edit(edit_request(model, [image], prompt=prompt, seed=seed, num_inference_steps=steps))
+        return stages.edit(edit_request(model, [image], prompt=prompt, seed=seed, num_inference_steps=steps).parameters)
 
     made = {seed: engine(upload, "make it autumn", seed) for seed in (0, 1)}
     changed = {seed: image.quality["changed_fraction"] for seed, image in made.items()}

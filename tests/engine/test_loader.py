@@ -36,7 +36,7 @@ def test_written_checkpoint_reloads_offline_with_an_empty_cache(tmp_path):
     assert denoiser.family.loaded["transformer"].dtype == torch.float32  # fp32 on CPU
 
     request = edit_request(model, [image_bytes(random_image(64, 64))], prompt="hello", num_inference_steps=2)
-    edited = stages.edit(request)
+    edited = stages.edit(request.parameters)
     assert edited.data.startswith(b"\x89PNG") and (edited.width, edited.height) == (256, 256)
     assert not any(cache.rglob("*.safetensors"))
 

@@ -38,7 +38,7 @@ def lora_settings(checkpoint: str, **extra) -> LoraSettings:
 
 def make_request(stages: InProcessStages, upload=UPLOAD, **values):
     """A request of keyword values to `stages`, with one upload."""
-    return make_request(stages, {**values, "image": [upload]})
+    return stages.request({**values, "image": [upload]})
 
 
 def encoded(stages: InProcessStages, **values):

@@ -17,7 +17,7 @@ from deployments.batching.staggered import denoise_joining
 from deployments.families.qwen_image_edit import step_cache
 from deployments.media.images import decode_image
 from deployments.settings.engine import EngineSettings
-from tests.engine.conftest import Stages
+from deployments.stages.in_process import InProcessStages
 from tests.helpers import edit_request, image_bytes, random_image
 
 UPLOAD = image_bytes(random_image(96, 64, seed=3))
@@ -132,7 +132,7 @@ def edit_2511(tiny_checkpoints, tmp_path_factory):
     shutil.copytree(tiny_checkpoints["edit-plus"], path)
     config = path / "transformer" / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "zero_cond_t": True}))
-    return Stages(str(path))
+    return InProcessStages(str(path))
 
 
 def test_first_block_cache_on_a_2511_model_matches_diffusers_and_batches(edit_2511, monkeypatch):

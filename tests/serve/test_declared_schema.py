@@ -1,7 +1,7 @@
 """Every edge states and enforces what the family's declaration says: the OpenAPI document, the bulk
 job's columns and flags list the declared fields with the server's ranges and defaults, and an
 out-of-range value is refused with the same message online and in a bulk row. The expectation is
-derived from the declaration itself (deployments/request/fields.py + the family's `*_parameters.py`)."""
+derived from the declaration itself (deployments/request/fields.py + the family's `parameters.py`)."""
 
 import json
 import re

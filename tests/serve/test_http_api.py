@@ -40,7 +40,7 @@ def engine(tiny_checkpoints):
     stages = InProcessStages(model)
 
     def run(images, **values) -> bytes:
-        return stages.edit(edit_request(model, images, **values)).data
+        return stages.edit(edit_request(model, images, **values).parameters).data
 
     return run
 

@@ -40,7 +40,7 @@ def test_edit_with_both_guidance_scales_equals_the_engine(pix2pix, tiny_checkpoi
     model = tiny_checkpoints["ip2p"]
     request = edit_request(model, [PHOTO], prompt="make it snow", negative_prompt="grey", seed=4, num_inference_steps=3,
                            guidance_scale=9.0, image_guidance_scale=1.2)
-    expected = InProcessStages(model).edit(request).data
+    expected = InProcessStages(model).edit(request.parameters).data
     assert_same_image(body["data"][0]["b64_json"], expected)
 
 

@@ -31,7 +31,7 @@ def test_openai_sdk_edits_inside_a_mask_as_the_engine_does(served, tiny_checkpoi
 
     model = tiny_checkpoints["edit-plus"]
     request = edit_request(model, [PHOTO], prompt="remove the car", mask=MASK, **extra)
-    expected = InProcessStages(model).edit(request).data
+    expected = InProcessStages(model).edit(request.parameters).data
     assert_same_image(result.data[0].b64_json, expected)
 
     with pytest.raises(BadRequestError) as refused:
