@@ -9,8 +9,6 @@ import functools
 import logging
 from dataclasses import dataclass
 
-from ray import serve
-
 from deployments.contracts import EditedImage
 from deployments.workflows.result_cache import as_cached, key_of
 
@@ -42,4 +40,8 @@ class SharedResultCache:
 
 @functools.cache
 def _handle(app: str):
+    # Imported here: Ray Serve (with FastAPI) costs every read task and stage actor of every job half a
+    # second of start-up, and only jobs given --result-cache use it.
+    from ray import serve
+
     return serve.get_deployment_handle("ResultCache", app)

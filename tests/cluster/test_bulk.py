@@ -205,11 +205,14 @@ def test_bulk_job_with_instruct_pix2pix_takes_its_guidance_per_row(tiny_checkpoi
     ({}, ["--true-cfg-scale", "4"], "--true-cfg-scale: true_cfg_scale: does not apply to InstructPix2Pix models"),
     ({}, ["--guidance-scale", "90"], "--guidance-scale: guidance_scale: must be a finite number in [0, 20], got 90"),
 ])
-def test_bulk_job_refuses_the_other_family_s_fields_before_any_work(tiny_checkpoints, tmp_path, extra, flags, fragment):
+def test_bulk_job_refuses_the_other_family_s_fields_before_any_work(tiny_checkpoints, tmp_path, capsys, extra, flags, fragment):
+    """The command's own checks, before any work (and any Ray): run in this process to spare a start-up."""
+    from cluster.bulk.__main__ import main
+
     manifest = ip2p_manifest(tmp_path / "in", **extra)
-    done = subprocess.run(bulk_command(manifest, tmp_path / "out", tiny_checkpoints["ip2p"]) + flags,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and fragment in done.stderr, done.stderr[-2000:]
+    returncode = main(bulk_command(manifest, tmp_path / "out", tiny_checkpoints["ip2p"])[3:] + flags)
+    stderr = capsys.readouterr().err
+    assert returncode == 2 and fragment in stderr, stderr[-2000:]
     assert not list((tmp_path / "out" / "results").glob("*.parquet"))
 
 
@@ -256,32 +259,43 @@ def test_bulk_rows_choose_adapters_with_a_lora_column(tiny_checkpoints, tmp_path
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
 
 
-def test_bulk_rows_edit_inside_a_mask_column(tiny_checkpoints, tmp_path):
-    """A `mask` column of paths (null: no mask) with `strength` and `placement` per row: masked rows are
+def test_bulk_rows_take_mask_and_step_cache_columns(tiny_checkpoints, tmp_path):
+    """One job (one start-up) for two kinds of per-row columns.
+
+    A `mask` column of paths (null: no mask) with `strength` and `placement` per row: masked rows are
     the engine's masked edits, outpainting rows have their size, and a mask problem fails its row alone,
-    naming `mask`."""
+    naming `mask`. A `cache` column (the API's JSON) per row, `--cache` for rows without one: results
+    record the setting used and the row's model forwards; a row's image is the engine's."""
     from tests.engine.test_masked_edits import area, openai_mask
 
     model = tiny_checkpoints["edit-plus"]
     (tmp_path / "in.png").write_bytes(image_bytes(random_image(96, 64, seed=3)))
     (tmp_path / "mask.png").write_bytes(openai_mask(area("irregular")))
-    rows = [  # id, mask, strength, size, placement
+    (tmp_path / "cached.png").write_bytes(image_bytes(random_image(64, 48, seed=2)))
+    taylorseer = '{"method": "taylorseer", "cache_interval": 2, "disable_cache_before_step": 2}'
+    masked_rows = [  # id, mask, strength, size, placement: 2 steps, no cache
         ("masked", "mask.png", 0.7, None, None),
         ("plain", None, None, None, None),
         ("outpainted", None, 1.0, "128x80", "16,8"),
         ("missing-mask", "nope.png", None, None, None),
         ("mask-without-alpha", "in.png", None, None, None),
     ]
+    cached_rows = {"fbc": '{"method": "first_block_cache", "threshold": 0.5}', "default": None, "off": "off",
+                   "too-aggressive": '{"method": "first_block_cache", "threshold": 0.9}'}  # id -> cache: 6 steps
+    rows = [{"id": i, "image": "in.png", "mask": m, "strength": s, "size": z, "placement": p, "cache": "off", "num_inference_steps": 2}
+            for i, m, s, z, p in masked_rows]
+    rows += [{"id": i, "image": "cached.png", "cache": cache} for i, cache in cached_rows.items()]
     table = pa.Table.from_pylist(
-        [{"id": i, "image": "in.png", "instruction": "make it autumn", "mask": m, "strength": s, "size": z, "placement": p}
-         for i, m, s, z, p in rows],
+        [{"instruction": "make it autumn", **row} for row in rows],
         schema=pa.schema([("id", pa.string()), ("image", pa.string()), ("instruction", pa.string()), ("mask", pa.string()),
-                          ("strength", pa.float64()), ("size", pa.string()), ("placement", pa.string())]),
+                          ("strength", pa.float64()), ("size", pa.string()), ("placement", pa.string()), ("cache", pa.string()),
+                          ("num_inference_steps", pa.int64())]),
     )
     pq.write_table(table, tmp_path / "manifest.parquet")
     out = tmp_path / "out"
-    done = subprocess.run(bulk_command(tmp_path / "manifest.parquet", out, model), capture_output=True, text=True, timeout=480)
-    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]  # two rows are errors
+    command = bulk_command(tmp_path / "manifest.parquet", out, model) + ["--cache", taylorseer, "--num-inference-steps", "6"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=480)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]  # three rows are errors
     results = pq.read_table(out / "results").to_pandas().set_index("id")
     assert "mask: 'nope.png' could not be read (not found)" in results.loc["missing-mask", "error"]
     assert "mask: has no alpha channel" in results.loc["mask-without-alpha", "error"]
@@ -296,32 +310,13 @@ def test_bulk_rows_edit_inside_a_mask_column(tiny_checkpoints, tmp_path):
     bulk = np.asarray(Image.open(out / results.loc["masked", "output"]), dtype=np.int16)
     assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
 
-
-def test_bulk_rows_take_a_step_cache_column_and_report_their_forwards(tiny_checkpoints, tmp_path):
-    """A `cache` column (the API's JSON) per row, `--cache` for rows without one; results record the
-    setting used and the row's model forwards; a row's image is the engine's."""
-    model = tiny_checkpoints["edit-plus"]
-    (tmp_path / "in.png").write_bytes(image_bytes(random_image(64, 48, seed=2)))
-    taylorseer = '{"method": "taylorseer", "cache_interval": 2, "disable_cache_before_step": 2}'
-    rows = {"fbc": '{"method": "first_block_cache", "threshold": 0.5}', "default": None, "off": "off",
-            "too-aggressive": '{"method": "first_block_cache", "threshold": 0.9}'}
-    table = pa.Table.from_pylist(
-        [{"id": row_id, "image": "in.png", "instruction": "make it autumn", "cache": cache} for row_id, cache in rows.items()],
-        schema=pa.schema([("id", pa.string()), ("image", pa.string()), ("instruction", pa.string()), ("cache", pa.string())]),
-    )
-    pq.write_table(table, tmp_path / "manifest.parquet")
-    out = tmp_path / "out"
-    command = bulk_command(tmp_path / "manifest.parquet", out, model) + ["--cache", taylorseer, "--num-inference-steps", "6"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=480)
-    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]  # one row is an error
-    results = pq.read_table(out / "results").to_pandas().set_index("id")
     assert "cache: threshold may be at most 0.5 on this deployment" in results.loc["too-aggressive", "error"]
     assert json.loads(results.loc["default", "cache"])["method"] == "taylorseer" and pd.isna(results.loc["off", "cache"])
     forwards = results.loc["default", ["cache_computed", "cache_reused", "cache_predicted"]].tolist()
     assert forwards == [8, 0, 4]  # two guidance rows; steps 0, 1, 3, 5 computed
     assert pd.isna(results.loc["off", "cache_computed"]) and results.loc["fbc", "cache_computed"] > 0
 
-    request = edit_request(model, [(tmp_path / "in.png").read_bytes()], prompt="make it autumn", seed=0,
+    request = edit_request(model, [(tmp_path / "cached.png").read_bytes()], prompt="make it autumn", seed=0,
                            num_inference_steps=6, cache=taylorseer)
     expected = InProcessStages(model).edit(request.parameters).data
     bulk = np.asarray(Image.open(out / results.loc["default", "output"]), dtype=np.int16)
