@@ -36,7 +36,7 @@ from serve.result_cache import CachedResults
 from serve.schema import EditForm, ServedModel, parse_edit_form, read_uploads
 from serve.settings import AppSettings
 from serve.stage_calls import StagedEdit
-from serve.stages import DEFAULT_OPTIONS, adapters_id
+from serve.stage_protocol import DEFAULT_OPTIONS, adapters_id
 
 logger = logging.getLogger(__name__)
 

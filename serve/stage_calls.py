@@ -28,7 +28,7 @@ from deployments.errors import EngineStoppedError
 from deployments.workflows.guards import judge, retry_seed
 from serve.errors import caused_by
 from serve.result_cache import CachedResults
-from serve.stages import ACCEPTED
+from serve.stage_protocol import ACCEPTED
 
 logger = logging.getLogger(__name__)
 

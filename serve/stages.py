@@ -21,10 +21,7 @@ from deployments.stages.decoder import Decoder
 from deployments.stages.denoiser import Denoiser
 from deployments.stages.encoder import Encoder
 from serve.settings import BatchedStage, DenoiserStage
-
-# What a stage deployment gets where its config leaves an option unset (Ray's defaults otherwise): a
-# bounded queue, so that overload is a fast 503 rather than an ever longer wait.
-DEFAULT_OPTIONS = {"ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 8, "max_queued_requests": 64}
+from serve.stage_protocol import ACCEPTED, ADAPTER_SEPARATOR, DEFAULT_OPTIONS
 
 
 class BatchingReplica:
@@ -195,15 +192,6 @@ class DenoiserDeployment:
 
     def __del__(self):
         self.loop.close()
-
-
-ACCEPTED = {"accepted": True}  # denoise_stream's first event
-ADAPTER_SEPARATOR = "+"  # joins a request's adapter names into its multiplexed model id (names can't hold it)
-
-
-def adapters_id(conditioning_adapters) -> str:
-    """The multiplexed model id of a request's adapters ((name, scale) pairs): "" for none."""
-    return ADAPTER_SEPARATOR.join(name for name, _ in conditioning_adapters)
 
 
 def preview_steps(total: int, previews: int) -> frozenset[int]:

@@ -78,10 +78,14 @@ def check_exactly_once(out: Path, manifest: Path, failing=BAD_ROWS) -> pd.DataFr
     return table
 
 
-def test_bulk_job_edits_good_rows_and_reports_bad_ones(manifest, tiny_checkpoints, tmp_path):
-    """Rows failing in every stage become error rows, and every other row is edited: the reads and
-    checks (BAD_ROWS), the Encoder (a too-thin image), the Denoiser (an adapter that can't be loaded)
-    and the Decoder (an image whose path is taken by a folder)."""
+def test_bulk_job_edits_good_rows_reports_bad_ones_and_outlives_its_actors(manifest, tiny_checkpoints, tmp_path):
+    """Rows failing in every stage become error rows, and every other row is edited, exactly once, with
+    the Denoiser's and the Decoder's actors killed mid-job (one job, one start-up, for both).
+
+    Failing rows: the reads and checks (BAD_ROWS), the Encoder (a too-thin image), the Denoiser (an
+    adapter that can't be loaded) and the Decoder (an image whose path is taken by a folder). Killed
+    actors: Ray Data restarts a dead actor and retries its batch; a retried decode rewrites the same
+    file atomically, and only the driver writes results, so no row is lost or written twice."""
     model = tiny_checkpoints["edit-plus"]
     table = pq.read_table(manifest)
     table = table.append_column("lora", pa.nulls(len(table), pa.string()))
@@ -102,17 +106,27 @@ def test_bulk_job_edits_good_rows_and_reports_bad_ones(manifest, tiny_checkpoint
     }
 
     command = bulk_command(staged, out, model) + ["--adapters", str(manifest.parent / "adapters.yaml")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=480)
-    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]  # some rows are errors
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for_images(job, out, 5)  # row-5's folder and 4 images
+        workers = [p for p in psutil.Process(job.pid).children(recursive=True)
+                   if any(f"MapBatches({actor})" in command_line(p) for actor in ("DenoiseActor", "DecodeActor"))]
+        assert len(workers) == 2, [command_line(p) for p in workers]
+        for worker in workers:
+            worker.kill()
+        output, _ = job.communicate(timeout=480)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 1, output[-4000:]  # some rows are errors; everything else was edited
     table = check_exactly_once(out, staged, failing)
     errors = table.set_index("id").loc[list(failing)]
     for row_id, fragment in failing.items():
         assert errors.loc[row_id, "status"] == "error" and fragment in errors.loc[row_id, "error"], (row_id, errors.loc[row_id, "error"])
     assert set(p.name for p in tmp_path.iterdir()) == {"out"}  # the escaping id wrote inside OUT only
-    assert "skipped" in done.stdout and "rows/s" in done.stdout  # the summary table
+    assert "skipped" in output and "rows/s" in output  # the summary table
 
     # A bulk row's image is the engine's (and so the online endpoint's) image for the same inputs.
-    model = tiny_checkpoints["edit-plus"]
     row = table.set_index("id").loc["row-7"]
     request = edit_request(model, [(manifest.parent / "imgs" / "7.png").read_bytes()], prompt="edit number 7", seed=7,
                            num_inference_steps=2)
@@ -142,27 +156,6 @@ def test_killed_job_resumes_to_exactly_once(manifest, tiny_checkpoints, tmp_path
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=480)
     assert rerun.returncode == 1, rerun.stderr[-4000:]
-    check_exactly_once(out, manifest)
-
-
-def test_stage_actors_killed_mid_job_still_exactly_once(manifest, tiny_checkpoints, tmp_path):
-    """Ray Data restarts a dead actor and retries its batch: a retried decode rewrites the same file
-    atomically, and only the driver writes results, so no row is lost or written twice."""
-    out = tmp_path / "out"
-    command = bulk_command(manifest, out, tiny_checkpoints["edit-plus"])
-    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        wait_for_images(job, out, 4)
-        workers = [p for p in psutil.Process(job.pid).children(recursive=True)
-                   if any(f"MapBatches({actor})" in command_line(p) for actor in ("DenoiseActor", "DecodeActor"))]
-        assert len(workers) == 2, [command_line(p) for p in workers]
-        for worker in workers:
-            worker.kill()
-        output, _ = job.communicate(timeout=480)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode == 1, output[-4000:]  # the bad rows; everything else was edited
     check_exactly_once(out, manifest)
 
 
@@ -216,64 +209,29 @@ def test_bulk_job_refuses_the_other_family_s_fields_before_any_work(tiny_checkpo
     assert not list((tmp_path / "out" / "results").glob("*.parquet"))
 
 
-def test_bulk_rows_choose_adapters_with_a_lora_column(tiny_checkpoints, tmp_path):
-    """A `lora` column (the API's JSON) per row, `--lora` for rows without one, `--adapters` naming what
-    is offered (a Serve config's lora settings); results record the adapters used, scales resolved."""
-    import json
+def test_bulk_rows_take_mask_cache_and_lora_columns(tiny_checkpoints, tmp_path):
+    """Per-row columns of three kinds in one job (one start-up), each group of rows setting the others off.
 
+    - `mask` (paths; null: no mask) with `strength` and `placement`: masked rows are the engine's masked
+      edits, outpainting rows have their size, and a mask problem fails its row alone, naming `mask`.
+    - `cache` (the API's JSON), `--cache` for rows without one: results record the setting used and the
+      row's model forwards.
+    - `lora` (the API's JSON), `--lora` for rows without one, `--adapters` naming what is offered (a
+      Serve config's lora settings): results record the adapters used, scales resolved.
+    A row's image is the engine's for the same request."""
     from deployments.settings.lora import LoraSettings
+    from tests.engine.test_masked_edits import area, openai_mask
 
     model = tiny_checkpoints["edit-plus"]
     settings = adapter_settings(model)
     (tmp_path / "adapters.yaml").write_text(yaml.safe_dump(settings))
-    (tmp_path / "in.png").write_bytes(image_bytes(random_image(64, 48, seed=1)))
-    rows = {  # id -> lora column
-        "style": '[{"name": "style", "scale": 1.5}]', "stacked": '[{"name": "style"}, {"name": "detail"}]',
-        "default": None, "unknown": '[{"name": "nope"}]', "broken": '[{"name": "broken"}]',
-    }
-    table = pa.Table.from_pylist(
-        [{"id": row_id, "image": "in.png", "instruction": "make it autumn", "lora": lora} for row_id, lora in rows.items()],
-        schema=pa.schema([("id", pa.string()), ("image", pa.string()), ("instruction", pa.string()), ("lora", pa.string())]),
-    )
-    pq.write_table(table, tmp_path / "manifest.parquet")
-    out = tmp_path / "out"
-    command = bulk_command(tmp_path / "manifest.parquet", out, model) + [
-        "--adapters", str(tmp_path / "adapters.yaml"), "--lora", '[{"name": "detail"}]']
-    done = subprocess.run(command, capture_output=True, text=True, timeout=480)
-    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]  # two rows are errors
-    results = pq.read_table(out / "results").to_pandas().set_index("id")
-    assert results.loc["unknown", "status"] == "error" and "unknown adapter 'nope'" in results.loc["unknown", "error"]
-    assert results.loc["broken", "status"] == "error" and "LoRA adapter 'broken' could not be loaded" in results.loc["broken", "error"]
-    used = {row_id: json.loads(results.loc[row_id, "lora"]) for row_id in ("style", "stacked", "default")}
-    assert used == {
-        "style": [{"name": "style", "scale": 1.5}],
-        "stacked": [{"name": "style", "scale": 1.0}, {"name": "detail", "scale": 0.8}],
-        "default": [{"name": "detail", "scale": 0.8}],  # --lora, at the adapter's configured scale
-    }
-    # A row's image is the engine's for the same request and adapters.
-    lora = LoraSettings.model_validate(settings).offering_checkpoint_adapters(Path(model))
-    request = edit_request(model, [(tmp_path / "in.png").read_bytes()], lora, prompt="make it autumn", seed=0,
-                           num_inference_steps=2, lora=rows["stacked"])
-    expected = InProcessStages(model, lora).edit(request.parameters).data
-    bulk = np.asarray(Image.open(out / results.loc["stacked", "output"]), dtype=np.int16)
-    assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
-
-
-def test_bulk_rows_take_mask_and_step_cache_columns(tiny_checkpoints, tmp_path):
-    """One job (one start-up) for two kinds of per-row columns.
-
-    A `mask` column of paths (null: no mask) with `strength` and `placement` per row: masked rows are
-    the engine's masked edits, outpainting rows have their size, and a mask problem fails its row alone,
-    naming `mask`. A `cache` column (the API's JSON) per row, `--cache` for rows without one: results
-    record the setting used and the row's model forwards; a row's image is the engine's."""
-    from tests.engine.test_masked_edits import area, openai_mask
-
-    model = tiny_checkpoints["edit-plus"]
     (tmp_path / "in.png").write_bytes(image_bytes(random_image(96, 64, seed=3)))
     (tmp_path / "mask.png").write_bytes(openai_mask(area("irregular")))
     (tmp_path / "cached.png").write_bytes(image_bytes(random_image(64, 48, seed=2)))
+    (tmp_path / "adapted.png").write_bytes(image_bytes(random_image(64, 48, seed=1)))
     taylorseer = '{"method": "taylorseer", "cache_interval": 2, "disable_cache_before_step": 2}'
-    masked_rows = [  # id, mask, strength, size, placement: 2 steps, no cache
+    no_cache_no_adapter = {"cache": "off", "lora": "[]", "num_inference_steps": 2}
+    masked_rows = [  # id, mask, strength, size, placement
         ("masked", "mask.png", 0.7, None, None),
         ("plain", None, None, None, None),
         ("outpainted", None, 1.0, "128x80", "16,8"),
@@ -281,46 +239,65 @@ def test_bulk_rows_take_mask_and_step_cache_columns(tiny_checkpoints, tmp_path):
         ("mask-without-alpha", "in.png", None, None, None),
     ]
     cached_rows = {"fbc": '{"method": "first_block_cache", "threshold": 0.5}', "default": None, "off": "off",
-                   "too-aggressive": '{"method": "first_block_cache", "threshold": 0.9}'}  # id -> cache: 6 steps
-    rows = [{"id": i, "image": "in.png", "mask": m, "strength": s, "size": z, "placement": p, "cache": "off", "num_inference_steps": 2}
+                   "too-aggressive": '{"method": "first_block_cache", "threshold": 0.9}'}  # id -> cache (6 steps)
+    adapted_rows = {  # id -> lora
+        "style": '[{"name": "style", "scale": 1.5}]', "stacked": '[{"name": "style"}, {"name": "detail"}]',
+        "no-lora": None, "unknown": '[{"name": "nope"}]', "broken": '[{"name": "broken"}]',
+    }
+    rows = [{"id": i, "image": "in.png", "mask": m, "strength": s, "size": z, "placement": p, **no_cache_no_adapter}
             for i, m, s, z, p in masked_rows]
-    rows += [{"id": i, "image": "cached.png", "cache": cache} for i, cache in cached_rows.items()]
+    rows += [{"id": i, "image": "cached.png", "cache": cache, "lora": "[]"} for i, cache in cached_rows.items()]
+    rows += [{"id": i, "image": "adapted.png", "lora": lora, "cache": "off", "num_inference_steps": 2} for i, lora in adapted_rows.items()]
     table = pa.Table.from_pylist(
         [{"instruction": "make it autumn", **row} for row in rows],
         schema=pa.schema([("id", pa.string()), ("image", pa.string()), ("instruction", pa.string()), ("mask", pa.string()),
                           ("strength", pa.float64()), ("size", pa.string()), ("placement", pa.string()), ("cache", pa.string()),
-                          ("num_inference_steps", pa.int64())]),
+                          ("lora", pa.string()), ("num_inference_steps", pa.int64())]),
     )
     pq.write_table(table, tmp_path / "manifest.parquet")
     out = tmp_path / "out"
-    command = bulk_command(tmp_path / "manifest.parquet", out, model) + ["--cache", taylorseer, "--num-inference-steps", "6"]
+    command = bulk_command(tmp_path / "manifest.parquet", out, model) + [
+        "--cache", taylorseer, "--num-inference-steps", "6",
+        "--adapters", str(tmp_path / "adapters.yaml"), "--lora", '[{"name": "detail"}]']
     done = subprocess.run(command, capture_output=True, text=True, timeout=480)
-    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]  # three rows are errors
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-4000:]  # five rows are errors
     results = pq.read_table(out / "results").to_pandas().set_index("id")
+
+    lora = LoraSettings.model_validate(settings).offering_checkpoint_adapters(Path(model))
+
+    def engine_image(image: str, **values) -> np.ndarray:
+        request = edit_request(model, [(tmp_path / image).read_bytes()], lora, prompt="make it autumn", seed=0, **values)
+        return np.asarray(Image.open(io.BytesIO(InProcessStages(model, lora).edit(request.parameters).data)), dtype=np.int16)
+
+    def bulk_image(row_id: str) -> np.ndarray:
+        return np.asarray(Image.open(out / results.loc[row_id, "output"]), dtype=np.int16)
+
     assert "mask: 'nope.png' could not be read (not found)" in results.loc["missing-mask", "error"]
     assert "mask: has no alpha channel" in results.loc["mask-without-alpha", "error"]
     assert list(results.loc[["masked", "plain", "outpainted"], "status"]) == ["ok"] * 3
     assert list(results.loc[["masked", "plain", "outpainted"], "strength"]) == [0.7, 0.6, 1.0]  # as used
     assert results.loc["outpainted", "placement"] == "16,8"
     assert Image.open(out / results.loc["outpainted", "output"]).size == (128, 80)
-
-    request = edit_request(model, [(tmp_path / "in.png").read_bytes()], prompt="make it autumn", seed=0,
-                           num_inference_steps=2, mask=(tmp_path / "mask.png").read_bytes(), strength=0.7)
-    expected = InProcessStages(model).edit(request.parameters).data
-    bulk = np.asarray(Image.open(out / results.loc["masked", "output"]), dtype=np.int16)
-    assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
+    masked = engine_image("in.png", num_inference_steps=2, mask=(tmp_path / "mask.png").read_bytes(), strength=0.7)
+    assert np.abs(bulk_image("masked") - masked).max() <= 1
 
     assert "cache: threshold may be at most 0.5 on this deployment" in results.loc["too-aggressive", "error"]
     assert json.loads(results.loc["default", "cache"])["method"] == "taylorseer" and pd.isna(results.loc["off", "cache"])
     forwards = results.loc["default", ["cache_computed", "cache_reused", "cache_predicted"]].tolist()
     assert forwards == [8, 0, 4]  # two guidance rows; steps 0, 1, 3, 5 computed
     assert pd.isna(results.loc["off", "cache_computed"]) and results.loc["fbc", "cache_computed"] > 0
+    assert np.abs(bulk_image("default") - engine_image("cached.png", num_inference_steps=6, cache=taylorseer)).max() <= 1
 
-    request = edit_request(model, [(tmp_path / "cached.png").read_bytes()], prompt="make it autumn", seed=0,
-                           num_inference_steps=6, cache=taylorseer)
-    expected = InProcessStages(model).edit(request.parameters).data
-    bulk = np.asarray(Image.open(out / results.loc["default", "output"]), dtype=np.int16)
-    assert np.abs(bulk - np.asarray(Image.open(io.BytesIO(expected)), dtype=np.int16)).max() <= 1
+    assert results.loc["unknown", "status"] == "error" and "unknown adapter 'nope'" in results.loc["unknown", "error"]
+    assert results.loc["broken", "status"] == "error" and "LoRA adapter 'broken' could not be loaded" in results.loc["broken", "error"]
+    used = {row_id: json.loads(results.loc[row_id, "lora"]) for row_id in ("style", "stacked", "no-lora")}
+    assert used == {
+        "style": [{"name": "style", "scale": 1.5}],
+        "stacked": [{"name": "style", "scale": 1.0}, {"name": "detail", "scale": 0.8}],
+        "no-lora": [{"name": "detail", "scale": 0.8}],  # --lora, at the adapter's configured scale
+    }
+    stacked = engine_image("adapted.png", num_inference_steps=2, lora=adapted_rows["stacked"])
+    assert np.abs(bulk_image("stacked") - stacked).max() <= 1
 
 
 def test_bulk_rows_with_guards_and_chains_take_follow_up_passes(tiny_checkpoints, tmp_path):
