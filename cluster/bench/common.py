@@ -32,7 +32,6 @@ CONFIG = Path(__file__).resolve().parents[2] / "serve" / "config.yaml"
 APP = "edit"
 
 
-
 @dataclass(frozen=True)
 class Job:
     """One edit of a workload."""

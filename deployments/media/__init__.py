@@ -1,7 +1,7 @@
 """Bytes <-> pixels: uploaded images checked by their bytes, decoded and encoded (images.py), OpenAI
 masks and outpainting canvases (masks.py), and records written into and read from image files
-(embedded.py).
+(metadata.py).
 
 Pillow and NumPy only (no torch): the HTTP edge and the bulk job check images before any stage runs.
-Imports deployments.errors, settings/ and its own modules.
+Imports deployments.errors and its own modules.
 """

@@ -21,6 +21,7 @@ XMP = (
     '</rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
 )
 
+
 def as_text(provenance: dict[str, Any]) -> str:
     """The record as it is written: JSON with sorted keys (the same record, the same bytes)."""
     return json.dumps(provenance, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

@@ -37,6 +37,8 @@ class FastPath:
         "hand-over (no effect off CUDA).",
     )
 
+    # Before the Literal's own check (which stays for the JSON schema's enum): one message naming the
+    # field and every allowed value, whether the value came from code, a config file or a flag.
     @field_validator("attention_backend", mode="before")
     @classmethod
     def _known_backend(cls, value):
