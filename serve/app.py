@@ -7,6 +7,7 @@ at start-up with a message naming it.
 from ray.serve import Application
 
 from deployments.checkpoints.generated import ensure_generated
+from deployments.checkpoints.identity import engine_identity
 from deployments.checkpoints.loader import model_name, resolve_model
 from deployments.settings.environment import model_from_env
 from serve.ingress import Ingress
@@ -23,7 +24,9 @@ def build_app(settings: AppSettings) -> Application:
     spec = resolve_model(model)
     name = settings.served_model_name or model_name(model)
     lora = settings.lora.offering_checkpoint_adapters(spec.path)  # the configured adapters and the checkpoint's own
-    served = ServedModel(name, spec, lora)
+    # what, besides a request, decides its image: the result cache's key (computed here, once: it reads the adapters' files)
+    engine = engine_identity(spec, lora, settings.stage_engines()) if settings.result_cache.enabled else None
+    served = ServedModel(name, spec, lora, engine)
     served.form_model(settings.limits, settings.request_timeout_s)  # refuses adapters the family can't use, here
     stage = {}
     for key, deployment in (("encoder", EncoderDeployment), ("denoiser", DenoiserDeployment), ("decoder", DecoderDeployment)):

@@ -63,7 +63,9 @@ class Ingress:
     ):
         metrics.bind(ray.util.metrics)
         self.encoder, self.denoiser, self.decoder = encoder, denoiser, decoder
-        self.results = None if result_cache is None else CachedResults(result_cache, served.spec.model_id, served.lora.sources())
+        self.results = None if result_cache is None else CachedResults(
+            result_cache, served.spec.model_id, served.lora.sources(), served.engine, settings.result_cache.call_timeout_s
+        )
         self.settings = settings
         self.served = served
         self.served_model = served.name

@@ -1,9 +1,10 @@
 """The result cache online (deployments/workflows/result_cache.py): one `ResultCache` deployment, shared by the
 ingress replicas, holds the images; the ingress looks each image up before it calls the stages and
-stores what they made. A cache that can't be reached never fails an edit: the edit is made as if
-the cache were off (and the problem logged).
+stores what they made. A cache that can't be reached, or answers slower than `timeout_s`, never fails or holds up an edit:
+the edit is made (or answered) as if the cache were off, and the problem logged.
 """
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -14,7 +15,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments import metrics
 from deployments.contracts import EditedImage, EditRequest
-from deployments.workflows.result_cache import ResultCache, as_cached, result_key
+from deployments.workflows.result_cache import Reachability, ResultCache, as_cached, result_key
 from serve.settings import ResultCacheSettings
 
 logger = logging.getLogger(__name__)
@@ -49,23 +50,31 @@ class CachedResults:
     handle: DeploymentHandle
     model_id: str
     adapter_sources: dict[str, str]
+    engine: dict  # engine_identity: how the stages make images (deployments/checkpoints/identity.py)
+    timeout_s: float  # a cache call slower than this is a miss (or a store skipped)
+    reachability: Reachability = dataclasses.field(default_factory=Reachability, compare=False)
 
     async def made(self, request: EditRequest, seed: int, make) -> EditedImage:
         """The image of `request` with `seed`: the cached one, or `make()`'s, then cached. Its timings
         gain `result_cache_lookup`, its entry `result_cache` (hit or miss)."""
         started = time.time()
-        key = result_key(request, seed, self.model_id, self.adapter_sources)
-        try:
-            cached = await self.handle.get.remote(key)
-        except Exception as e:  # the cache is an optimisation: its failure is only a miss
-            logger.warning("result cache lookup failed (%r); making the image", e)
-            cached = None
+        key = result_key(request, seed, self.model_id, self.adapter_sources, self.engine)
+        cached = await self._call("lookup", self.handle.get, key)
         lookup = {"result_cache_lookup": time.time() - started}
         if cached is not None:
             return dataclasses.replace(cached, request_id=request.request_id, timings=lookup, result_cache="hit")
         edited = await make()
-        try:
-            await self.handle.put.remote(key, as_cached(edited))
-        except Exception as e:
-            logger.warning("result cache store failed (%r)", e)
+        await self._call("store", self.handle.put, key, as_cached(edited))
         return dataclasses.replace(edited, timings={**lookup, **edited.timings}, result_cache="miss")
+
+    async def _call(self, what: str, method, *args):
+        """The cache's answer, or None when it failed, was slower than `timeout_s` or is being skipped
+        after a failure: the cache is an optimisation, never a reason for an edit to fail or wait."""
+        if not self.reachability.worth_calling:
+            return None
+        try:
+            return await asyncio.wait_for(method.remote(*args), self.timeout_s)
+        except Exception as e:
+            self.reachability.failed()
+            logger.warning("result cache %s failed (%r); going on without the cache for %.0fs", what, e, self.reachability.pause_s)
+            return None

@@ -6,10 +6,11 @@ fields all come from one model, `ServedModel.form_model`. Every refusal names th
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic_core import PydanticCustomError
 from starlette.datastructures import FormData, UploadFile
 
 from deployments.checkpoints.loader import ModelSpec
@@ -18,6 +19,7 @@ from deployments.errors import InvalidInputError
 from deployments.media.images import inspect_image
 from deployments.request.binding import as_declared, json_types, validate
 from deployments.request.fields import EditParameters, refused
+from deployments.settings.json_text import ADAPTER_LIST_CHARS, read_json
 from deployments.settings.limits import Limits
 from deployments.settings.lora import LoraSettings
 from deployments.workflows.chains import chain_links
@@ -78,6 +80,7 @@ class ServedModel:
     name: str  # in /v1/models and the `model` field
     spec: ModelSpec  # its family's request declaration and the checkpoint's defaults
     lora: LoraSettings = LoraSettings()  # the adapters it offers
+    engine: dict | None = field(default=None, compare=False)  # how the stages run it (engine_identity): keys the result cache
 
     def form_model(self, limits: Limits, timeout_s: float) -> type[BaseModel]:
         """Everything the edit form may hold: the family's bound parameters and the call's options."""
@@ -174,7 +177,7 @@ def parse_edit_form(form: FormData, uploads: dict[str, bytes | list[bytes]], for
     parameters = as_declared(validated)
     links = chain_links(form_model, parameters, values)
     return EditForm(
-        request=EditRequest(links[0]),
+        request=EditRequest(links[0], later_links=links[1:]),
         links=links,
         n=parameters.n,
         seeds=tuple(parameters.seed + i for i in range(parameters.n)),
@@ -190,7 +193,7 @@ def _with_adapter(name: str, lora: str | None) -> str:
     """`lora` (JSON text) with adapter `name` (chosen by `model=`) first; malformed `lora` is left for
     validation to refuse."""
     try:
-        given = json.loads(lora) if lora else []
-    except json.JSONDecodeError:
+        given = read_json(lora, "", ADAPTER_LIST_CHARS) if lora else []
+    except PydanticCustomError:
         return lora
     return json.dumps([{"name": name}, *given]) if isinstance(given, list) else lora

@@ -44,6 +44,13 @@ class DeploymentOptions(DeploymentSchema):
         """Keyword arguments for `Deployment.options`: what the config set."""
         return self.model_dump(exclude_unset=True, exclude={"name"})
 
+    @property
+    def device_type(self) -> str:
+        """Where its replicas run the model: "cuda" when they hold a GPU (Ray hides GPUs from an actor
+        that asks for none), else "cpu"."""
+        actor = self.options().get("ray_actor_options", {})
+        return "cuda" if actor.get("num_gpus") else "cpu"
+
 
 class BatchedStage(_Settings):
     max_batch_size: int = Field(4, ge=1, le=64, description="Most requests one batch call handles.")
@@ -83,6 +90,10 @@ class ResultCacheSettings(_Settings):
 
     enabled: bool = Field(False, description="Answer identical requests (same inputs, parameters, seed, model) from the cache.")
     max_bytes: int = Field(512 * 2**20, ge=2**20, description="Most bytes of images the cache holds (least recently used go first).")
+    call_timeout_s: float = Field(
+        2.0, gt=0, le=60, description="A lookup or store slower than this is a miss (a store: skipped), and the cache "
+        "is skipped for 30 s after one: an unreachable cache never holds an edit up for longer.",
+    )
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
 
@@ -105,4 +116,9 @@ class AppSettings(_Settings):
     denoiser: DenoiserStage = Field(default_factory=DenoiserStage)
     decoder: BatchedStage = Field(default_factory=BatchedStage)
     result_cache: ResultCacheSettings = Field(default_factory=ResultCacheSettings)
+
+    def stage_engines(self) -> dict[str, tuple[str, FastPath]]:
+        """Each stage's device type and fast path (deployments/checkpoints/identity.py)."""
+        return {stage: (getattr(self, key).deployment.device_type, getattr(self, key).fast_path)
+                for stage, key in (("encode", "encoder"), ("denoise", "denoiser"), ("decode", "decoder"))}
 

@@ -32,7 +32,7 @@ import pyarrow.dataset
 import ray
 import ray.util.metrics
 
-from cluster.bulk.follow_ups import FollowUps, Pending
+from cluster.bulk.follow_ups import FollowUps, Pending, as_table, with_pending
 from cluster.bulk.image_reads import ImageReader
 from cluster.bulk.manifest import NOT_COLUMNS, ManifestError, check_ids, check_schema
 from cluster.bulk.requests import RequestBuilder
@@ -43,6 +43,8 @@ from cluster.bulk.storage import Output
 from cluster.bulk.tally import Tally
 from deployments import metrics
 from deployments.checkpoints.generated import ensure_generated
+from deployments.checkpoints.identity import STAGES as IDENTITY_STAGES
+from deployments.checkpoints.identity import engine_identity
 from deployments.checkpoints.loader import ModelSpec, model_name, resolve_model
 from deployments.errors import InvalidInputError
 from deployments.request.binding import parse
@@ -132,7 +134,9 @@ def main(argv=None) -> int:
     done = compact(output, spec.declared)
     print(f"resuming: {len(done)} id(s) already ok, {removed} partial file(s) removed", flush=True)
     connect(args)
-    results = None if args.result_cache is None else SharedResultCache(args.result_cache)
+    results = None
+    if args.result_cache is not None:
+        results = SharedResultCache(args.result_cache, engine_identity(spec, lora, stage_engines(args, fast_path)))
     if results is not None:
         try:
             results.check()
@@ -157,7 +161,7 @@ def main(argv=None) -> int:
     return 0 if tally.error == 0 else 1
 
 
-STAGES = ("encoder", "denoiser", "decoder")
+STAGES = ("encoder", "denoiser", "decoder")  # the pools, as IDENTITY_STAGES names their stages
 REQUESTS_CPUS = 0.25  # reading files and building requests is light work
 
 
@@ -182,14 +186,14 @@ def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSetting
     ray.data.DataContext.get_current().enable_fallback_to_arrow_object_ext_type = True
     ds = ray.data.read_parquet(args.manifest)
     if pending is not None:
-        ds = ds.map_batches(keep_only, fn_args=(pa.array(list(pending), pa.string()),), batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(with_pending, fn_args=(as_table(pending),), batch_format="pyarrow", batch_size=None)
     elif len(done):  # whole blocks at once; the ids travel once, in the object store
         ds = ds.map_batches(drop_done, fn_args=(done,), batch_format="pyarrow", batch_size=None)
     # Small blocks let the stages overlap: a Parquet file is one block, and a map step works through
     # a whole block before handing anything on, so without this each stage would wait for the last.
     ds = ds.repartition(target_num_rows_per_block=args.encoder_batch_size)
     ds = ds.map_batches(
-        RequestBuilder(spec, limits, lora, defaults, images, output, pending, results), batch_format="pandas", num_cpus=REQUESTS_CPUS,
+        RequestBuilder(spec, limits, lora, defaults, images, output, results), batch_format="pandas", num_cpus=REQUESTS_CPUS,
         concurrency=args.read_tasks,
     )
     # Enough Denoiser calls in flight that its loop always has rows waiting to join the running batch.
@@ -212,12 +216,13 @@ def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSetting
     yield from ds.iter_batches(batch_format="pandas", batch_size=args.decoder_batch_size)  # results as they come
 
 
+def stage_engines(args, fast_path: FastPath) -> dict[str, tuple[str, FastPath]]:
+    """Each stage's device type and fast path (deployments/checkpoints/identity.py)."""
+    return {stage: ("cuda" if getattr(args, f"{pool}_gpus") else "cpu", fast_path) for stage, pool in zip(IDENTITY_STAGES, STAGES)}
+
+
 def drop_done(rows: pa.Table, done: pa.Array) -> pa.Table:
     return rows.filter(pc.invert(pc.is_in(rows["id"], value_set=done)))
-
-
-def keep_only(rows: pa.Table, ids: pa.Array) -> pa.Table:
-    return rows.filter(pc.is_in(rows["id"], value_set=ids))
 
 
 def local_cpus(args) -> int:

@@ -9,6 +9,10 @@ after the row's id and the link); the last link's image is the row's result. A r
 only once it is done, so a kill between passes leaves it without one and the next run edits it
 from the start: exactly once still holds.
 
+A pass's rows carry their next edit as columns (`as_table`, joined onto the manifest's rows in the
+pipeline), never in a closure pickled into every read task; the previous link's provenance record
+is read back from its image, which carries it.
+
 Guards: each link's image is judged from its quality report and its guard (as used). `retry` makes
 that link again with the next seed (its seed + 1: a row makes one image); `fail` makes the row an
 error naming the limits crossed; the result row has its last link's verdict. A failure in a later
@@ -19,6 +23,8 @@ import json
 from dataclasses import dataclass, replace
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from cluster.bulk.results import GUARD, QUALITY
 from deployments import metrics
@@ -30,12 +36,41 @@ from deployments.workflows.guards import GuardFailedError, judge
 @dataclass(frozen=True)
 class Pending:
     """A row's next edit: its `link` (0: the row's own instruction), the previous link's image (an
-    OUT-relative path) and provenance record (JSON), and when it retries a guard, the seed that failed."""
+    OUT-relative path, carrying its provenance record), and when it retries a guard, the seed that failed."""
 
     link: int = 0
     image: str | None = None
-    derived_from: str | None = None
     retry_of_seed: int | None = None
+
+    @classmethod
+    def of_row(cls, row: dict) -> "Pending":
+        """The next edit a row of a later pass carries in its COLUMNS (none: the first pass)."""
+        if "pending_link" not in row:
+            return cls()
+        image, seed = row["pending_image"], row["pending_retry_of_seed"]
+        return cls(int(row["pending_link"]), None if pd.isna(image) else image, None if pd.isna(seed) else int(seed))
+
+
+COLUMNS = pa.schema(
+    [("id", pa.string()), ("pending_link", pa.int64()), ("pending_image", pa.string()), ("pending_retry_of_seed", pa.int64())]
+)
+
+
+def as_table(pending: dict[str, Pending]) -> pa.Table:
+    """A pass's rows and their next edits as columns (COLUMNS) to join onto the manifest's rows."""
+    edits = pending.values()
+    return pa.table([list(pending), [p.link for p in edits], [p.image for p in edits], [p.retry_of_seed for p in edits]], schema=COLUMNS)
+
+
+def with_pending(rows: pa.Table, pending: pa.Table) -> pa.Table:
+    """The manifest's `rows` of a later pass (those in `pending`), each with its next edit's columns.
+    (Not Table.join: Arrow's joins can't carry list columns, such as a row's several images.)"""
+    index = pc.index_in(rows["id"], value_set=pending["id"])  # each row's place in `pending`, or null
+    kept = pc.is_valid(index)
+    rows, index = rows.filter(kept), index.filter(kept)
+    for name in COLUMNS.names[1:]:
+        rows = rows.append_column(name, pending[name].take(index))
+    return rows
 
 
 class FollowUps:
@@ -71,7 +106,7 @@ class FollowUps:
             if verdict is False:  # retry with the next seed
                 self.next[row["id"]] = replace(pending, retry_of_seed=int(row["seed"]))
             elif pending.link + 1 < row["links"]:  # the chain's next link edits this image
-                self.next[row["id"]] = Pending(pending.link + 1, row["output"], row["provenance"])
+                self.next[row["id"]] = Pending(pending.link + 1, row["output"])
             else:
                 if verdict is not None:
                     columns["guard_verdict"][i], columns["guard_crossed"][i] = verdict.verdict, "; ".join(verdict.crossed) or None

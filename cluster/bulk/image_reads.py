@@ -3,12 +3,15 @@
 - A relative path is relative to the manifest's location: the folder of a manifest file, or the
   manifest folder itself (`s3://bucket/catalog/` + `imgs/1.png`), whatever its filesystem.
 - With an image root (`--image-root`), a path that resolves outside it is refused: a manifest from
-  elsewhere cannot make the job read the machine's files.
-- Reads are capped at the online limit on image bytes (`max_image_bytes`), and only regular files
-  are read (a device or a pipe would stall the reader).
+  elsewhere cannot make the job read the machine's files. Local paths are compared as real paths
+  (symlinks resolved): a link inside the root can't lead out of it.
+- Reads are held to the online limits: at most `max_image_bytes` are read, only regular files (a
+  device or a pipe would stall the reader), and the header must show a PNG, JPEG or WebP image of at
+  most `max_image_pixels` — as the HTTP edge checks an upload.
 """
 
 import functools
+import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ import pyarrow.fs as pafs
 
 from cluster.bulk.storage import filesystem_and_path
 from deployments.errors import InvalidInputError
+from deployments.media.images import inspect_image
 from deployments.settings.limits import Limits
 
 
@@ -52,10 +56,15 @@ class ImageReader:
         return cls(manifest_folder(manifest), limits, root)
 
     def locate(self, image: str, param: str = "image") -> str:
-        """The image's absolute location; raises InvalidInputError (naming `param`) when it lies outside the root."""
+        """The image's absolute location (a local one with its symlinks resolved); raises InvalidInputError
+        (naming `param`) when it is no path or lies outside the root."""
+        if not isinstance(image, str) or not image:
+            raise InvalidInputError(param, f"must be a file path or URI, got {image!r}")
         if "://" not in image and not posixpath.isabs(image):
             image = f"{self.base.rstrip('/')}/{image}"
         prefix, path = _split(image)
+        if not prefix:
+            path = os.path.realpath(path)
         location = prefix + path
         if self.root is not None:
             root_prefix, root_path = _split(self.root)
@@ -85,6 +94,7 @@ class ImageReader:
             data = stream.read(most + 1)  # never more, whatever the listing said
         if len(data) > most:
             raise self.limits.image_too_large(param, "more")
+        inspect_image(data, param, self.limits.max_image_pixels)
         return data
 
 

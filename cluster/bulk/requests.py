@@ -20,7 +20,8 @@ from cluster.bulk.results import image_columns
 from cluster.bulk.storage import Output, image_path
 from deployments.checkpoints.loader import ModelSpec
 from deployments.contracts import EditRequest
-from deployments.errors import EditError
+from deployments.errors import EditError, failed_alone
+from deployments.media import metadata
 from deployments.request.binding import parse
 from deployments.request.fields import EditParameters
 from deployments.settings.limits import Limits
@@ -41,7 +42,6 @@ class RequestBuilder:
     defaults: dict
     images: ImageReader
     output: Output
-    pending: dict[str, Pending] | None = None  # a later pass's rows and their next edits (cluster/bulk/follow_ups.py)
     results: SharedResultCache | None = None  # --result-cache: rows whose image it has are answered from it
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -58,35 +58,35 @@ class RequestBuilder:
                 parameters = parse(model, values)
                 out.update(as_columns(parameters, columns))  # as used: defaults filled, adapters' scales resolved
                 links = chain_links(model, parameters, values)
-                out["item"], link = self._request(row["id"], links)
+                out["item"], link = self._request(row["id"], links, Pending.of_row(row))
                 out.update(links=len(links), seed=link.seed, guard=as_columns(link, ("guard",))["guard"])  # the link's own
                 if self.results is not None:
                     out.update(self._from_cache(out["item"]))
-            except EditError as e:
-                out["error"] = e.message
+            except Exception as e:  # the row's own failure (an EditError, or anything unforeseen): an error row, never a failed job
+                out["error"] = failed_alone(e, "reading the row", row["id"]).message
             rows.append(out)
         return pd.DataFrame(rows)
 
-    def _request(self, row_id: str, links: tuple[EditParameters, ...]) -> tuple[EditRequest, EditParameters]:
+    def _request(self, row_id: str, links: tuple[EditParameters, ...], pending: Pending) -> tuple[EditRequest, EditParameters]:
         """The row's next edit: its first link, or in a later pass the one `pending` says."""
-        pending = self.pending[row_id] if self.pending is not None else Pending()
-        link = links[pending.link]
+        link, derived_from = links[pending.link], None
         if pending.image is not None:
             try:
-                link = with_input(link, self.output.read(pending.image))
+                data = self.output.read(pending.image)
             except OSError as e:  # e.g. removed between passes
                 raise EditError(f"image: the previous link's image {pending.image} could not be read ({e})", "image") from e
+            link, derived_from = with_input(link, data), metadata.read(data)
         if pending.retry_of_seed is not None:
             link = link.model_copy(update={"seed": retry_seed(pending.retry_of_seed, 1)})
         last = pending.link == len(links) - 1  # its image is the row's result, OUT/images/<safe-id>.<ext>
         # NUL: no row's own id ends like an intermediate's, so no two requests share an image file
         request_id = row_id if last else f"{row_id}\x00link{pending.link + 1}"
-        derived_from = None if pending.derived_from is None else json.loads(pending.derived_from)
-        return EditRequest(link, request_id=request_id, derived_from=derived_from), link
+        later = links[1:] if pending.link == 0 else ()  # the Encoder checks them before link 1 runs
+        return EditRequest(link, request_id=request_id, derived_from=derived_from, later_links=later), link
 
     def _from_cache(self, request: EditRequest) -> dict:
         """The row's columns when the result cache has its image (written to OUT here), else a miss."""
-        key = result_key(request, request.parameters.seed, self.spec.model_id, self.lora.sources())
+        key = result_key(request, request.parameters.seed, self.spec.model_id, self.lora.sources(), self.results.engine)
         cached = self.results.get(key)
         if cached is None:
             return {"result_cache": "miss"}

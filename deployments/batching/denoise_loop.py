@@ -11,9 +11,10 @@ Failure semantics — a request is never stranded:
   loop's thread at admission, never on the caller's.
 - Every request's result or error is delivered exactly once, by `_retire`; delivering to a request
   its caller already cancelled (client gone, deadline) is a no-op.
-- Whatever one request's work raises — starting it, its scheduler update, its step callback, its
-  preview, its final copy — fails that request alone. A failed forward fails the requests of its
-  latent shape in that step.
+- Whatever one request's work raises — starting it, its step cache, its guidance, its scheduler
+  update, its step callback, its preview, its final copy — fails that request alone, and does not
+  count against the replica's health. A failed forward fails the requests of its latent shape in
+  that step.
 - A fault of the loop's own code fails every request in the loop at once with a retryable
   EngineStoppedError (503), and the loop goes on. `close()` (or the thread ending for any reason)
   fails every waiting and running request the same way, and later submits are refused with it.
@@ -35,7 +36,7 @@ from deployments.batching.admission import AdmissionPolicy
 from deployments.contracts import Conditioning, Latents
 from deployments.errors import EngineStoppedError, OverloadedError, failed_alone
 from deployments.families.base import DenoiseJob, Footprint
-from deployments.stages.denoiser import Denoiser
+from deployments.stages.denoiser import Denoiser, StepFailures
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +272,8 @@ class DenoiseLoop:
             else:  # wake the loop when its files have been read, in case nothing else is running
                 self.denoiser.adapters.prefetch([name for name, _ in ticket.conditioning.adapters]).add_done_callback(self._nudge)
         self.denoiser.adapters.forget_failures()
+        # what requests that left (cancelled, timed out) had read is freed, beyond a few
+        self.denoiser.adapters.trim(keep | {name for t in waiting for name, _ in t.conditioning.adapters})
 
     def _nudge(self, _=None) -> None:
         """Something may now be able to start: a request came in, or an adapter's file was read."""
@@ -285,8 +288,10 @@ class DenoiseLoop:
                 self._wakeup.wait(timeout=1.0)
             self._nudged = False
 
-    def _forward(self) -> dict[DenoiseJob, Exception]:
-        """One forward per latent shape; the jobs that failed, with their errors."""
+    def _forward(self) -> StepFailures:
+        """One forward per latent shape; the jobs that failed, with their errors. Requests failing on their
+        own (their settings, their scheduler) say nothing of the replica: only a step whose forwards
+        failed and in which nothing succeeded counts against its health."""
         jobs = [ticket.job for ticket in self._active]
         started = time.perf_counter()
         self._step_started = time.monotonic()
@@ -294,7 +299,7 @@ class DenoiseLoop:
             failed = self.denoiser.step(jobs)
         finally:
             self._step_started = None
-        self._count_step(succeeded=len(failed) < len(jobs))
+        self._count_step(succeeded=not failed.forward_failed or len(failed) < len(jobs))
         self._record(time.perf_counter() - started)
         return failed
 

@@ -97,7 +97,12 @@ def default_device() -> torch.device:
 
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on GPUs (the dtype the Qwen-Image models are published in), fp32 on CPUs."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype_name(device.type))
+
+
+def dtype_name(device_type: str) -> str:
+    """The name of the dtype a stage on a `device_type` ("cuda", "cpu") runs in (default_dtype)."""
+    return "bfloat16" if device_type == "cuda" else "float32"
 
 
 def load_components(

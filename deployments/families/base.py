@@ -155,16 +155,31 @@ class ModelFamily(ABC):
     # Encoder side
     def check(self, request: EditRequest) -> None:
         """Refuses what only the loaded model can tell (the request was validated against the family's
-        declaration at the edge): parameters of another family's declaration, fewer steps than this
-        checkpoint's scheduler can run."""
-        if type(request.parameters) is not self.declared:
+        declaration at the edge), for the request and every later link of its chain — before any of
+        them runs: parameters of another family's declaration, fewer steps than this checkpoint's
+        scheduler can run, prompts the text encoder can't take (check_prompts)."""
+        self.check_parameters(request.parameters)
+        for k, link in enumerate(request.later_links):
+            try:
+                self.check_parameters(link)
+            except InvalidInputError as e:
+                raise InvalidInputError("chain", f"chain[{k}].{e.message}") from None
+
+    def check_parameters(self, parameters: EditParameters) -> None:
+        if type(parameters) is not self.declared:
             raise InvalidInputError(
-                "model", f"the request was made for {type(request.parameters).pipeline} models; this is a "
+                "model", f"the request was made for {type(parameters).pipeline} models; this is a "
                 f"{self.spec.pipeline_class} ({self.declared.family})",
             )
-        steps, fewest = request.parameters.num_inference_steps, self.fewest_steps(self.scheduler_of(request.parameters))
+        steps, fewest = parameters.num_inference_steps, self.fewest_steps(self.scheduler_of(parameters))
         if steps < fewest:
             raise InvalidInputError("num_inference_steps", f"this model's scheduler needs at least {fewest} steps, got {steps}")
+        self.check_prompts(parameters)
+
+    @abstractmethod
+    def check_prompts(self, parameters: EditParameters) -> None:
+        """Refuses prompts the text encoder can't take (_check_prompts, with the family's tokenizer and
+        whether guidance reads the negative prompt)."""
 
     @abstractmethod
     def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
@@ -253,9 +268,11 @@ class ModelFamily(ABC):
         """Initial noise from the request's seed, its own scheduler and timesteps."""
 
     @abstractmethod
-    def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
+    def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor | Exception]:
         """One batched model forward for `jobs` (one bucket, each at its own timestep, guidance rows
-        included) and the guided noise prediction of each, shaped like its `latents`."""
+        included) and the guided noise prediction of each, shaped like its `latents` — or, where the
+        job's own part failed (its inputs, its step cache, its guidance combination), the error, which
+        fails that job alone. A failure of the forward itself is raised: it fails the bucket."""
 
     def scheduler_step(self, job: DenoiseJob, noise_pred: torch.Tensor) -> torch.Tensor:
         """The job's latents after its scheduler's step with this prediction."""
@@ -277,6 +294,15 @@ class ModelFamily(ABC):
     @abstractmethod
     def decode(self, latents: Latents) -> np.ndarray:
         """The (H, W, 3) float image in [0, 1], before 8-bit quantization."""
+
+
+def own_part(work, *args) -> Any:
+    """`work(*args)`, or the exception it raised: one job's own part of a batched step, whose failure is
+    that job's (ModelFamily.predict) and must not stop its batch-mates' work."""
+    try:
+        return work(*args)
+    except Exception as error:
+        return error
 
 
 @functools.cache

@@ -9,6 +9,11 @@ never evicted; evicting deletes the adapter's layers (the base weights were neve
 
 A file that is missing, corrupt, not a LoRA or not made for this model fails the requests that asked
 for it with an error naming the adapter, and leaves the model as it was.
+
+Read adapters waiting to be installed are bounded too: those no waiting or running request wants
+(read for a request that then left: cancelled, timed out) are kept for at most `max_loaded` adapters
+(`trim`, the least recently asked for dropped first, and read again if asked for again). Requests
+naming many adapters and then leaving can't fill the device.
 """
 
 import collections
@@ -50,7 +55,8 @@ class AdapterStore:
         self.model_name = model_name  # the metrics' `model` label
         self._installed: collections.OrderedDict[str, None] = collections.OrderedDict()  # least recently used first
         self.loads = 0  # adapters installed so far
-        self._reads: dict[str, Future] = {}  # read (or failed) and not installed yet
+        # read (or failed) and not installed, least recently asked for first
+        self._reads: collections.OrderedDict[str, Future] = collections.OrderedDict()
         self._read_started: dict[str, float] = {}
         self._lock = threading.Lock()  # _reads is shared with callers of `prefetch`
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="adapter-reader")
@@ -58,6 +64,12 @@ class AdapterStore:
     @property
     def installed(self) -> tuple[str, ...]:
         return tuple(self._installed)
+
+    @property
+    def reads_held(self) -> int:
+        """Adapters read (or being read) and not installed."""
+        with self._lock:
+            return len(self._reads)
 
     @property
     def held(self) -> frozenset[str]:
@@ -98,7 +110,7 @@ class AdapterStore:
                 continue
             with self._lock:
                 read = self._read_of(name)
-            if not read.done():
+            if not read.done() or read.cancelled():  # a dropped read: asked for again next time
                 continue
             error = read.exception()
             if error is None:
@@ -107,7 +119,7 @@ class AdapterStore:
                 error = self._install(name, *read.result())
             with self._lock:
                 if error is None:
-                    del self._reads[name]
+                    self._reads.pop(name, None)
                 else:  # kept for this admission round: every request waiting on it fails alike
                     self._reads[name] = failed = Future()
                     failed.set_exception(error)
@@ -118,8 +130,17 @@ class AdapterStore:
     def forget_failures(self) -> None:
         """Drops failed loads, so a later request tries again (e.g. once the file is fixed)."""
         with self._lock:
-            for name in [n for n, read in self._reads.items() if read.done() and read.exception() is not None]:
+            for name in [n for n, read in self._reads.items() if read.done() and not read.cancelled() and read.exception() is not None]:
                 del self._reads[name]
+
+    def trim(self, wanted: set[str]) -> None:
+        """Keeps the reads of at most `max_loaded` adapters outside `wanted` (the adapters of the requests
+        waiting or running), dropping the least recently asked for: their tensors are freed (one being
+        read is dropped once read; one not started never runs)."""
+        with self._lock:
+            unwanted = [name for name in self._reads if name not in wanted]  # least recently asked first
+            for name in unwanted[: max(0, len(unwanted) - self.settings.max_loaded)]:
+                self._reads.pop(name).cancel()
 
     def evict(self, name: str) -> None:
         """Unloads adapter `name`: its layers are deleted, the base weights were never changed."""
@@ -134,6 +155,7 @@ class AdapterStore:
         if name not in self._reads:
             self._read_started[name] = time.perf_counter()
             self._reads[name] = self._readers.submit(self._read, name)
+        self._reads.move_to_end(name)
         return self._reads[name]
 
     def _read(self, name: str) -> tuple[StateDict, dict | None]:

@@ -12,18 +12,18 @@ import re
 import typing
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from deployments.errors import InvalidInputError
 from deployments.settings.guard import GuardField
-from deployments.settings.json_text import json_text
+from deployments.settings.json_text import ADAPTER_LIST_CHARS, CHAIN_CHARS, json_text
 from deployments.settings.limits import HARD_MAX_N, HARD_MAX_STEPS, Limits
-from deployments.settings.lora import LoraSettings, choices_from_text
+from deployments.settings.lora import LoraSettings
 from deployments.settings.step_cache import StepCache
 
 MAX_SEED = 2**63 - 1
-SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")  # fullmatch: `$` would accept a trailing newline
 
 
 def _instruction(text: str) -> str:
@@ -50,7 +50,7 @@ NegativePrompt = Annotated[
 # A chain of further instructions (deployments/workflows/chains.py): instructions, or objects with a prompt
 # and fields of their own.
 ChainField = Annotated[
-    tuple[str | dict[str, Any], ...], json_text('["make it night", {"prompt": "add snow", "seed": 3}]', empty=(), off=False),
+    tuple[str | dict[str, Any], ...], json_text('["make it night", {"prompt": "add snow", "seed": 3}]', CHAIN_CHARS, empty=(), off=False),
     Field(max_length=16),
 ]
 
@@ -58,10 +58,15 @@ ChainField = Annotated[
 class AdapterChoice(BaseModel):
     """One adapter a request stacks: a name the deployment offers (/v1/models) and its strength."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)  # strict: true is no scale
 
     name: str
     scale: float | None = Field(None, description="The adapter's strength; unset: the adapter's configured scale.")
+
+
+AdapterChoices = Annotated[
+    tuple[AdapterChoice, ...], json_text('[{"name": "lightning-8step", "scale": 1.0}]', ADAPTER_LIST_CHARS, empty=(), off=False)
+]
 
 
 def _only_auto_size(schema: dict, model: type) -> None:
@@ -113,7 +118,7 @@ class EditParameters(BaseModel):
     )
     output_format: Literal["png", "jpeg", "webp"] = Field("png", title="Output format", description="The edited image's file format.")
     output_compression: int = Field(100, ge=0, le=100, title="Quality", description="JPEG/WebP quality; 100 is best. Ignored for PNG.")
-    lora: Annotated[tuple[AdapterChoice, ...], BeforeValidator(choices_from_text)] = Field(
+    lora: AdapterChoices = Field(
         (), title="LoRA adapters",
         description='Adapters to apply, stacked in order: a JSON list of {"name", "scale"} naming adapters the '
         "deployment offers (/v1/models). Their own defaults (e.g. a Lightning adapter's steps and CFG) apply "
@@ -145,7 +150,7 @@ class EditParameters(BaseModel):
             return size
         if cls.size_rule is not None:
             raise PydanticCustomError("size", "{rule}; leave size out or give 'auto'", {"rule": f"{cls.family} models {cls.size_rule}"})
-        match = SIZE.match(size)
+        match = SIZE.fullmatch(size)
         if not match:
             raise PydanticCustomError("size", "must be 'auto' or WIDTHxHEIGHT (e.g. 1024x768), got {size}", {"size": repr(size)})
         width, height = int(match.group(1)), int(match.group(2))
@@ -185,18 +190,33 @@ class EditParameters(BaseModel):
     def _bounded_work(self):
         if self.seed > MAX_SEED - (self.n - 1):
             raise refused("seed", f"must be at most {MAX_SEED - (self.n - 1)} with n={self.n} (image i uses seed + i)")
-        work = self.n * self.num_inference_steps * (self.default_area if self.output_size is None else self.output_size[0] * self.output_size[1])
-        if work > self.limits.max_work:
+        if self.work > self.limits.max_work:
             raise refused(
-                "n", f"n x num_inference_steps x output pixels may be at most {self.limits.max_work}, got {work}; ask "
-                "for fewer images, fewer steps or a smaller size",
+                "n", f"n x num_inference_steps x output pixels (x 2 with a guard that retries) may be at most "
+                f"{self.limits.max_work}, got {self.work}; ask for fewer images, fewer steps or a smaller size",
             )
         return self
 
     @property
+    def work(self) -> int:
+        """What the request may cost: n x steps x output pixels, twice over when its guard may retry each image."""
+        area = self.default_area if self.output_size is None else self.output_size[0] * self.output_size[1]
+        retries = 2 if self.guard is not None and self.guard.action == "retry" else 1
+        return self.n * self.num_inference_steps * area * retries
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info):
+        """true is no number (pydantic's lax mode would read it as 1): a chain link's JSON or a bulk
+        row's boolean column can't set n, seed or a scale with it."""
+        if isinstance(value, bool) and bool not in _leaf_types(cls.model_fields[info.field_name].annotation):
+            raise PydanticCustomError("not_a_number", "must not be true or false")
+        return value
+
+    @property
     def output_size(self) -> tuple[int, int] | None:
         """(width, height) asked for, or None for auto."""
-        match = SIZE.match(self.size)
+        match = SIZE.fullmatch(self.size)
         return None if match is None else (int(match.group(1)), int(match.group(2)))
 
     @classmethod

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from deployments.settings.json_text import json_text
+from deployments.settings.json_text import SMALL_OBJECT_CHARS, json_text
 
 # limit -> (the report's field, whether the limit is a most (else a least))
 LIMITS = {
@@ -21,7 +21,7 @@ LIMITS = {
 class Guard(BaseModel):
     """Limits on one image's quality report, and the action when one is crossed."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)  # strict: true is no number
 
     max_changed_fraction: float | None = Field(
         None, ge=0, le=1, description="Most of the image an edit may change (an edit meant to be local that changed most of it)."
@@ -52,7 +52,7 @@ class Guard(BaseModel):
         return crossed
 
 
-GuardField = Annotated[Guard | None, json_text('{"max_changed_fraction": 0.3, "action": "flag"}')]
+GuardField = Annotated[Guard | None, json_text('{"max_changed_fraction": 0.3, "action": "flag"}', SMALL_OBJECT_CHARS)]
 
 
 class GuardPolicy(BaseModel):

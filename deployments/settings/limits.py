@@ -31,7 +31,8 @@ class Limits(BaseModel):
     )
     max_work: int = Field(
         4 * 50 * 1024 * 1024, ge=1,
-        description="Most n x steps x output pixels one request (each link of a chain) may ask for: bounds what one edit can cost.",
+        description="Most n x steps x output pixels one request may cost, over all the links of its chain and counting a "
+        "retrying guard's second image: bounds what one request can make the cluster compute.",
     )
     max_chain_links: int = Field(4, ge=1, le=16, description="Most links (the request and its `chain`) one request may have.")
     step_cache: StepCachePolicy = Field(

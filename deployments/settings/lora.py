@@ -141,13 +141,3 @@ class LoraSettings(_Settings):
 
 def _refused(message: str) -> PydanticCustomError:
     return PydanticCustomError("refused", "{message}", {"param": "lora", "message": message})
-
-
-def choices_from_text(value: Any) -> Any:
-    """A `lora` value as a list: JSON text (from a form field or a manifest column) parsed, anything else as is."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else []
-        except json.JSONDecodeError as e:
-            raise _refused(f'must be a JSON list of {{"name", "scale"}} objects, got {value!r} ({e.msg})') from None
-    return value

@@ -6,9 +6,10 @@ a request may be). The math: deployments/families/qwen_image_edit/step_cache.py.
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
-from deployments.settings.json_text import json_text
+from deployments.settings.json_text import SMALL_OBJECT_CHARS, json_text
 
 METHODS = ("first_block_cache", "taylorseer")
 
@@ -16,7 +17,7 @@ METHODS = ("first_block_cache", "taylorseer")
 class FirstBlockCache(BaseModel):
     """Reuse the other blocks' residual while the first block's output moves less than `threshold`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)  # strict: true is no number
 
     method: Literal["first_block_cache"]
     threshold: float = Field(
@@ -29,7 +30,7 @@ class TaylorSeer(BaseModel):
     """Skip whole forwards, predicting the model's output by a Taylor expansion of its computed outputs
     (diffusers' TaylorSeer in its lite mode)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     method: Literal["taylorseer"]
     cache_interval: int = Field(5, ge=1, le=100, description="Steps between computed forwards once caching began.")
@@ -37,10 +38,22 @@ class TaylorSeer(BaseModel):
     disable_cache_after_step: int | None = Field(None, ge=0, le=1000, description="From this step on, every step computes.")
     max_order: int = Field(1, ge=0, le=4, description="Order of the Taylor expansion.")
 
+    @model_validator(mode="after")
+    def _warm_up_fits_the_order(self):
+        """A row predicts from the outputs computed before: an expansion of order k needs k + 1 of them
+        (and at step 0 there are none: diffusers' hook then fails too)."""
+        if self.disable_cache_before_step < self.max_order + 1:
+            raise PydanticCustomError(
+                "as_is", "disable_cache_before_step must be at least max_order + 1 = {least} (the computed steps an expansion "
+                "of order {order} needs), got {got}",
+                {"least": self.max_order + 1, "order": self.max_order, "got": self.disable_cache_before_step},
+            )
+        return self
+
 
 StepCache = Annotated[
     Annotated[FirstBlockCache | TaylorSeer, Field(discriminator="method")] | None,
-    json_text('{"method": "first_block_cache", "threshold": 0.05}'),
+    json_text('{"method": "first_block_cache", "threshold": 0.05}', SMALL_OBJECT_CHARS),
 ]
 
 

@@ -31,6 +31,13 @@ from deployments.settings.lora import LoraSettings
 from deployments.workflows import provenance
 
 
+class StepFailures(dict):
+    """The jobs a step failed, with their errors; `forward_failed`: whether a model forward (a whole
+    bucket's work, not one request's own) failed — what says something about the replica's health."""
+
+    forward_failed: bool = False
+
+
 class Denoiser:
     def __init__(
         self, model: str | None = None, device: torch.device | None = None, fast_path: FastPath = FastPath(),
@@ -119,12 +126,13 @@ class Denoiser:
         return self.family.start(conditioning)
 
     @torch.no_grad()
-    def step(self, jobs: list[DenoiseJob]) -> dict[DenoiseJob, Exception]:
+    def step(self, jobs: list[DenoiseJob]) -> StepFailures:
         """Advances every job by one step: one model forward per latent-shape bucket, then each job's
         own scheduler update. Returns the jobs that failed, with their errors — a failed forward fails
-        its bucket, a failed update its job — and the others have advanced."""
+        its bucket; a job's own part (its step cache, guidance, scheduler update, preview, mask) fails
+        that job alone — and the others have advanced."""
         buckets: dict = {}
-        failed: dict[DenoiseJob, Exception] = {}
+        failed = StepFailures()
         held = self.adapters.held
         for job in jobs:
             missing = {name for name, _ in job.conditioning.adapters} - held
@@ -137,9 +145,12 @@ class Denoiser:
                 predictions = self.family.predict(group)
             except Exception as error:
                 failed.update(dict.fromkeys(group, error))
+                failed.forward_failed = True
                 continue
             for job, noise_pred in zip(group, predictions):
                 try:
+                    if isinstance(noise_pred, Exception):
+                        raise noise_pred
                     self._update(job, noise_pred)
                 except Exception as error:
                     failed[job] = error

@@ -22,7 +22,8 @@ NOT_INHERITED = ("mask", "placement", "chain")  # they shape link 1 only
 def chain_links(model, parameters, values: dict[str, Any]) -> tuple:
     """Every link's parameters, validated by `model` (the bound request model): link 1 is `parameters`
     (validated from `values`), each later link the request's `values` with the link's own. A later
-    link's image is a placeholder until the previous link's image exists (`with_input`)."""
+    link's image is a placeholder until the previous link's image exists (`with_input`). The work
+    limit holds for the whole request: every link, every image, every guard retry."""
     if not parameters.chain:
         return (parameters,)
     if len(parameters.chain) + 1 > model.limits.max_chain_links:
@@ -38,10 +39,22 @@ def chain_links(model, parameters, values: dict[str, Any]) -> tuple:
         fixed = sorted(set(given) & set(IMAGE_OF_THE_REQUEST))
         if fixed:
             raise InvalidInputError("chain", f"chain[{k}]: {', '.join(fixed)} belong to the whole request, not to a link")
+        foreign = sorted(set(given) - set(fields))
+        if foreign:  # e.g. `model` or `stream`: the call's options, which a link can't change
+            raise InvalidInputError(
+                "chain", f"chain[{k}]: {', '.join(map(repr, foreign))} can't be set in a link; a link sets its prompt and request "
+                f"parameters (its adapters with `lora`): {', '.join(name for name in fields if name not in IMAGE_OF_THE_REQUEST)}",
+            )
         try:
             links.append(parse(model, {**inherited, **given}))
         except InvalidInputError as e:
             raise InvalidInputError("chain", f"chain[{k}].{e.message}") from None
+    work = sum(link.work for link in links)
+    if work > model.limits.max_work:
+        raise InvalidInputError(
+            "chain", f"the whole request may cost at most {model.limits.max_work} (n x num_inference_steps x output pixels, "
+            f"over all {len(links)} links, x 2 where a guard retries), got {work}; fewer links, steps or images, or a smaller size",
+        )
     lossless = {"output_format": "png", "output_compression": 100}  # what the next link reads
     return tuple(link.model_copy(update=lossless) for link in links[:-1]) + (links[-1],)
 

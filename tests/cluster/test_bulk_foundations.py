@@ -14,6 +14,7 @@ from cluster.bulk.tally import Tally
 from deployments.errors import InvalidInputError, PayloadTooLargeError
 from deployments.request.registry import DECLARATIONS
 from deployments.settings.limits import Limits
+from tests.helpers import image_bytes, random_image
 
 QWEN, IP2P = DECLARATIONS["QwenImageEditPlusPipeline"], DECLARATIONS["StableDiffusionInstructPix2PixPipeline"]
 
@@ -112,12 +113,15 @@ def test_partial_files_are_cleaned_in_out_s_own_folders_only(tmp_path):
     assert output.files("images", ".png") == [str(tmp_path / "images" / "y.png")]
 
 
+PNG = image_bytes(random_image(32, 32))  # ~3 KB
+
+
 @pytest.fixture
 def image_tree(tmp_path):
     (tmp_path / "catalog" / "imgs").mkdir(parents=True)
-    (tmp_path / "catalog" / "imgs" / "a.png").write_bytes(b"x" * 2000)
+    (tmp_path / "catalog" / "imgs" / "a.png").write_bytes(PNG)
     (tmp_path / "catalog" / "manifest.parquet").write_bytes(b"")
-    (tmp_path / "secret.png").write_bytes(b"s" * 10)
+    (tmp_path / "secret.png").write_bytes(image_bytes(random_image(8, 8)))
     return tmp_path
 
 
@@ -126,8 +130,8 @@ def test_relative_images_start_at_the_manifest_s_folder(image_tree):
     assert manifest_folder(str(catalog / "manifest.parquet")) == str(catalog)  # a file: its folder
     assert manifest_folder(str(catalog)) == str(catalog)  # a directory: itself
     reader = ImageReader(str(catalog), Limits(max_image_bytes=4096))
-    assert reader.read("imgs/a.png") == b"x" * 2000
-    assert reader.read(str(catalog / "imgs" / "a.png")) == b"x" * 2000  # absolute paths as they are
+    assert reader.read("imgs/a.png") == PNG
+    assert reader.read(str(catalog / "imgs" / "a.png")) == PNG  # absolute paths as they are
     assert reader.locate("imgs/../imgs/a.png") == str(catalog / "imgs" / "a.png")
 
 
@@ -136,7 +140,7 @@ def test_an_image_root_refuses_paths_outside_it(image_tree, monkeypatch):
     reader = ImageReader.for_manifest(str(image_tree / "catalog" / "manifest.parquet"), Limits(), root="catalog")
     assert (reader.base, reader.root) == (str(image_tree / "catalog"), str(image_tree / "catalog"))
     reader = ImageReader(str(image_tree / "catalog"), Limits(max_image_bytes=4096), root=str(image_tree / "catalog"))
-    assert reader.read("imgs/a.png") == b"x" * 2000
+    assert reader.read("imgs/a.png") == PNG
     for escaping in ("../secret.png", str(image_tree / "secret.png"), "/etc/passwd", "s3://bucket/x.png"):
         with pytest.raises(InvalidInputError, match="outside --image-root"):
             reader.read(escaping)
@@ -147,7 +151,7 @@ def test_an_image_root_refuses_paths_outside_it(image_tree, monkeypatch):
 
 def test_reads_are_capped_and_only_of_regular_files(image_tree):
     reader = ImageReader(str(image_tree / "catalog"), Limits(max_image_bytes=1024))
-    with pytest.raises(PayloadTooLargeError, match="at most 1024 bytes, got 2000"):
+    with pytest.raises(PayloadTooLargeError, match=f"at most 1024 bytes, got {len(PNG)}"):
         reader.read("imgs/a.png")
     for device in ("/dev/zero", "/dev/stdin", str(image_tree)):
         with pytest.raises(InvalidInputError, match="not a file"):
@@ -157,6 +161,33 @@ def test_reads_are_capped_and_only_of_regular_files(image_tree):
     os.mkfifo(image_tree / "pipe.png")
     with pytest.raises(InvalidInputError, match="not a file"):
         ImageReader(str(image_tree), Limits(max_image_bytes=1024)).read("pipe.png")
+
+
+def test_a_symlink_inside_the_image_root_cannot_lead_out_of_it(image_tree):
+    """The root was compared with the path as written; pyarrow followed root/link -> /elsewhere."""
+    catalog = image_tree / "catalog"
+    (catalog / "imgs" / "link.png").symlink_to(image_tree / "secret.png")
+    (catalog / "escape").symlink_to(image_tree)
+    (catalog / "imgs" / "alias.png").symlink_to(catalog / "imgs" / "a.png")  # a link that stays inside is fine
+    reader = ImageReader(str(catalog), Limits(), root=str(catalog))
+    for escaping in ("imgs/link.png", "escape/secret.png"):
+        with pytest.raises(InvalidInputError, match="outside --image-root"):
+            reader.read(escaping)
+    assert reader.read("imgs/alias.png") == PNG
+
+
+def test_reads_are_held_to_the_online_image_checks(image_tree):
+    """Rows were held to a hard ceiling only, not to `max_image_pixels` as online uploads are."""
+    (image_tree / "big.png").write_bytes(image_bytes(random_image(80, 80)))
+    (image_tree / "text.png").write_bytes(b"not an image at all")
+    reader = ImageReader(str(image_tree), Limits(max_image_pixels=64 * 64))
+    with pytest.raises(InvalidInputError, match="is 80x80 pixels; at most 4096 pixels are accepted"):
+        reader.read("big.png")
+    with pytest.raises(InvalidInputError, match="not a recognizable PNG, JPEG or WebP image"):
+        reader.read("text.png")
+    for not_a_path in (None, 3, ""):
+        with pytest.raises(InvalidInputError, match="must be a file path or URI"):
+            reader.read(not_a_path)
 
 
 def test_running_rate_counts_from_the_engines_first_row_to_its_last():
@@ -210,3 +241,35 @@ def test_a_batch_that_fails_as_a_whole_reruns_its_rows_alone():
     stage.calls.clear()
     (own,) = stage.isolated([Item("own")])
     assert own.message == "size: too big" and stage.calls == [(["own"], False)]  # its own fault: not rerun
+
+
+def test_malformed_rows_become_error_rows_naming_their_column(image_tree, tiny_checkpoints):
+    """Deep JSON raised RecursionError and a null inside an `image` list TypeError: the whole batch
+    failed, the job died, and died again on every resume."""
+    import pandas as pd
+
+    from cluster.bulk.requests import RequestBuilder
+    from deployments.checkpoints.loader import resolve_model
+    from deployments.settings.lora import LoraSettings
+
+    catalog = image_tree / "catalog"
+    limits = Limits()
+    build = RequestBuilder(resolve_model(tiny_checkpoints["edit-plus"]), limits, LoraSettings(), {"seed": 0},
+                           ImageReader(str(catalog), limits), Output.at(str(image_tree / "out")))
+    good = {"image": ["imgs/a.png"], "instruction": "make it blue"}
+    rows = {
+        "null image": ({**good, "image": ["imgs/a.png", None]}, "image: must be a file path or URI, got None"),
+        "deep chain": ({**good, "chain": "[" * 5000}, "chain: must be JSON such as"),
+        "deep cache": ({**good, "cache": '{"a":' * 300}, "cache: must be JSON such as"),
+        "huge lora": ({**good, "lora": "[" + "{}," * 5000 + "{}]"}, "lora: may be at most"),
+        "bool seed": ({**good, "seed": True}, "seed: must be an integer in [0,"),
+        "null instruction": ({**good, "instruction": None}, "prompt:"),
+        "fine": (good, None),
+    }
+    frame = pd.DataFrame([{"id": name, **row} for name, (row, _) in rows.items()])
+    built = build(frame).set_index("id")
+    for name, (_, error) in rows.items():
+        if error is None:
+            assert pd.isna(built.loc[name, "error"]) and built.loc[name, "item"] is not None
+        else:
+            assert str(built.loc[name, "error"]).startswith(error), (name, built.loc[name, "error"])

@@ -1,6 +1,7 @@
 """The continuous-batching engine loop: joining mid-way, cancellation, shapes sharing a step, and a
 loop that no single request (or fault) can stop from serving the others."""
 
+import dataclasses
 import threading
 import time
 
@@ -10,6 +11,7 @@ import torch
 from deployments.batching.admission import AdmissionPolicy
 from deployments.batching.denoise_loop import DenoiseLoop
 from deployments.errors import EditError, EngineStoppedError, OverloadedError
+from deployments.settings.step_cache import TaylorSeer
 from tests.helpers import edit_request, image_bytes, random_image, wait_until
 
 WIDE = image_bytes(random_image(96, 64, seed=1))
@@ -125,6 +127,36 @@ def test_an_on_step_that_raises_fails_only_its_request(denoiser, encode, loop):
         failing.future.result(timeout=RESULT_TIMEOUT_S)
     assert torch.allclose(result(fine), solo(denoiser, good), atol=1e-5, rtol=0)
     assert loop.stats.failed == 1 and loop.alive
+
+
+# Requests whose own settings can't run (made past the edge's validation, which refuses them): each
+# fails in its own part of a batched step.
+BROKEN = {
+    # a TaylorSeer predicting at step 0, from no computed output: once a TypeError failing the whole step
+    "step cache": lambda c: dataclasses.replace(c, cache=TaylorSeer.model_construct(
+        method="taylorseer", cache_interval=2, disable_cache_before_step=0, disable_cache_after_step=None, max_order=1)),
+    "guidance": lambda c: dataclasses.replace(c, parameters={**c.parameters, "true_cfg_scale": "four"}),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN)
+def test_a_request_whose_own_part_fails_fails_alone_and_never_counts_against_health(denoiser, encode, broken):
+    loop = DenoiseLoop(denoiser, POLICY, max_waiting=64, unhealthy_after_failed_steps=2)
+    try:
+        good = [encode(prompt="fine", seed=seed, num_inference_steps=3) for seed in (11, 12)]
+        bad = BROKEN[broken](encode(prompt="broken", seed=13, num_inference_steps=3))
+        tickets = [loop.submit(good[0]), loop.submit(bad), loop.submit(good[1])]
+        with pytest.raises(EditError, match="internal error while denoising"):
+            tickets[1].future.result(timeout=RESULT_TIMEOUT_S)
+        for ticket, conditioning in zip(tickets[::2], good):
+            assert torch.allclose(result(ticket), solo(denoiser, conditioning), atol=1e-5, rtol=0)
+        assert loop.stats.max_requests_in_a_step == 3  # they shared the step it failed in
+        for _ in range(3):  # alone on a quiet replica, again and again: no step of the engine failed
+            with pytest.raises(EditError):
+                loop.submit(bad).future.result(timeout=RESULT_TIMEOUT_S)
+        assert loop.stats.failed_steps == 0 and loop.health(wedged_after_s=60) is None
+    finally:
+        loop.close()
 
 
 def test_a_step_that_fails_once_fails_its_requests_and_the_next_succeeds(denoiser, encode, loop, monkeypatch):

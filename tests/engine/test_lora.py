@@ -15,6 +15,7 @@ from torch._dynamo.utils import counters
 from deployments.batching.staggered import denoise_joining
 from deployments.errors import EditError
 from deployments.families.qwen_image_edit.parameters import LIGHTNING_SCHEDULER
+from deployments.lora.store import AdapterStore
 from deployments.media.images import decode_image
 from deployments.settings.engine import EngineSettings
 from deployments.settings.fast_path import FastPath
@@ -238,3 +239,20 @@ def test_a_compiled_denoiser_compiles_nothing_after_its_warm_up_and_gives_the_pl
         assert torch.allclose(alone.latents, plain, atol=1e-5, rtol=0), f"request {i} alone"
     assert compiled.adapters.loads > 3  # evictions happened: an adapter was loaded again
     assert counters["stats"]["unique_graphs"] == before
+
+
+def test_adapter_reads_nobody_waits_for_are_bounded_by_max_loaded():
+    """Every read adapter's tensors stayed on the device until installed: requests naming many adapters
+    that then left (cancelled, timed out) kept them all there."""
+    names = [f"style-{i}" for i in range(6)]
+    settings = LoraSettings(adapters={name: {"source": f"{name}.safetensors"} for name in names}, max_per_request=2, max_loaded=2)
+    read = lambda *args, **kwargs: ({"x.lora_A.weight": torch.ones(4)}, None)  # noqa: E731
+    store = AdapterStore(torch.nn.Linear(2, 2), read, settings, torch.device("cpu"))
+    store.prefetch(names).result(timeout=60)
+    assert store.reads_held == 6
+    store.trim(wanted={"style-0"})  # style-0's request still waits; the others' requests left
+    assert store.reads_held == 3  # style-0 kept, for its install
+    store.trim(wanted=set())
+    assert store.reads_held == 2  # the two asked for most recently
+    store.prefetch(["style-1"]).result(timeout=60)  # dropped: read again when asked again
+    assert store.reads_held == 3

@@ -1,8 +1,15 @@
 """Bad input to the stages ends in a typed error naming the field, never an assert or a crash."""
 
+import json
+
 import pytest
 
+from deployments.checkpoints.loader import resolve_model
+from deployments.contracts import EditRequest
 from deployments.errors import EditError, InvalidInputError
+from deployments.request.binding import parse
+from deployments.settings.limits import Limits
+from deployments.workflows.chains import chain_links
 from tests.helpers import edit_request, image_bytes, random_image
 
 GOOD = image_bytes(random_image(64, 64))
@@ -110,3 +117,23 @@ def test_a_failed_decode_fails_only_its_item(stages, monkeypatch):
     results = decoder.decode_batch(latents)
     assert [type(r).__name__ for r in results] == ["EditedImage", "EditError", "EditedImage"]
     assert results[1].status == 500 and "RuntimeError" in results[1].message
+
+
+@pytest.mark.parametrize("link, fragment", [
+    ({"num_inference_steps": 1}, "chain[1].num_inference_steps: this model's scheduler needs at least 2 steps, got 1"),
+    ({"prompt": "add <|image_pad|> snow"}, "chain[1].prompt: contains '<|image_pad|>'"),
+    ({"prompt": "snow " * 600}, "chain[1].prompt: may be at most 512 tokens"),
+])
+def test_every_link_of_a_chain_is_checked_before_link_1_runs(stages, monkeypatch, link, fragment):
+    """A later link's steps or prompt were refused only when that link reached the Encoder, after link 1 ran in full."""
+    s = stages["edit"]
+    encoded = []
+    monkeypatch.setattr(s.encoder.family, "encode", lambda *args: encoded.append(args))
+    values = {"image": [GOOD], "prompt": "make it blue", "num_inference_steps": 2,
+              "chain": json.dumps(["make it night", {"prompt": "add snow", **link}])}
+    bound = resolve_model(s.model).request_model(Limits())
+    links = chain_links(bound, parse(bound, values), values)
+    with pytest.raises(InvalidInputError) as info:
+        s.encoder.encode(EditRequest(links[0], later_links=links[1:]))
+    assert info.value.param == "chain" and fragment in info.value.message, info.value.message
+    assert not encoded  # refused before link 1's encoding

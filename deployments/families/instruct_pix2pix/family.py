@@ -24,7 +24,7 @@ from PIL import Image
 from deployments.checkpoints.loader import ModelSpec
 from deployments.contracts import Conditioning, EditRequest, Latents
 from deployments.errors import InvalidInputError, ModelLoadError
-from deployments.families.base import DenoiseJob, Footprint, ModelFamily, TensorSpec
+from deployments.families.base import DenoiseJob, Footprint, ModelFamily, TensorSpec, own_part
 from deployments.families.batch_invariance import make_per_row_linears_batch_invariant
 from deployments.families.instruct_pix2pix import ancestral_noise
 from deployments.media.images import OutputSpec
@@ -76,13 +76,19 @@ class InstructPix2Pix(ModelFamily):
 
     # ---- Encoder -------------------------------------------------------------------------------
 
+    @staticmethod
+    def guided_by(parameters) -> bool:
+        return parameters.guidance_scale > 1 and parameters.image_guidance_scale >= 1  # diffusers' rule
+
+    def check_prompts(self, parameters) -> None:
+        tokenizer = self.loaded["tokenizer"]  # CLIP: what it would cut off, diffusers truncates with a log line
+        limit = min(tokenizer.model_max_length, self.spec.settings.max_prompt_tokens)
+        self._check_prompts(parameters, self.guided_by(parameters), tokenizer, limit, counted=" (start and end included)")
+
     @torch.no_grad()
     def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
         parameters = request.parameters
-        guided = parameters.guidance_scale > 1 and parameters.image_guidance_scale >= 1  # diffusers' rule
-        tokenizer = self.loaded["tokenizer"]  # CLIP: what it would cut off, diffusers truncates with a log line
-        limit = min(tokenizer.model_max_length, self.spec.settings.max_prompt_tokens)
-        self._check_prompts(parameters, guided, tokenizer, limit, counted=" (start and end included)")
+        guided = self.guided_by(parameters)
         image = images[0]
         width, height = self._working_size(image)
         pixels = self.pipe.image_processor.preprocess(image, height, width)  # (1, 3, H, W) in [-1, 1]
@@ -183,36 +189,44 @@ class InstructPix2Pix(ModelFamily):
             return super().scheduler_step(job, noise_pred)
 
     @torch.no_grad()
-    def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
-        samples, embeds, timesteps = [], [], []
-        for job in jobs:
-            inputs = job.tensors
-            image = inputs["image_latents"][None]
-            if self.guided(job.conditioning):  # rows: (image, text), (image, no text), (no image, no text)
-                sample = torch.cat([job.latents] * 3)
-                images = torch.cat([image, image, torch.zeros_like(image)])
-                texts = [inputs["prompt_embeds"], inputs["negative_prompt_embeds"], inputs["negative_prompt_embeds"]]
-            else:
-                sample, images, texts = job.latents, image, [inputs["prompt_embeds"]]
-            scaled = job.scheduler.scale_model_input(sample, job.timestep)
-            samples.append(torch.cat([scaled, images], dim=1))
-            embeds += texts
-            timesteps.append(job.timestep.expand(sample.shape[0]))
-        noise_pred = self.loaded["unet"](
-            torch.cat(samples), torch.cat(timesteps), encoder_hidden_states=torch.stack(embeds), return_dict=False
-        )[0]
-
+    def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor | Exception]:
+        inputs = [own_part(self._rows_of, job) for job in jobs]  # a job whose scheduler fails here fails alone
+        forwarded = [row for row in inputs if not isinstance(row, Exception)]
+        if forwarded:
+            samples, texts, timesteps = zip(*forwarded)
+            embeds = torch.stack([text for job_texts in texts for text in job_texts])
+            noise_pred = self.loaded["unet"](torch.cat(samples), torch.cat(timesteps), encoder_hidden_states=embeds, return_dict=False)[0]
         predictions, row = [], 0
-        for job in jobs:
-            if self.guided(job.conditioning):
-                text, image, uncond = noise_pred[row : row + 3].chunk(3)
-                s_t, s_i = job.conditioning.parameters["guidance_scale"], job.conditioning.parameters["image_guidance_scale"]
-                predictions.append(uncond + s_t * (text - image) + s_i * (image - uncond))  # diffusers' order of terms
-                row += 3
-            else:
-                predictions.append(noise_pred[row : row + 1])
-                row += 1
+        for job, given in zip(jobs, inputs):
+            if isinstance(given, Exception):
+                predictions.append(given)
+                continue
+            rows = 3 if self.guided(job.conditioning) else 1
+            predictions.append(own_part(self._guided, job, noise_pred[row : row + rows]))
+            row += rows
         return predictions
+
+    def _rows_of(self, job: DenoiseJob) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """The job's UNet rows: (rows, C + C_img, h, w) scaled samples with the image latents, the rows'
+        text embeddings, their timesteps. Guided rows: (image, text), (image, no text), (no image, no text)."""
+        tensors = job.tensors
+        image = tensors["image_latents"][None]
+        if self.guided(job.conditioning):
+            sample = torch.cat([job.latents] * 3)
+            images = torch.cat([image, image, torch.zeros_like(image)])
+            texts = [tensors["prompt_embeds"], tensors["negative_prompt_embeds"], tensors["negative_prompt_embeds"]]
+        else:
+            sample, images, texts = job.latents, image, [tensors["prompt_embeds"]]
+        scaled = job.scheduler.scale_model_input(sample, job.timestep)
+        return torch.cat([scaled, images], dim=1), texts, job.timestep.expand(sample.shape[0])
+
+    def _guided(self, job: DenoiseJob, noise_pred: torch.Tensor) -> torch.Tensor:
+        """The job's prediction from its rows' (dual guidance when guided)."""
+        if not self.guided(job.conditioning):
+            return noise_pred
+        text, image, uncond = noise_pred.chunk(3)
+        s_t, s_i = job.conditioning.parameters["guidance_scale"], job.conditioning.parameters["image_guidance_scale"]
+        return uncond + s_t * (text - image) + s_i * (image - uncond)  # diffusers' order of terms
 
     def predicted_clean(self, job: DenoiseJob, noise_pred: torch.Tensor) -> torch.Tensor:
         return job.latents - job.scheduler.sigmas[job.step_index] * noise_pred  # a host scalar: no copy to the device

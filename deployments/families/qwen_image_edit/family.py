@@ -22,7 +22,7 @@ from PIL import Image
 from deployments.checkpoints.loader import ModelSpec
 from deployments.contracts import Conditioning, EditRequest, Latents
 from deployments.errors import InvalidInputError, ModelLoadError
-from deployments.families.base import DenoiseJob, Footprint, ModelFamily, TensorSpec
+from deployments.families.base import DenoiseJob, Footprint, ModelFamily, TensorSpec, own_part
 from deployments.families.batch_invariance import make_per_row_linears_batch_invariant
 from deployments.families.qwen_image_edit import prompt_padding
 from deployments.families.qwen_image_edit.masked_edits import MaskedEdits
@@ -81,11 +81,17 @@ class QwenImageEdit(MaskedEdits, ModelFamily):
 
     # ---- Encoder -------------------------------------------------------------------------------
 
+    @staticmethod
+    def guided_by(parameters) -> bool:
+        return parameters.negative_prompt is not None and parameters.true_cfg_scale > 1  # diffusers' rule
+
+    def check_prompts(self, parameters) -> None:
+        self._check_prompts(parameters, self.guided_by(parameters), self.pipe.processor.tokenizer, self.spec.settings.max_prompt_tokens)
+
     @torch.no_grad()
     def encode(self, request: EditRequest, images: list[Image.Image]) -> Conditioning:
         parameters = request.parameters
-        true_cfg = parameters.negative_prompt is not None and parameters.true_cfg_scale > 1  # diffusers' rule
-        self._check_prompts(parameters, true_cfg, self.pipe.processor.tokenizer, self.spec.settings.max_prompt_tokens)
+        true_cfg = self.guided_by(parameters)
         width, height = self._output_size(parameters.output_size, images)
         input_size, edit_area = images[0].size, None
         if parameters.masked:  # the mask applies to image 1 (its canvas, when outpainting), at its latent grid
@@ -261,16 +267,17 @@ class QwenImageEdit(MaskedEdits, ModelFamily):
         return job
 
     @torch.no_grad()
-    def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
+    def predict(self, jobs: list[DenoiseJob]) -> list[torch.Tensor | Exception]:
         # One row per job, plus one for its negative prompt when it uses true CFG (with the job's adapters
-        # and step cache too). A row whose TaylorSeer predicts this step skips the forward.
+        # and step cache too). A row whose TaylorSeer predicts this step skips the forward. A row's cache
+        # failing is its job's failure alone (own_part).
         rows = [(job, name) for job in jobs for name in self._row_names(job.conditioning)]
-        outputs: list[torch.Tensor | None] = [None] * len(rows)
+        outputs: list[torch.Tensor | Exception | None] = [None] * len(rows)
         forwarded = []
         for i, (job, name) in enumerate(rows):
             cache = job.state["caches"].get(name)
             if isinstance(cache, TaylorSeerRow) and not cache.should_compute():
-                outputs[i] = cache.predict()
+                outputs[i] = own_part(cache.predict)
             else:
                 forwarded.append(i)
         if forwarded:
@@ -279,16 +286,19 @@ class QwenImageEdit(MaskedEdits, ModelFamily):
                 outputs[i] = noise_pred[j : j + 1]
                 cache = rows[i][0].state["caches"].get(rows[i][1])
                 if isinstance(cache, TaylorSeerRow):
-                    cache.update(outputs[i])
+                    outputs[i] = own_part(_updated, cache, outputs[i])
 
         predictions, row = [], 0
         for job in jobs:
-            prediction = outputs[row]
-            row += 1
-            if self.guided(job.conditioning):
-                prediction = _true_cfg(prediction, outputs[row], job.conditioning.parameters["true_cfg_scale"])
-                row += 1
-            predictions.append(prediction)
+            own = outputs[row : row + len(self._row_names(job.conditioning))]
+            row += len(own)
+            failed = next((output for output in own if isinstance(output, Exception)), None)
+            if failed is not None:
+                predictions.append(failed)
+            elif self.guided(job.conditioning):
+                predictions.append(own_part(_true_cfg, *own, job.conditioning.parameters["true_cfg_scale"]))
+            else:
+                predictions.append(own[0])
         return predictions
 
     def _row_names(self, conditioning: Conditioning) -> tuple[str, ...]:
@@ -346,6 +356,12 @@ class QwenImageEdit(MaskedEdits, ModelFamily):
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(unpacked.device, unpacked.dtype)
         image = vae.decode(unpacked / inv_std + mean, return_dict=False)[0][:, :, 0]  # (1, 3, H, W) in [-1, 1]
         return self.pipe.image_processor.postprocess(image, output_type="np")[0]
+
+
+def _updated(cache: TaylorSeerRow, output: torch.Tensor) -> torch.Tensor:
+    """A row's computed output, once its TaylorSeer has updated its factors with it."""
+    cache.update(output)
+    return output
 
 
 def _true_cfg(positive: torch.Tensor, negative: torch.Tensor, scale: float) -> torch.Tensor:

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from deployments.media.masks import check_mask_file
 from deployments.request.fields import EditParameters, GuidanceScale, NegativePrompt, checked_file, refused
 
-PLACEMENT = re.compile(r"^(?:center|(\d{1,5}),(\d{1,5}))$")
+PLACEMENT = re.compile(r"center|(\d{1,5}),(\d{1,5})")  # fullmatch: `$` would accept a trailing newline
 
 
 # The schedule the Qwen-Image-Lightning adapters were distilled for (their model card's
@@ -58,7 +58,7 @@ class QwenImageEditParameters(EditParameters):
     )
     @model_validator(mode="after")
     def _masked_edit(self):
-        if self.placement is not None and not PLACEMENT.match(self.placement):
+        if self.placement is not None and not PLACEMENT.fullmatch(self.placement):
             raise refused("placement", f"must be 'center' or 'X,Y' (non-negative pixels), got {self.placement!r}")
         if self.placement is not None and self.output_size is None:
             raise refused("placement", "extends the canvas to `size`: give a size (WIDTHxHEIGHT) as well")
@@ -83,7 +83,7 @@ class QwenImageEditParameters(EditParameters):
         """The placement: "center", (x, y), or None."""
         if self.placement is None or self.placement == "center":
             return self.placement
-        x, y = PLACEMENT.match(self.placement).groups()
+        x, y = PLACEMENT.fullmatch(self.placement).groups()
         return int(x), int(y)
 
 

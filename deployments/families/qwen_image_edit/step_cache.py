@@ -74,8 +74,9 @@ class TaylorSeerRow:
         return compute
 
     def update(self, output: torch.Tensor) -> None:
-        """New Taylor factors from a computed output: recursive divided differences up to max_order."""
-        factors = {0: output}
+        """New Taylor factors from a computed output (1, L, C): recursive divided differences up to
+        max_order. Kept as a copy: a view would keep the whole batch's output alive."""
+        factors = {0: output.clone()}
         if self.last_update_step is not None:
             delta = self.step - self.last_update_step
             for order in range(self.max_order):
@@ -176,8 +177,8 @@ def _decide(caches: list[FirstBlockCacheRow | None], residuals: torch.Tensor) ->
     for i, cache in enumerate(caches):
         computes = cache is None or i not in values or values[i] > cache.threshold
         if cache is not None:
-            if computes:
-                cache.head_residual = residuals[i : i + 1]
+            if computes:  # a copy: a view would keep the whole batch's residual alive, for as long as the row reuses it
+                cache.head_residual = residuals[i : i + 1].clone()
             cache.computed += computes
             cache.reused += not computes
         compute.append(computes)
