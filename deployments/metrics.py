@@ -12,6 +12,7 @@ denoise, decode), `status`, `kind`, `verdict`, `adapter` (a configured LoRA adap
 `route` and `code`.
 """
 
+import itertools
 import logging
 import threading
 import time
@@ -44,6 +45,17 @@ class Metric:
 
     def observe(self, value: float, **tags) -> None:
         _record(self, "observe", value, tags)
+
+    def start_at_zero(self, **tags: str | tuple[str, ...]) -> None:
+        """Makes a counter's series for known label values exist at 0 before anything is counted
+        (Prometheus' advice), so a dashboard shows 0 rather than "no data" until a feature is first used;
+        a label given several values gets one series each. (Ray's `inc` refuses 0: its `_record` takes it.)"""
+        if self.kind != "counter":
+            raise ValueError(f"{self.name} is a {self.kind}; only counters start at zero")
+        keys = list(tags)
+        choices = [value if isinstance(value, tuple) else (value,) for value in tags.values()]
+        for values in itertools.product(*choices):
+            _record(self, "_record", 0, dict(zip(keys, values)))
 
 
 HTTP_REQUESTS = Metric("counter", "http_requests", "HTTP requests answered, by route and status code.", ("route", "code"))
@@ -186,3 +198,13 @@ def record_memory(stage: str, every_s: float = MEMORY_REPORT_INTERVAL_S) -> None
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         MEMORY_BYTES.set(torch.cuda.memory_allocated(), stage=stage, kind="gpu_allocated")
         MEMORY_BYTES.set(torch.cuda.memory_reserved(), stage=stage, kind="gpu_reserved")
+
+
+def start_denoiser_counters(model: str, adapters: tuple[str, ...]) -> None:
+    """A Denoiser replica's counters with known label values, at 0: its adapters' requests, loads and
+    evictions, and step caching's forwards by outcome."""
+    ADAPTER_REQUESTS.start_at_zero(model=model, adapter=(*adapters, "none"))
+    if adapters:
+        ADAPTER_LOADS.start_at_zero(model=model, adapter=adapters, status=("ok", "error"))
+        ADAPTER_EVICTIONS.start_at_zero(model=model, adapter=adapters)
+    CACHE_FORWARDS.start_at_zero(model=model, outcome=("computed", "reused", "predicted"))

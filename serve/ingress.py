@@ -28,7 +28,9 @@ from deployments import metrics
 from deployments.contracts import EditedImage, EditRequest
 from deployments.errors import EditError, InvalidInputError, OverloadedError, PayloadTooLargeError
 from deployments.media.images import OutputSpec
-from deployments.workflows.guards import GuardFailedError
+from deployments.workflows.guards import VERDICTS, GuardFailedError
+from serve.capacity import StageCapacity, serving
+from serve.capacity import observe as observe_stages
 from serve.chained_edit import ChainedEdit
 from serve.errors import as_edit_error, error_body, error_response
 from serve.openapi import openapi_document
@@ -40,13 +42,7 @@ from serve.stage_protocol import DEFAULT_OPTIONS, adapters_id
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("Encoder", "Denoiser", "Decoder")
 PAGE = (Path(__file__).parent / "web" / "index.html").read_text()  # the editing page at GET /
-# Serve's deployment states in which a stage can take requests (or start a replica for one).
-SERVING_STATES = ("HEALTHY", "UPSCALING", "DOWNSCALING")
-# A stage in another state (UNHEALTHY: a replica was lost; UPDATING) still serves while it has a
-# replica running or one starting: requests wait for it, and a lost replica's calls are made again.
-SERVING_REPLICA_STATES = ("RUNNING", "STARTING")
 
 
 @serve.deployment(name="Ingress", **DEFAULT_OPTIONS)
@@ -62,6 +58,7 @@ class Ingress:
         result_cache: DeploymentHandle | None = None,
     ):
         metrics.bind(ray.util.metrics)
+        metrics.GUARD_VERDICTS.start_at_zero(model=served.name, verdict=VERDICTS)  # 0 on the dashboard before any guard
         self.encoder, self.denoiser, self.decoder = encoder, denoiser, decoder
         self.results = None if result_cache is None else CachedResults(
             result_cache, served.spec.model_id, served.lora.sources(), served.engine, settings.result_cache.call_timeout_s
@@ -71,6 +68,8 @@ class Ingress:
         self.served_model = served.name
         self.form_model = served.form_model(settings.limits, settings.request_timeout_s)
         self.openapi_document = openapi_document(self.form_model)
+        self.capacity = StageCapacity(serve.get_replica_context().app_name)
+        self._watching: asyncio.Task | None = None
         self.parameters_schema = served.spec.request_model(settings.limits, served.lora).model_json_schema()  # /v1/models
         self.created = int(time.time())
 
@@ -97,6 +96,8 @@ class Ingress:
                 parsed = parse_edit_form(form, uploads, self.form_model)
             finally:
                 await form.close()
+            self._watch_capacity()
+            self.capacity.refuse_if_unplaceable()  # a stage without capacity: a fast 503, not a wait until the deadline
             request = dataclasses.replace(parsed.request, request_id=request_id, timings={"sent_at": time.time()})
             images_asked = len(parsed.seeds)
             timeout = parsed.timeout_s or self.settings.request_timeout_s
@@ -148,15 +149,15 @@ class Ingress:
         """`request`'s way through the stages; with adapters, the Denoiser calls go to a replica that
         holds them if any does."""
         denoiser = self.denoiser.options(multiplexed_model_id=adapters_id(request.parameters.adapters))
-        return StagedEdit(self.encoder, denoiser, self.decoder, request, self.results)
+        return StagedEdit(self.encoder, denoiser, self.decoder, request, self.results, self.capacity)
 
     async def _start_stream(self, edit: StagedEdit, parsed: EditForm):
         """The Denoiser's event stream for the request, once the request is in its loop: whatever the
         Encoder refuses (or an overloaded Denoiser) fails here, before any response has started, so a
         streaming client gets the same 4xx / 503 as a non-streaming one."""
         steps = edit.denoising_events(parsed.seeds[0], parsed.partial_images)
-        try:
-            await steps.__anext__()  # the stream's first event says the request is in the loop (ACCEPTED)
+        try:  # the stream's first event says the request is in the loop (ACCEPTED)
+            await self.capacity.serving("denoise", steps.__anext__())
         except BaseException:  # refused, failed, timed out, or the client went away
             await steps.aclose()
             raise
@@ -218,7 +219,7 @@ class Ingress:
         }
         adapters = [
             {
-                "id": name, **owner, "parent": self.served_model, "root": adapter.source,
+                "id": name, **owner, "parent": self.served_model, "root": name,  # never its file's path on the server
                 # extensions: how the adapter applies when a request names it
                 "scale": adapter.scale, "scheduler": adapter.scheduler, "defaults": adapter.defaults,
                 "description": adapter.description,
@@ -229,17 +230,30 @@ class Ingress:
 
     async def healthz(self, http: Request) -> Response:
         """200 when every stage can serve (also while one replaces a lost replica on another node), else
-        503 — never an error of its own: while the app is being (re)deployed Serve's status may lack the
-        app or a stage, or the controller may not answer."""
+        503 — a stage unhealthy, or without a replica and unable to place one (serve/capacity.py) —
+        never an error of its own: while the app is being (re)deployed Serve's status may lack the app
+        or a stage, or the controller may not answer."""
+        self._watch_capacity()
         try:
-            states = await asyncio.to_thread(_stage_states)  # a controller call; keep the event loop free
+            # a controller call and a GCS call: off the event loop
+            self.capacity.update(*await asyncio.to_thread(observe_stages, self.capacity.app))
         except Exception as e:
             logger.warning("health check could not read Serve's status: %r", e)
             return error_response(OverloadedError(f"the stages' status is unavailable ({type(e).__name__}); retry shortly"))
-        unhealthy = [name for name, (state, replicas) in states.items() if not _serving(state, replicas)]
+        states = self.capacity.states
+        unhealthy = [name for name, (state, replicas) in states.items() if not serving(state, replicas)]
         if unhealthy:
             return error_response(OverloadedError(f"stage(s) {unhealthy} cannot serve now: {states}"))
+        try:
+            self.capacity.refuse_if_unplaceable()
+        except OverloadedError as e:
+            return error_response(e)
         return JSONResponse({"status": "ok", "model": self.served_model, "stages": {name: state for name, (state, _) in states.items()}})
+
+    def _watch_capacity(self) -> None:
+        """Starts the stages' capacity watch (serve/capacity.py) on this replica's event loop, once."""
+        if self._watching is None or self._watching.done():
+            self._watching = asyncio.ensure_future(self.capacity.watch())
 
     async def openapi(self, http: Request) -> Response:
         return JSONResponse(self.openapi_document)
@@ -253,21 +267,6 @@ NO_TOKEN_USAGE = {  # the SDK's completed event carries token usage; this model 
     "input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
     "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
 }
-
-
-def _stage_states() -> dict[str, tuple[str, dict[str, int]]]:
-    """Each stage deployment's Serve status (HEALTHY, UPDATING, ...) in this replica's app, and how
-    many of its replicas are in each state (RUNNING, STARTING, ...)."""
-    app = serve.get_replica_context().app_name
-    deployments = serve.status().applications[app].deployments
-    return {
-        name: (deployments[name].status.value, {str(getattr(k, "value", k)): n for k, n in deployments[name].replica_states.items()})
-        for name in STAGES
-    }
-
-
-def _serving(state: str, replicas: dict[str, int]) -> bool:
-    return state in SERVING_STATES or any(replicas.get(name, 0) > 0 for name in SERVING_REPLICA_STATES)
 
 
 def _image_event(image: EditedImage) -> dict:

@@ -26,6 +26,7 @@ from deployments import metrics
 from deployments.contracts import EditedImage, EditRequest
 from deployments.errors import EngineStoppedError
 from deployments.workflows.guards import judge, retry_seed
+from serve.capacity import StageCapacity
 from serve.errors import caused_by
 from serve.result_cache import CachedResults
 from serve.stage_protocol import ACCEPTED
@@ -68,11 +69,12 @@ class StagedEdit:
 
     def __init__(
         self, encoder: DeploymentHandle, denoiser: DeploymentHandle, decoder: DeploymentHandle, request: EditRequest,
-        results: CachedResults | None = None,
+        results: CachedResults | None = None, capacity: StageCapacity | None = None,
     ):
         self.encoder, self.denoiser, self.decoder = encoder, denoiser, decoder
         self.request = request
         self.results = results  # the result cache, if on
+        self.capacity = capacity  # which stages can't serve (serve/capacity.py): their calls end in a fast 503
         self.retried: list[str] = []
         self._encoding: asyncio.Task | None = None  # shared by the request's images
         self._encoded_again = False
@@ -153,13 +155,17 @@ class StagedEdit:
         (its input made anew too if the loss took it)."""
         source = await made(again)
         try:
-            return await finished(call(source))
+            return await self._serving(stage, finished(call(source)))
         except Exception as e:
             if not caused_by(e, REPLICA_LOST):
                 raise
             self._lost(stage, e)
             source = await made(caused_by(e, ObjectLostError))
-            return await finished(call(source))
+            return await self._serving(stage, finished(call(source)))
+
+    async def _serving(self, stage: str, work: Awaitable) -> ObjectRef:
+        """`work`, or a fast 503 once `stage` has no replica and none can be placed."""
+        return await (work if self.capacity is None else self.capacity.serving(stage, work))
 
     def _stop_encoding(self) -> None:
         if self._encoding is not None:

@@ -123,6 +123,7 @@ class DenoiserDeployment:
         metrics.bind(ray.util.metrics)
         self.model_name = served_name or model_name(model)
         denoiser = Denoiser(model, fast_path=settings.fast_path, lora=lora, model_name=self.model_name)
+        metrics.start_denoiser_counters(self.model_name, tuple(lora.adapters))
         self.loop = DenoiseLoop(
             denoiser, AdmissionPolicy.from_settings(settings), settings.max_waiting, self.model_name, settings.unhealthy_after_failed_steps
         )
@@ -161,7 +162,7 @@ class DenoiserDeployment:
         def on_step(done: int, total: int, preview) -> None:  # on the engine loop's thread
             event_loop.call_soon_threadsafe(events.put_nowait, (done, total, preview))
 
-        ticket = self.loop.submit(conditioning, on_step, preview_steps(conditioning.num_inference_steps, previews))
+        ticket = self.loop.submit(conditioning, on_step, previews)
         # The end (result, failure or cancellation) follows the last step's event in the queue.
         ticket.future.add_done_callback(lambda _: event_loop.call_soon_threadsafe(events.put_nowait, None))
         try:
@@ -192,11 +193,6 @@ class DenoiserDeployment:
 
     def __del__(self):
         self.loop.close()
-
-
-def preview_steps(total: int, previews: int) -> frozenset[int]:
-    """`previews` step counts spread evenly over `total` steps, before the last (e.g. 8, 2 -> {3, 5})."""
-    return frozenset(round(total * (i + 1) / (previews + 1)) for i in range(previews)) - {0, total}
 
 
 @serve.deployment(name="Decoder", **DEFAULT_OPTIONS)

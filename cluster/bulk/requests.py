@@ -92,7 +92,8 @@ class RequestBuilder:
             return {"result_cache": "miss"}
         relative = image_path(request.request_id, cached.format)
         self.output.write(relative, cached.data)
-        return {**image_columns(cached, relative), "result_cache": "hit"}
+        # no stage runs it: its request (with its input files' bytes) need not travel through theirs
+        return {**image_columns(cached, relative), "result_cache": "hit", "item": None}
 
     def _values(self, row: dict, columns: tuple[str, ...]) -> dict:
         """The row's parameters: its own values, the job's defaults where it has none."""

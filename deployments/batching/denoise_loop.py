@@ -50,7 +50,7 @@ class Ticket:
     conditioning: Conditioning
     footprint: Footprint  # what admission decides with, before the request is started
     on_step: OnStep | None = None
-    preview_after: frozenset[int] = frozenset()  # step counts after which `on_step` gets a preview
+    previews: int = 0  # previews `on_step` gets, spread over the steps the request runs
     future: Future = field(default_factory=Future)
     submitted_at: float = field(default_factory=time.time)
     admitted_at: float | None = None
@@ -135,14 +135,14 @@ class DenoiseLoop:
     # ---- the caller's side (any thread) -----------------------------------------------------------
 
     def submit(
-        self, conditioning: Conditioning, on_step: OnStep | None = None, preview_after: frozenset[int] = frozenset(),
-        solo: bool = False,
+        self, conditioning: Conditioning, on_step: OnStep | None = None, previews: int = 0, solo: bool = False,
     ) -> Ticket:
         """Queues a request; its ticket's future resolves to its Latents or its error. `on_step` hears
-        of each step, with a preview (the predicted clean latents) after the step counts in
-        `preview_after`; a `solo` request runs in steps of its own. Raises OverloadedError when
-        `max_waiting` requests are already waiting, and EngineStoppedError once the loop has stopped."""
-        ticket = Ticket(conditioning, self.denoiser.footprint(conditioning), on_step, preview_after, solo=solo)
+        of each step, with a preview (the predicted clean latents) after `previews` of the steps the
+        request runs, spread over them (preview_steps); a `solo` request runs in steps of its own. Raises
+        OverloadedError when `max_waiting` requests are already waiting, and EngineStoppedError once the
+        loop has stopped."""
+        ticket = Ticket(conditioning, self.denoiser.footprint(conditioning), on_step, previews, solo=solo)
         for name in [name for name, _ in conditioning.adapters] or ["none"]:
             metrics.ADAPTER_REQUESTS.inc(model=self.model_name, adapter=name)
         with self._wakeup:
@@ -245,7 +245,8 @@ class DenoiseLoop:
             self._active.append(ticket)
             try:
                 ticket.job = self.denoiser.start(ticket.conditioning)
-                ticket.job.preview_after = ticket.preview_after
+                # the steps it really runs (a masked edit's strength may skip the schedule's first ones)
+                ticket.job.preview_after = preview_steps(len(ticket.job.timesteps), ticket.previews)
             except Exception as error:
                 self._retire(ticket, error=error)
                 start_failures += 1
@@ -380,3 +381,8 @@ class DenoiseLoop:
         metrics.DENOISE_TOKENS.observe(s.last_forward_tokens, model=model)
         metrics.DENOISE_STEPS.inc(model=model)
         metrics.record_memory("denoise")
+
+
+def preview_steps(total: int, previews: int) -> frozenset[int]:
+    """`previews` step counts spread evenly over `total` steps, before the last (e.g. 8, 2 -> {3, 5})."""
+    return frozenset(round(total * (i + 1) / (previews + 1)) for i in range(previews)) - {0, total}

@@ -5,7 +5,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from deployments.errors import InvalidInputError
 from deployments.media.metadata import save_options
@@ -84,6 +84,19 @@ def open_image(
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
         raise InvalidInputError(param, f"is corrupt or truncated and could not be decoded ({e})") from e
     return ImageOps.exif_transpose(image)
+
+
+def turned_by_exif(data: bytes) -> bool:
+    """Whether an upload's EXIF orientation turns or mirrors it (its upright pixels aren't its stored
+    ones); False for anything that isn't a readable image (validation refuses those elsewhere)."""
+    fmt = _sniff(data) if isinstance(data, (bytes, bytearray)) else None
+    if fmt is None:
+        return False
+    try:
+        with _open(data, fmt) as image:  # the header only
+            return image.getexif().get(ExifTags.Base.Orientation, 1) != 1
+    except Exception:  # a corrupt header: inspect_image says why
+        return False
 
 
 def _open(data: bytes, fmt: str) -> Image.Image:

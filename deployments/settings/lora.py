@@ -24,6 +24,7 @@ from deployments.settings.environment import PROJECT_DIR
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
 CHECKPOINT_ADAPTERS = Path("adapters") / "adapters.json"  # inside a checkpoint directory
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 class _Settings(BaseModel):
@@ -50,6 +51,19 @@ class LoraAdapter(_Settings):
         "e.g. {num_inference_steps: 8, true_cfg_scale: 1.0} for an 8-step Lightning adapter.",
     )
     description: str = Field("", description="Shown in /v1/models and on the page.")
+
+    @field_validator("source")
+    @classmethod
+    def _found_if_a_path(cls, source: str) -> str:
+        """A source that can only be a path (absolute, relative with ./ or ../, a file name with a weights
+        suffix, or more than one /) must exist: it would otherwise be taken for a hub id and fail, or load
+        something else, far from here."""
+        looks_like_a_path = (
+            source.startswith(("/", "./", "../", "~")) or source.endswith(WEIGHT_SUFFIXES) or source.count("/") > 1
+        )
+        if looks_like_a_path and not (PROJECT_DIR / source).exists():
+            raise ValueError(f"{source!r} is a path, and there is no such file or directory (relative paths start at {PROJECT_DIR})")
+        return source
 
     def location(self) -> str:
         """Where to load it from: a path made absolute (against the project directory) or a hub id."""

@@ -27,6 +27,9 @@ class GuardFailedError(EditError):
         super().__init__(f"guard: the edited image crossed its limits ({'; '.join(crossed)})", "guard")
 
 
+VERDICTS = ("passed", "flagged", "retried", "failed")
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What a guard says of an image: `verdict` passed, flagged, retried or failed, the limits it crossed, and the seed

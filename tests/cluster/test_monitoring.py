@@ -218,6 +218,12 @@ def test_each_metric_moves_as_the_workload_says(observed):
     declared = {f"ray_{metrics.PREFIX}{m.name}{s}" for m in metrics.ALL if m is not metrics.STAGE_RETRIES for s in suffix[m.kind]}
     assert declared <= names, declared - names
 
+    # Counters with known label values exist at 0 before anything is counted: a dashboard shows 0, not
+    # "no data" (none of these happened in the workload).
+    for never in ('guard_verdicts_total{verdict="failed"}', 'cache_forwards_total{outcome="predicted"}',
+                  'adapter_loads_total{status="error"}'):
+        assert prom.value(f"count(ray_image_edit_{never})") >= 1 and prom.value(f"sum(ray_image_edit_{never})") == 0, never
+
 
 def dashboard_expressions() -> list[tuple[str, str, str]]:
     """(row, panel title, PromQL) of every query of the dashboard."""

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -103,6 +104,25 @@ def test_a_bulk_job_that_loses_a_node_writes_every_row_once(cluster, app, tiny_c
     assert job.returncode == 0, output[-4000:]
     check_exactly_once(out, manifest, failing={})
     wait_until(lambda: requests.get(f"{app.base}/healthz", timeout=5).status_code == 200, "the app did not recover", 60)
+
+
+def test_a_stage_with_no_room_for_its_replacement_answers_a_fast_503(cluster, app, photo):
+    """With the Denoiser's node killed and no node of its pool left, requests waited out their whole
+    deadline (504s) while /healthz said 200. Now: /healthz names the stage, an edit gets a fast 503 with
+    Retry-After, and once a node joins the app serves again."""
+    for node in list(cluster.pools["H100"]):
+        cluster.kill_node(node.node_id)
+    health = lambda: requests.get(f"{app.base}/healthz", timeout=10)  # noqa: E731
+    wait_until(lambda: health().status_code == 503 and "Denoiser stage has no running replica" in health().text,
+               "/healthz never said the Denoiser can't be placed", 90, 1)
+    started = time.monotonic()
+    response = requests.post(f"{app.base}/v1/images/edits", files={"image": ("p.png", photo, "image/png")}, data=EDIT, timeout=60)
+    assert response.status_code == 503 and "no capacity" in response.json()["error"]["message"], response.text
+    assert int(response.headers["Retry-After"]) >= 5 and time.monotonic() - started < 5
+    cluster.add_node("H100")
+    wait_until(lambda: health().status_code == 200, "the app did not recover once a node joined", 120, 1)
+    response = requests.post(f"{app.base}/v1/images/edits", files={"image": ("p.png", photo, "image/png")}, data=EDIT, timeout=120)
+    assert response.status_code == 200, response.text
 
 
 def bulk_manifest(root, rows: int):

@@ -5,8 +5,10 @@ import dataclasses
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from deployments.batching.admission import AdmissionPolicy
 from deployments.batching.denoise_loop import DenoiseLoop
@@ -286,11 +288,25 @@ def test_waiting_queue_is_bounded(denoiser, encode):
 def test_previews_arrive_after_the_asked_steps_and_change_nothing(denoiser, encode, loop):
     conditioning = encode(prompt="show me", negative_prompt="blurry", seed=9, num_inference_steps=6)
     previews = {}
-    ticket = loop.submit(conditioning, on_step=lambda done, total, p: previews.update({done: p}) if p else None,
-                         preview_after=frozenset({2, 6}))
+    ticket = loop.submit(conditioning, on_step=lambda done, total, p: previews.update({done: p}) if p else None, previews=2)
     final = result(ticket)
-    assert set(previews) == {2, 6}
+    assert set(previews) == {2, 4}  # spread over the 6 steps, before the last
     assert torch.allclose(final, solo(denoiser, conditioning), atol=1e-5, rtol=0)
-    # After the last step nothing is left to remove: the predicted clean sample is the result.
-    assert torch.allclose(previews[6].latents, final, atol=1e-5, rtol=0)
     assert previews[2].latents.shape == final.shape and not torch.allclose(previews[2].latents, final)
+
+
+def test_a_masked_edit_gets_every_preview_over_the_steps_its_strength_runs(stages):
+    """Previews were spread over the nominal steps: a masked edit at strength 0.5 ran half of them and got fewer."""
+    s = stages["edit"]
+    rgba = np.full((64, 96, 4), 255, np.uint8)
+    rgba[:, :48, 3] = 0  # the left half is edited (OpenAI's mask: alpha 0)
+    mask = image_bytes(Image.fromarray(rgba, "RGBA"))
+    masked = s.encoder.encode(edit_request(s.model, [WIDE], prompt="p", seed=3, num_inference_steps=8, mask=mask, strength=0.5))
+    loop = DenoiseLoop(s.denoiser, POLICY, max_waiting=4)
+    try:
+        previews = []
+        ticket = loop.submit(masked, on_step=lambda done, total, p: previews.append((done, total)) if p else None, previews=3)
+        result(ticket)
+        assert previews == [(1, 4), (2, 4), (3, 4)]  # 4 steps run; 3 previews before the last
+    finally:
+        loop.close()

@@ -178,8 +178,11 @@ def _lora_weights(path: str) -> int:
 def test_a_corrupt_or_missing_adapter_fails_only_its_requests(engine, tiny_checkpoints, tmp_path):
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00" * 64)
+    gone = tmp_path / "gone.safetensors"
+    gone.write_bytes(b"")
     model = engine.model
-    lora = lora_settings(model, adapters={"corrupt": {"source": str(corrupt)}, "missing": {"source": str(tmp_path / "nope.safetensors")}})
+    lora = lora_settings(model, adapters={"corrupt": {"source": str(corrupt)}, "missing": {"source": str(gone)}})
+    gone.unlink()  # removed after the deployment started
     stages = InProcessStages(model, lora)
     good = encoded(stages, prompt="fine", lora=[{"name": "style"}], seed=1, num_inference_steps=2)
     results = stages.denoiser.denoise_batch([
@@ -241,11 +244,22 @@ def test_a_compiled_denoiser_compiles_nothing_after_its_warm_up_and_gives_the_pl
     assert counters["stats"]["unique_graphs"] == before
 
 
-def test_adapter_reads_nobody_waits_for_are_bounded_by_max_loaded():
+def test_a_missing_adapter_file_is_refused_when_configured_not_taken_for_a_hub_id(tmp_path):
+    """A local path that doesn't exist silently became a Hugging Face hub id."""
+    for source in (str(tmp_path / "nope.safetensors"), "./adapters/nope", "../x/y/z", "style.safetensors"):
+        with pytest.raises(ValueError, match="is a path, and there is no such file or directory"):
+            LoraSettings(adapters={"x": {"source": source}})
+    assert LoraSettings(adapters={"x": {"source": "lightx2v/Qwen-Image-Lightning"}}).adapters["x"].location() == "lightx2v/Qwen-Image-Lightning"
+
+
+def test_adapter_reads_nobody_waits_for_are_bounded_by_max_loaded(tmp_path):
     """Every read adapter's tensors stayed on the device until installed: requests naming many adapters
     that then left (cancelled, timed out) kept them all there."""
     names = [f"style-{i}" for i in range(6)]
-    settings = LoraSettings(adapters={name: {"source": f"{name}.safetensors"} for name in names}, max_per_request=2, max_loaded=2)
+    for name in names:
+        (tmp_path / f"{name}.safetensors").write_bytes(b"")
+    settings = LoraSettings(adapters={name: {"source": str(tmp_path / f"{name}.safetensors")} for name in names}, max_per_request=2,
+                            max_loaded=2)
     read = lambda *args, **kwargs: ({"x.lora_A.weight": torch.ones(4)}, None)  # noqa: E731
     store = AdapterStore(torch.nn.Linear(2, 2), read, settings, torch.device("cpu"))
     store.prefetch(names).result(timeout=60)

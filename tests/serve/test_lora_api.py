@@ -29,6 +29,7 @@ def test_models_lists_every_adapter_under_its_base(client):
     assert set(models) == {"edit-plus", "style", "detail", "lightning-4step", "broken"}
     for name in ("style", "detail", "lightning-4step", "broken"):
         assert models[name]["parent"] == "edit-plus" and models[name]["object"] == "model"
+        assert models[name]["root"] == name  # the adapter's file path on the server was listed here
     assert models["lightning-4step"]["scheduler"] == "lightning"
     assert models["lightning-4step"]["defaults"] == {"num_inference_steps": 4, "true_cfg_scale": 1.0}
     assert models["detail"]["scale"] == 0.8

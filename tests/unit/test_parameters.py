@@ -4,6 +4,7 @@ own fields and refuses the others'; limits and a checkpoint's defaults bind the 
 import math
 
 import pytest
+from PIL import ExifTags, Image
 
 from deployments.errors import InvalidInputError
 from deployments.families.loading import FAMILY_OF
@@ -19,6 +20,15 @@ EDIT = request_model(DECLARATIONS["QwenImageEditPipeline"])
 IP2P = request_model(DECLARATIONS["StableDiffusionInstructPix2PixPipeline"])
 IMAGE = [b"not decoded here"]
 MASK = image_bytes(random_image(8, 8, mode="RGBA"))  # its pixels are read by the Encoder; its header here
+
+
+def _turned_square() -> bytes:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # stored sideways: shown turned 90 degrees
+    return image_bytes(random_image(8, 8), "JPEG", exif=exif)
+
+
+TURNED_SQUARE = _turned_square()
 
 
 def refusal(model, **values) -> InvalidInputError:
@@ -68,6 +78,8 @@ def test_every_supported_pipeline_has_a_declaration_and_its_math():
     ({"mask": MASK, "strength": 1.5}, "strength", "a finite number in [0, 1], got 1.5"),
     ({"mask": MASK, "strength": 0}, "strength", "0.0 runs none of the 50 steps"),
     ({"placement": "left"}, "placement", "must be 'center' or 'X,Y' (non-negative pixels), got 'left'"),
+    # a mask for a square JPEG turned by its EXIF orientation edited the wrong area, silently
+    ({"mask": MASK, "image": [TURNED_SQUARE]}, "mask", "image 1 carries an EXIF orientation that turns it"),
     ({"placement": "-1,0", "size": "512x512"}, "placement", "must be 'center' or 'X,Y'"),
     ({"placement": "center"}, "placement", "give a size (WIDTHxHEIGHT) as well"),
     ({"guidance_scale": 7.5}, "guidance_scale", "does not apply to Qwen-Image-Edit models; they take true_cfg_scale"),

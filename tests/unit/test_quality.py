@@ -81,3 +81,30 @@ def test_a_large_image_is_compared_at_about_256_pixels_and_still_exactly_1_when_
     edited[:, :260] = edited[:, :260] + 128
     report = quality_report(edited, _reference(large))
     assert report.changed_fraction == 0.5 and 0.5 < report.unchanged_ssim < 1
+
+
+def _pairs():
+    """Image pairs of known kinds: noise against noise, a smooth image against a noisy, shifted, darker copy."""
+    rng = np.random.default_rng(7)
+    noise = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    other = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    ys, xs = np.mgrid[0:64, 0:80]
+    smooth = np.stack([xs * 3, ys * 3, (xs + ys) * 1.5], axis=-1).clip(0, 255).astype(np.uint8)
+    degraded = (np.roll(smooth, 2, axis=1) * 0.8 + rng.normal(0, 12, smooth.shape)).clip(0, 255).astype(np.uint8)
+    return [(noise, other), (smooth, degraded), (smooth, smooth // 2 + 60)]
+
+
+@pytest.mark.parametrize("pair", range(3))
+def test_ssim_equals_scikit_image_structural_similarity(pair):
+    """The report's SSIM against scikit-image's (Gaussian weights, sigma 1.5, population covariances: Wang et
+    al.'s), over the pixels both compute alike: skimage averages its map without the 5-pixel border its
+    window overhangs, so the report's region here is that interior."""
+    from skimage.metrics import structural_similarity
+
+    out, ref = _pairs()[pair]
+    expected = structural_similarity(out, ref, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255,
+                                     channel_axis=-1)
+    interior = torch.zeros(out.shape[:2], dtype=torch.bool)
+    interior[5:-5, 5:-5] = True
+    report = quality_report(torch.from_numpy(out), _reference(torch.from_numpy(ref), keep=interior))
+    assert report.unchanged_ssim == pytest.approx(expected, abs=2e-6)

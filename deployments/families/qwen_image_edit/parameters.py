@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
+from deployments.media.images import turned_by_exif
 from deployments.media.masks import check_mask_file
 from deployments.request.fields import EditParameters, GuidanceScale, NegativePrompt, checked_file, refused
 
@@ -66,6 +67,11 @@ class QwenImageEditParameters(EditParameters):
             raise refused(
                 "size", "a masked edit is made at the (first) image's framing; leave size out (or 'auto'), or give "
                 "a placement to extend the canvas to it"
+            )
+        if self.mask is not None and turned_by_exif(self.image[0]):
+            raise refused(
+                "mask", "image 1 carries an EXIF orientation that turns it, so which way the mask was drawn can't be told "
+                "(a square image's mask fits either way); upload image 1 upright (orientation applied) and the mask for it",
             )
         if self.masked and self.num_inference_steps - first_step(self.num_inference_steps, self.strength) < 1:
             raise refused(
