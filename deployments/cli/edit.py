@@ -19,8 +19,10 @@ from deployments.request.binding import parse
 from deployments.request.flags import add_parameter_flags, given
 from deployments.settings.environment import model_from_env
 from deployments.stages.in_process import InProcessStages
+from deployments.workflows.chains import chain_links, with_input
 
-NOT_FLAGS = ("image", "prompt", "n", "output_format")  # positional, --prompt, one image, from --out's suffix
+# positional, --prompt, one image, from --out's suffix; a guard judges images a server answers or retries (not here)
+NOT_FLAGS = ("image", "prompt", "n", "output_format", "guard")
 
 
 def main() -> int:
@@ -38,10 +40,14 @@ def main() -> int:
     try:
         ensure_generated(model)
         spec = resolve_model(model)
-        values = {"seed": 0, **given(args, flags), "output_format": output_format}
         images = [path.read_bytes() for path in args.images]
-        parameters = parse(spec.request_model(), {**values, "prompt": args.prompt, "image": images})
-        edited = InProcessStages(model).edit(parameters)
+        values = {"seed": 0, **given(args, flags), "output_format": output_format, "prompt": args.prompt, "image": images}
+        request_model = spec.request_model()
+        first, *later = chain_links(request_model, parse(request_model, values), values)  # --chain: each link edits the last image
+        stages = InProcessStages(model)
+        edited = stages.edit(first, later_links=tuple(later))
+        for link in later:
+            edited = stages.edit(with_input(link, edited.data), derived_from=edited.provenance)
     except EditError as e:
         parser.exit(2, f"error: {e.message}\n")
     args.out.write_bytes(edited.data)

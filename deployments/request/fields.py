@@ -50,7 +50,8 @@ NegativePrompt = Annotated[
 # A chain of further instructions (deployments/workflows/chains.py): instructions, or objects with a prompt
 # and fields of their own.
 ChainField = Annotated[
-    tuple[str | dict[str, Any], ...], json_text('["make it night", {"prompt": "add snow", "seed": 3}]', CHAIN_CHARS, empty=(), off=False),
+    tuple[str | dict[str, Any], ...],
+    json_text('["make it night", {"prompt": "add snow", "seed": 3}]', CHAIN_CHARS, empty=(), off=False, kind="a JSON list"),
     Field(max_length=16),
 ]
 
@@ -65,7 +66,8 @@ class AdapterChoice(BaseModel):
 
 
 AdapterChoices = Annotated[
-    tuple[AdapterChoice, ...], json_text('[{"name": "lightning-8step", "scale": 1.0}]', ADAPTER_LIST_CHARS, empty=(), off=False)
+    tuple[AdapterChoice, ...],
+    json_text('[{"name": "lightning-8step", "scale": 1.0}]', ADAPTER_LIST_CHARS, empty=(), off=False, kind='a JSON list of {"name", "scale"}'),
 ]
 
 

@@ -19,10 +19,10 @@ ADAPTER_LIST_CHARS = 8_000  # `lora`: at most 16 {"name", "scale"} objects
 CHAIN_CHARS = 300_000  # `chain`: up to 16 links, each with prompts of thousands of characters
 
 
-def read_json(value: str, example: str, max_chars: int, off: bool = False) -> Any:
-    """`value` parsed as JSON; a PydanticCustomError (saying what is allowed, with `example`) when it
-    is longer than `max_chars` or not JSON."""
-    allowed = f"JSON such as {example}" + (", or off" if off else "")
+def read_json(value: str, example: str, max_chars: int, off: bool = False, kind: str = "JSON") -> Any:
+    """`value` parsed as JSON; a PydanticCustomError (saying what is allowed: `kind` such as `example`)
+    when it is longer than `max_chars` or not JSON."""
+    allowed = f"{kind} such as {example}" + (", or off" if off else "")
     if len(value) > max_chars:
         raise PydanticCustomError(
             "as_is", "may be at most {most} characters of {allowed}; got {got}", {"most": max_chars, "allowed": allowed, "got": len(value)}
@@ -35,7 +35,7 @@ def read_json(value: str, example: str, max_chars: int, off: bool = False) -> An
         ) from None
 
 
-def json_text(example: str, max_chars: int, empty: Any = None, off: bool = True) -> BeforeValidator:
+def json_text(example: str, max_chars: int, empty: Any = None, off: bool = True, kind: str = "JSON") -> BeforeValidator:
     """A validator that reads a text value as JSON (read_json): "" (and, with `off`, the word off) is
     `empty`; a value that is not text is left as it is."""
 
@@ -44,7 +44,7 @@ def json_text(example: str, max_chars: int, empty: Any = None, off: bool = True)
             return value
         if not value.strip() or (off and value.strip() == "off"):
             return empty
-        return read_json(value, example, max_chars, off)
+        return read_json(value, example, max_chars, off, kind)
 
     return BeforeValidator(parse)
 

@@ -38,10 +38,11 @@ class InProcessStages:
     def conditioning(self, values: dict[str, Any]) -> Conditioning:
         return self.encoder.encode(self.request(values))
 
-    def edit(self, parameters: EditParameters, derived_from: dict | None = None) -> EditedImage:
-        """One edit (`derived_from`: for a chain's later link, the provenance record of the image it edits)."""
+    def edit(self, parameters: EditParameters, derived_from: dict | None = None, later_links: tuple = ()) -> EditedImage:
+        """One edit (`derived_from`: for a chain's later link, the provenance record of the image it edits;
+        `later_links`: for its link 1, the links after it, which the Encoder checks first)."""
         start = time.perf_counter()
-        request = EditRequest(parameters, derived_from=derived_from)
+        request = EditRequest(parameters, derived_from=derived_from, later_links=later_links)
         edited = self.decoder.decode(self.denoiser.denoise([self.encoder.encode(request)])[0])
         logger.info("made a %dx%d %s in %.2fs with %s", edited.width, edited.height, edited.format, time.perf_counter() - start, self.model)
         return edited

@@ -259,7 +259,7 @@ def test_malformed_rows_become_error_rows_naming_their_column(image_tree, tiny_c
     good = {"image": ["imgs/a.png"], "instruction": "make it blue"}
     rows = {
         "null image": ({**good, "image": ["imgs/a.png", None]}, "image: must be a file path or URI, got None"),
-        "deep chain": ({**good, "chain": "[" * 5000}, "chain: must be JSON such as"),
+        "deep chain": ({**good, "chain": "[" * 5000}, "chain: must be a JSON list such as"),
         "deep cache": ({**good, "cache": '{"a":' * 300}, "cache: must be JSON such as"),
         "huge lora": ({**good, "lora": "[" + "{}," * 5000 + "{}]"}, "lora: may be at most"),
         "bool seed": ({**good, "seed": True}, "seed: must be an integer in [0,"),
@@ -273,3 +273,20 @@ def test_malformed_rows_become_error_rows_naming_their_column(image_tree, tiny_c
             assert pd.isna(built.loc[name, "error"]) and built.loc[name, "item"] is not None
         else:
             assert str(built.loc[name, "error"]).startswith(error), (name, built.loc[name, "error"])
+
+
+def test_a_later_pass_carries_each_rows_next_edit_as_columns_not_in_a_closure():
+    """Follow-up passes pickled every pending row's next edit and provenance JSON into each read task's
+    closure (gigabytes at a million chained rows); now the rows carry it, joined in the pipeline."""
+    import dataclasses
+
+    from cluster.bulk.follow_ups import Pending, as_table, with_pending
+    from cluster.bulk.requests import RequestBuilder
+
+    assert "pending" not in {field.name for field in dataclasses.fields(RequestBuilder)}
+    assert {field.name for field in dataclasses.fields(Pending)} == {"link", "image", "retry_of_seed"}  # no provenance
+    rows = pa.table({"id": ["r0", "r1", "r2"], "image": [["a.png", "b.png"], ["c.png"], ["d.png"]]})  # a list column too
+    joined = with_pending(rows, as_table({"r2": Pending(1, "images/r2-link1.png"), "r0": Pending(0, None, 7)}))
+    assert [Pending.of_row(row) for row in joined.to_pandas().sort_values("id").to_dict("records")] == [
+        Pending(0, None, 7), Pending(1, "images/r2-link1.png")]
+    assert joined.column("image").to_pylist() == [["a.png", "b.png"], ["d.png"]]

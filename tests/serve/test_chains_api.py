@@ -42,7 +42,7 @@ def test_a_chain_is_checked_whole_before_any_work_and_a_failing_link_is_named(cl
         ({"chain": json.dumps(["ok", {"prompt": "x", "num_inference_steps": 0}])}, "chain", "chain[1].num_inference_steps: must be an integer"),
         ({"chain": json.dumps([{"prompt": "x", "mask": "m"}])}, "chain", "chain[0]: mask belong to the whole request"),
         ({"chain": json.dumps([{"seed": 3}])}, "chain", "chain[0]: give an instruction, or an object with a prompt"),
-        ({"chain": "[not json"}, "chain", "chain: must be JSON such as [\"make it night\""),
+        ({"chain": "[not json"}, "chain", "chain: must be a JSON list such as [\"make it night\""),
         ({"chain": json.dumps(["a", "b", "c", "d"])}, "chain", "a request may have at most 4 links in all, got 5"),
         ({"chain": json.dumps(["a"]), "stream": "true"}, "chain", "a chained edit can't be streamed"),
         ({"chain_intermediates": "true"}, "chain_intermediates", "needs a chain"),

@@ -72,3 +72,24 @@ def test_a_repeated_request_is_a_hit_with_the_same_bytes_and_faster_online_and_i
         online, _ = edit(seed="5")
         assert online["data"][0]["result_cache"] == "hit"
         assert base64.b64decode(online["data"][0]["b64_json"]) == (tmp_path / "out" / results.loc["new", "output"]).read_bytes()
+
+
+def test_a_cache_that_does_not_answer_is_a_miss_after_its_timeout_then_skipped(served, tiny_checkpoints):
+    """Cache calls had no timeout: with the ResultCache replica down, edits waited until their deadline
+    and answered 504 though the image was made. Here the cache has no replica and won't start one
+    (scaled to zero, a 10-minute upscale delay): a lookup gives up after `call_timeout_s`, and later
+    requests skip the cache for a while instead of paying the timeout again."""
+    down = {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1, "upscale_delay_s": 600}
+    settings = app_settings(tiny_checkpoints["edit-plus"], result_cache={
+        "enabled": True, "call_timeout_s": 1.5, "deployment": {"autoscaling_config": down},
+    })
+    with deployed(build_app(settings), "cache-down", "/cache-down"):
+        client = Client(f"{served}/cache-down")
+        answers = []
+        for seed in ("1", "2"):
+            response = client.post("/v1/images/edits", files=[("image", ("p.png", PHOTO, "image/png"))], data={**FIELDS, "seed": seed})
+            assert response.status_code == 200, response.text
+            answers.append(response.json())
+        assert [answer["data"][0]["result_cache"] for answer in answers] == ["miss", "miss"]
+        assert 1.4 < answers[0]["timings"]["result_cache_lookup"] < 5  # the timeout, then the edit was made
+        assert answers[1]["timings"]["result_cache_lookup"] < 0.5  # skipped: no second wait
