@@ -3,8 +3,8 @@ each stage and of its replicas) and Ray's actor table (where a replica waits).
 
 A stage that lost its replica normally has a replacement starting within seconds, and requests wait
 for it (their calls are made again: serve/stage_calls.py). But when no node has room for the
-replacement — its replica actors all wait, unplaced, for resources (Ray's PENDING_CREATION, no node,
-no process) for longer than PLACEMENT_GRACE_S — waiting would only end at each request's deadline
+replacement — its replica actors all wait, unplaced, for resources (Ray's PENDING_CREATION with no
+worker process) for longer than PLACEMENT_GRACE_S — waiting would only end at each request's deadline
 (a 504). Such a stage has no capacity: new requests, and requests waiting on it, get a fast 503 with
 Retry-After, and /healthz says which stage and why, until a replica runs again (a node joined, or
 another stage's replica left room).
@@ -116,7 +116,7 @@ def serving(state: str, replicas: dict[str, int]) -> bool:
 
 def observe(app: str) -> tuple[dict[str, tuple[str, dict[str, int]]], dict[str, int]]:
     """Each stage deployment's Serve status and its replicas by state, and how many of its replica
-    actors wait unplaced (no node, no process yet)."""
+    actors wait unplaced (no worker process yet)."""
     deployments = serve.status().applications[app].deployments
     states = {
         name: (deployments[name].status.value, {str(getattr(k, "value", k)): n for k, n in deployments[name].replica_states.items()})
@@ -125,6 +125,7 @@ def observe(app: str) -> tuple[dict[str, tuple[str, dict[str, int]]], dict[str, 
     unplaced: dict[str, int] = {}
     for actor in ray._private.state.actors(actor_state_name="PENDING_CREATION").values():
         deployment = actor["ActorClassName"].removeprefix(f"ServeReplica:{app}:")
-        if deployment in STAGES.values() and not actor["Pid"] and not actor["Address"]["NodeID"].strip("0"):
+        # no worker process yet: not placed (its `Address` names a node even so)
+        if deployment in STAGES.values() and not actor["Pid"]:
             unplaced[deployment] = unplaced.get(deployment, 0) + 1
     return states, unplaced

@@ -67,7 +67,9 @@ class AdapterChoice(BaseModel):
 
 AdapterChoices = Annotated[
     tuple[AdapterChoice, ...],
-    json_text('[{"name": "lightning-8step", "scale": 1.0}]', ADAPTER_LIST_CHARS, empty=(), off=False, kind='a JSON list of {"name", "scale"}'),
+    json_text(
+        '[{"name": "lightning-8step", "scale": 1.0}]', ADAPTER_LIST_CHARS, empty=(), off=False, kind='a JSON list of {"name", "scale"}'
+    ),
 ]
 
 

@@ -39,8 +39,8 @@ def chain_links(model, parameters, values: dict[str, Any]) -> tuple:
         fixed = sorted(set(given) & set(IMAGE_OF_THE_REQUEST))
         if fixed:
             raise InvalidInputError("chain", f"chain[{k}]: {', '.join(fixed)} belong to the whole request, not to a link")
-        foreign = sorted(set(given) - set(fields))
-        if foreign:  # e.g. `model` or `stream`: the call's options, which a link can't change
+        foreign = sorted(set(given) & (set(model.model_fields) - set(fields)))
+        if foreign:  # the call's options (`model`, `stream`, ...): a link can't change them (other names: parse says)
             raise InvalidInputError(
                 "chain", f"chain[{k}]: {', '.join(map(repr, foreign))} can't be set in a link; a link sets its prompt and request "
                 f"parameters (its adapters with `lora`): {', '.join(name for name in fields if name not in IMAGE_OF_THE_REQUEST)}",

@@ -1,12 +1,18 @@
 """Helpers shared by the serve/ tests: the test app's settings, deploying an extra app for one test,
-an HTTP client, a free port, the Denoiser's counters."""
+an HTTP client, a free port, the Denoiser's counters, fuzzing an app from its OpenAPI document."""
 
 import contextlib
 import socket
+import time
 from pathlib import Path
 
 import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
 from ray import serve
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation.modes import GenerationMode
+from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
 from serve.settings import AppSettings
 
@@ -68,3 +74,31 @@ def deployed(app, name: str, route_prefix: str | None):
         yield handle
     finally:
         serve.delete(name)
+
+
+FUZZ_CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+FUZZ_EXAMPLES = 150  # per operation and mode; edit requests are refused in milliseconds (a fuzzed image is no image)
+FUZZ_MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
+
+
+def fuzz(base_url: str, mode: GenerationMode) -> list[float]:
+    """Fuzzes every operation of the app at `base_url` with values its document allows (positive) or
+    doesn't (negative); returns each request's seconds. Fails on a 5xx or an undocumented response."""
+    schema = schemathesis.openapi.from_url(base_url + "/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == 4  # the page, models, health, edits
+    seconds = []
+    for operation in operations:
+        if mode is GenerationMode.NEGATIVE and not operation.body:  # no input to make invalid (the GETs take none)
+            continue
+
+        @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def call(case):
+            started = time.monotonic()
+            response = case.call(base_url=base_url, timeout=120)
+            seconds.append(time.monotonic() - started)
+            case.validate_response(response, checks=FUZZ_CHECKS)
+
+        call()
+    return seconds

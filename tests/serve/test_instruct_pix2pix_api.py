@@ -8,7 +8,7 @@ from openai import BadRequestError, OpenAI
 
 from deployments.stages.in_process import InProcessStages
 from tests.helpers import edit_request, image_bytes, random_image
-from tests.serve.support import Client, app_settings
+from tests.serve.support import FUZZ_MODES, Client, app_settings, fuzz
 from tests.serve.test_http_api import assert_same_image
 
 PREFIX = "/pix2pix"
@@ -95,3 +95,10 @@ def test_openai_sdk_streams_previews_then_the_same_image(pix2pix):
     with pytest.raises(BadRequestError) as info:
         client.images.edit(image=[photo, photo], prompt="two", extra_body=extra)
     assert info.value.body["param"] == "image"
+
+
+@pytest.mark.parametrize("mode", FUZZ_MODES)
+def test_fuzzed_from_its_openapi_document_no_server_error(pix2pix, mode):
+    """tests/serve/test_fuzzed_api.py's fuzzing, on this app."""
+    seconds = fuzz(pix2pix.base_url, mode)
+    print(f"\nfuzzed the InstructPix2Pix app ({mode.value}): {len(seconds)} requests in {sum(seconds):.1f}s")

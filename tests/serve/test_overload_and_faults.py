@@ -17,10 +17,10 @@ from types import SimpleNamespace
 import psutil
 import pytest
 import requests
-from ray import serve
 
 from deployments.stages.encoder import Encoder
 from serve.app import build_app
+from serve.capacity import StageCapacity
 from serve.ingress import Ingress
 from serve.settings import DenoiserStage
 from serve.stages import DenoiserDeployment
@@ -195,10 +195,10 @@ def test_a_stream_whose_client_goes_away_cancels_its_work(client):
     assert denoiser_stats(APP)["finished"] == before["finished"]
 
 
-def test_healthz_answers_503_never_500_when_serve_cannot_say(ray_cluster, monkeypatch):
+def test_healthz_answers_503_never_500_when_serve_cannot_say(ray_cluster):
     """While an app is being (re)deployed Serve's status may lack it or a stage, or the controller may
     not answer: the health route says 503 (retry), not an internal error."""
-    monkeypatch.setattr(serve, "get_replica_context", lambda: SimpleNamespace(app_name="being-redeployed"))
-    ingress = SimpleNamespace(served_model="edit-plus")  # what the route reads of its replica
+    # what the route reads of its replica: an app Serve's status doesn't have
+    ingress = SimpleNamespace(served_model="edit-plus", capacity=StageCapacity("being-redeployed"), _watch_capacity=lambda: None)
     response = asyncio.run(Ingress.func_or_class.healthz(ingress, None))
     assert response.status_code == 503 and json.loads(response.body)["error"]["type"] == "overloaded"

@@ -84,10 +84,15 @@ def test_a_taylorseer_that_would_predict_from_too_few_outputs_is_refused(warm_up
 
 
 @pytest.mark.parametrize("link", [{"model": "style"}, {"stream": True}, {"timeout": 5}, {"partial_images": 1}])
-def test_a_chain_link_cannot_set_the_calls_options(link):
-    """A link's `model` was accepted and silently ignored."""
-    error = refusal(chain=json.dumps([{"prompt": "add snow", **link}]))
+def test_a_chain_link_cannot_set_the_calls_options(tiny_checkpoints, link):
+    """A link's `model` was accepted online and silently ignored (the form's fields are the call's too)."""
+    from deployments.checkpoints.loader import resolve_model
+    from serve.schema import ServedModel
+
+    form = ServedModel("edit", resolve_model(tiny_checkpoints["edit"])).form_model(Limits(), 300)
+    error = refusal(form, chain=json.dumps([{"prompt": "add snow", **link}]))
     assert error.param == "chain" and f"{next(iter(link))!r} can't be set in a link" in error.message, error.message
+    assert "is not a field of this API" in refusal(chain=json.dumps([{"prompt": "x", **link}])).message  # no such field in bulk rows
 
 
 def test_the_work_limit_holds_for_the_whole_request():
