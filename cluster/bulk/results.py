@@ -14,6 +14,7 @@
 
 import dataclasses
 import functools
+import posixpath
 import time
 import uuid
 
@@ -87,10 +88,11 @@ def to_result_rows(batch: pd.DataFrame, model: str, declared: type[EditParameter
     return pa.Table.from_pandas(rows[schema.names].reset_index(drop=True), schema=schema, preserve_index=False)
 
 
-def write_part(output: Output, rows: pa.Table) -> str:
+def write_part(output: Output, rows: pa.Table, name: str | None = None) -> str:
+    """Writes `rows` as a part: a new one, or the part `name` (a file name in OUT/results) replaced."""
     sink = pa.BufferOutputStream()
     pq.write_table(rows, sink)
-    return output.write(f"{FOLDER}/part-{uuid.uuid4().hex}{SUFFIX}", sink.getvalue().to_pybytes())
+    return output.write(f"{FOLDER}/{name or f'part-{uuid.uuid4().hex}{SUFFIX}'}", sink.getvalue().to_pybytes())
 
 
 class ResultsWriter:
@@ -126,9 +128,11 @@ def read_results(output: Output) -> pa.Table:
 
 def compact(output: Output, declared: type[EditParameters]) -> pa.Array:
     """Leaves one `ok` row per id from earlier runs (their first, in part order) and no error rows;
-    returns those ids. Parts that lose rows, or were written with another schema, are rewritten
-    (the new part first, then the old one deleted: a kill in between leaves only duplicates of `ok`
-    rows, which the next compaction drops)."""
+    returns those ids. Parts that lose rows, or were written with another schema, are rewritten. On a
+    local disk: the new part first, then the old one deleted (a kill in between leaves only duplicates
+    of `ok` rows, which the next compaction drops). On object storage each is replaced in place (one
+    object put, atomic), an emptied part included: deleting an object there makes pyarrow write an
+    empty folder-marker object for its parent, and OUT holds nothing but images and parts."""
     schema = result_schema(declared)
     parts = output.files(FOLDER, SUFFIX)
     if not parts:
@@ -145,10 +149,13 @@ def compact(output: Output, declared: type[EditParameters]) -> pa.Array:
     for n, path in enumerate(parts):
         if kept_per_part[n] == rows_per_part[n] and same_schema[n]:
             continue  # the common case: an untouched part is never read in full
-        if kept_per_part[n]:
-            rows = kept.filter(pc.equal(kept["part"], n))["row"]
-            table = pq.read_table(path, filesystem=output.filesystem).take(rows)
-            write_part(output, _as_schema(table, schema, path))
+        rows = kept.filter(pc.equal(kept["part"], n))["row"]
+        table = _as_schema(pq.read_table(path, filesystem=output.filesystem).take(rows), schema, path)
+        if not output.local:
+            write_part(output, table, name=posixpath.basename(path))
+            continue
+        if len(table):
+            write_part(output, table)
         output.delete(path)
     return kept["id"].combine_chunks()
 

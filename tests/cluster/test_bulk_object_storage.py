@@ -100,3 +100,24 @@ def test_killed_job_on_object_storage_resumes_to_exactly_once(s3, tiny_checkpoin
     names = keys(s3, "run/")
     assert all(name.startswith("run/images/") or (name.startswith("run/results/part-") and name.endswith(".parquet")) for name in names)
     assert len([name for name in names if name.startswith("run/images/")]) == ROWS
+
+
+def test_compacting_on_object_storage_leaves_nothing_but_images_and_parts(s3):
+    """A resume rewrote parts that lost rows by deleting the old object, and pyarrow's S3 delete then
+    wrote an empty folder-marker object `results/` into OUT. On object storage a part is replaced in
+    place (one put), an emptied one included, and OUT holds only parts."""
+    from cluster.bulk.results import ResultsWriter, compact, read_results
+    from cluster.bulk.storage import Output
+    from tests.cluster.test_bulk_results import QWEN, rows
+
+    output = Output.at("s3://edited/compacted")
+    writer = ResultsWriter(output, part_rows=2, part_seconds=60)
+    writer.add(rows(["a", "b"], {"b": "image: could not be read"}))  # loses its error row
+    writer.add(rows(["c", "d"], {"c": "x", "d": "y"}))  # loses every row
+    writer.add(rows(["e", "f"]))  # untouched
+    writer.flush()
+    done = compact(output, QWEN)
+    assert sorted(done.to_pylist()) == ["a", "e", "f"]
+    assert sorted(read_results(output).column("id").to_pylist()) == ["a", "e", "f"]
+    names = keys(s3, "compacted/")
+    assert len(names) == 3 and all(name.startswith("compacted/results/part-") and name.endswith(".parquet") for name in names), names
