@@ -35,7 +35,7 @@ class EditRequest:
     request_id: str = ""
     timings: dict[str, float] = field(default_factory=dict, compare=False)
     derived_from: dict[str, Any] | None = None  # a chain's later link: the provenance record of the image it edits
-    # A chain's link 1: the later links, which the Encoder checks too before this one runs (their images are placeholders)
+    # A chain's link: the links after it, which the Encoder checks too before this one runs (their images are placeholders)
     later_links: tuple[EditParameters, ...] = field(default=(), compare=False)
 
     @property

@@ -3,8 +3,10 @@ each stage and of its replicas) and Ray's actor table (where a replica waits).
 
 A stage that lost its replica normally has a replacement starting within seconds, and requests wait
 for it (their calls are made again: serve/stage_calls.py). But when no node has room for the
-replacement — its replica actors all wait, unplaced, for resources (Ray's PENDING_CREATION with no
-worker process) for longer than PLACEMENT_GRACE_S — waiting would only end at each request's deadline
+replacement — its replica actors all wait, unplaced (Ray's PENDING_CREATION with no worker process),
+for longer than PLACEMENT_GRACE_S, and the cluster's free resources can't hold one replica of the
+stage (a replica whose worker is still being set up, say installing its runtime environment, has
+its node's resources) — waiting would only end at each request's deadline
 (a 504). Such a stage has no capacity: new requests, and requests waiting on it, get a fast 503 with
 Retry-After, and /healthz says which stage and why, until a replica runs again (a node joined, or
 another stage's replica left room).
@@ -13,11 +15,13 @@ Checked every CHECK_S in a background task: one call to Serve's controller, one 
 """
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import ray
 import ray._private.state
 from ray import serve
 
@@ -39,8 +43,9 @@ RETRY_AFTER_S = 10  # what a 503 for no capacity tells clients: a node may take 
 class StageCapacity:
     """The ingress's view of its app's stages, refreshed by `watch`."""
 
-    def __init__(self, app: str):
+    def __init__(self, app: str, demands: dict[str, dict[str, float]] | None = None):
         self.app = app
+        self.demands = demands or {}  # stage -> the resources one of its replicas asks for
         self.states: dict[str, tuple[str, dict[str, int]]] = {}  # deployment -> (status, replicas by state)
         self.unplaceable: dict[str, str] = {}  # stage -> why it has no replica and none can be placed
         self._waiting_since: dict[str, float] = {}  # stage -> since when it has had no running replica, only unplaced ones
@@ -56,19 +61,25 @@ class StageCapacity:
                 logger.warning("could not read the stages' status: %r", e)
             await asyncio.sleep(CHECK_S)
 
-    def update(self, states: dict[str, tuple[str, dict[str, int]]], unplaced: dict[str, int], now: float | None = None) -> None:
-        """The view from Serve's `states` and the number of `unplaced` replica actors of each deployment."""
+    def update(
+        self, states: dict[str, tuple[str, dict[str, int]]], unplaced: dict[str, int], available: dict[str, float],
+        now: float | None = None,
+    ) -> None:
+        """The view from Serve's `states`, the number of `unplaced` replica actors of each deployment and
+        the cluster's `available` resources."""
         now = time.monotonic() if now is None else now
         self.states = states
         unplaceable = {}
         for stage, deployment in STAGES.items():
             _, replicas = states.get(deployment, ("", {}))
-            if replicas.get("RUNNING", 0) == 0 and unplaced.get(deployment, 0) > 0:
+            demand = self.demands.get(stage, {})
+            fits = all(available.get(resource, 0.0) >= amount for resource, amount in demand.items())
+            if replicas.get("RUNNING", 0) == 0 and unplaced.get(deployment, 0) > 0 and not fits:
                 since = self._waiting_since.setdefault(stage, now)
                 if now - since >= PLACEMENT_GRACE_S:
                     unplaceable[stage] = (
                         f"the {deployment} stage has no running replica and Ray can place none of its {unplaced[deployment]} "
-                        f"waiting replica(s): no node has the resources they ask for"
+                        f"waiting replica(s): the cluster lacks the resources one asks for ({demand})"
                     )
             else:
                 self._waiting_since.pop(stage, None)
@@ -84,11 +95,11 @@ class StageCapacity:
         if why:
             raise NoCapacityError(f"no capacity: {'; '.join(why)}; retry later")
 
-    async def serving(self, stage: str, work: Awaitable) -> Any:
-        """`work` (a call to `stage`), unless the stage has no capacity or comes to have none while it
-        waits: then a fast 503 instead of a wait until the request's deadline."""
+    async def serving(self, stage: str, start: Callable[[], Awaitable]) -> Any:
+        """`start()`'s work (a call to `stage`, made only if the stage has capacity), unless the stage
+        comes to have none while it waits: then a fast 503 instead of a wait until the request's deadline."""
         self.refuse_if_unplaceable(stage)
-        task = asyncio.ensure_future(work)
+        task = asyncio.ensure_future(start())
         try:
             while True:
                 changed = asyncio.ensure_future(self._changed.wait())
@@ -100,7 +111,10 @@ class StageCapacity:
                     return task.result()
                 self.refuse_if_unplaceable(stage)
         finally:
-            task.cancel()  # nothing if it is done
+            if not task.done():  # refused, or the caller was cancelled: the work stops before we go on
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
 
 class NoCapacityError(OverloadedError):
@@ -114,9 +128,9 @@ def serving(state: str, replicas: dict[str, int]) -> bool:
     return state in SERVING_STATES or any(replicas.get(name, 0) > 0 for name in SERVING_REPLICA_STATES)
 
 
-def observe(app: str) -> tuple[dict[str, tuple[str, dict[str, int]]], dict[str, int]]:
-    """Each stage deployment's Serve status and its replicas by state, and how many of its replica
-    actors wait unplaced (no worker process yet)."""
+def observe(app: str) -> tuple[dict[str, tuple[str, dict[str, int]]], dict[str, int], dict[str, float]]:
+    """Each stage deployment's Serve status and its replicas by state, how many of its replica actors
+    wait unplaced (no worker process yet), and the cluster's free resources."""
     deployments = serve.status().applications[app].deployments
     states = {
         name: (deployments[name].status.value, {str(getattr(k, "value", k)): n for k, n in deployments[name].replica_states.items()})
@@ -128,4 +142,4 @@ def observe(app: str) -> tuple[dict[str, tuple[str, dict[str, int]]], dict[str, 
         # no worker process yet: not placed (its `Address` names a node even so)
         if deployment in STAGES.values() and not actor["Pid"]:
             unplaced[deployment] = unplaced.get(deployment, 0) + 1
-    return states, unplaced
+    return states, unplaced, ray.available_resources()

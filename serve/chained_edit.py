@@ -49,7 +49,7 @@ class ChainedEdit:
         for k, link in enumerate(self.links[1:], start=1):
             request = EditRequest(
                 with_input(link, made[-1].data), request_id=f"{self.request.request_id}-{k}", timings={"sent_at": time.time()},
-                derived_from=made[-1].provenance,
+                derived_from=made[-1].provenance, later_links=self.links[k + 1 :],  # checked again: link 1 may have been a cache hit
             )
             edit = self.staged(request)
             self.edits.append(edit)

@@ -68,7 +68,7 @@ class Ingress:
         self.served_model = served.name
         self.form_model = served.form_model(settings.limits, settings.request_timeout_s)
         self.openapi_document = openapi_document(self.form_model)
-        self.capacity = StageCapacity(serve.get_replica_context().app_name)
+        self.capacity = StageCapacity(serve.get_replica_context().app_name, settings.stage_demands())
         self._watching: asyncio.Task | None = None
         self.parameters_schema = served.spec.request_model(settings.limits, served.lora).model_json_schema()  # /v1/models
         self.created = int(time.time())
@@ -157,7 +157,7 @@ class Ingress:
         streaming client gets the same 4xx / 503 as a non-streaming one."""
         steps = edit.denoising_events(parsed.seeds[0], parsed.partial_images)
         try:  # the stream's first event says the request is in the loop (ACCEPTED)
-            await self.capacity.serving("denoise", steps.__anext__())
+            await self.capacity.serving("denoise", steps.__anext__)
         except BaseException:  # refused, failed, timed out, or the client went away
             await steps.aclose()
             raise

@@ -72,9 +72,11 @@ class CachedResults:
         after a failure: the cache is an optimisation, never a reason for an edit to fail or wait."""
         if not self.reachability.worth_calling:
             return None
+        response = method.remote(*args)
         try:
-            return await asyncio.wait_for(method.remote(*args), self.timeout_s)
+            return await asyncio.wait_for(response, self.timeout_s)
         except Exception as e:
+            response.cancel()  # not left queued in Serve's router for a cache that may never answer
             self.reachability.failed()
             logger.warning("result cache %s failed (%r); going on without the cache for %.0fs", what, e, self.reachability.pause_s)
             return None

@@ -12,10 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import DeploymentSchema
 
+from deployments.checkpoints.identity import gpu_device
 from deployments.settings.fast_path import FastPath
 from deployments.settings.limits import Limits
 from deployments.settings.loop import LoopSettings
 from deployments.settings.lora import LoraSettings
+from serve.stage_protocol import DEFAULT_OPTIONS
+
+STAGE_SETTINGS = {"encode": "encoder", "denoise": "denoiser", "decode": "decoder"}  # stage -> its settings in AppSettings
 
 
 class _Settings(BaseModel):
@@ -44,12 +48,20 @@ class DeploymentOptions(DeploymentSchema):
         """Keyword arguments for `Deployment.options`: what the config set."""
         return self.model_dump(exclude_unset=True, exclude={"name"})
 
+    def resource_demand(self) -> dict[str, float]:
+        """The resources one replica asks Ray for (the stage defaults where the config sets none)."""
+        actor = {**DEFAULT_OPTIONS["ray_actor_options"], **self.options().get("ray_actor_options", {})}
+        demand = {"CPU": actor.get("num_cpus", 1), "GPU": actor.get("num_gpus", 0), **actor.get("resources", {})}
+        if actor.get("accelerator_type"):
+            demand[f"accelerator_type:{actor['accelerator_type']}"] = 0.001  # how Ray asks for a node type
+        return {resource: amount for resource, amount in demand.items() if amount}
+
     @property
-    def device_type(self) -> str:
+    def device(self) -> str:
         """Where its replicas run the model: "cuda" when they hold a GPU (Ray hides GPUs from an actor
-        that asks for none), else "cpu"."""
+        that asks for none), "cuda:<type>" when pinned to a GPU type, else "cpu"."""
         actor = self.options().get("ray_actor_options", {})
-        return "cuda" if actor.get("num_gpus") else "cpu"
+        return gpu_device(actor.get("num_gpus", 0), actor.get("accelerator_type"))
 
 
 class BatchedStage(_Settings):
@@ -117,8 +129,11 @@ class AppSettings(_Settings):
     decoder: BatchedStage = Field(default_factory=BatchedStage)
     result_cache: ResultCacheSettings = Field(default_factory=ResultCacheSettings)
 
+    def stage_demands(self) -> dict[str, dict[str, float]]:
+        """The resources one replica of each stage asks for (serve/capacity.py)."""
+        return {stage: getattr(self, key).deployment.resource_demand() for stage, key in STAGE_SETTINGS.items()}
+
     def stage_engines(self) -> dict[str, tuple[str, FastPath]]:
         """Each stage's device type and fast path (deployments/checkpoints/identity.py)."""
-        return {stage: (getattr(self, key).deployment.device_type, getattr(self, key).fast_path)
-                for stage, key in (("encode", "encoder"), ("denoise", "denoiser"), ("decode", "decoder"))}
+        return {stage: (getattr(self, key).deployment.device, getattr(self, key).fast_path) for stage, key in STAGE_SETTINGS.items()}
 

@@ -155,17 +155,18 @@ class StagedEdit:
         (its input made anew too if the loss took it)."""
         source = await made(again)
         try:
-            return await self._serving(stage, finished(call(source)))
+            return await self._serving(stage, lambda: finished(call(source)))
         except Exception as e:
             if not caused_by(e, REPLICA_LOST):
                 raise
             self._lost(stage, e)
             source = await made(caused_by(e, ObjectLostError))
-            return await self._serving(stage, finished(call(source)))
+            return await self._serving(stage, lambda: finished(call(source)))
 
-    async def _serving(self, stage: str, work: Awaitable) -> ObjectRef:
-        """`work`, or a fast 503 once `stage` has no replica and none can be placed."""
-        return await (work if self.capacity is None else self.capacity.serving(stage, work))
+    async def _serving(self, stage: str, start: Callable[[], Awaitable]) -> ObjectRef:
+        """`start()`'s call, or a fast 503 (before the call is made, or once it waits) when `stage` has
+        no replica and none can be placed."""
+        return await (start() if self.capacity is None else self.capacity.serving(stage, start))
 
     def _stop_encoding(self) -> None:
         if self._encoding is not None:

@@ -44,7 +44,7 @@ from cluster.bulk.tally import Tally
 from deployments import metrics
 from deployments.checkpoints.generated import ensure_generated
 from deployments.checkpoints.identity import STAGES as IDENTITY_STAGES
-from deployments.checkpoints.identity import engine_identity
+from deployments.checkpoints.identity import engine_identity, gpu_device
 from deployments.checkpoints.loader import ModelSpec, model_name, resolve_model
 from deployments.errors import InvalidInputError
 from deployments.request.binding import parse
@@ -218,7 +218,10 @@ def run(args, spec: ModelSpec, done: pa.Array, limits: Limits, lora: LoraSetting
 
 def stage_engines(args, fast_path: FastPath) -> dict[str, tuple[str, FastPath]]:
     """Each stage's device type and fast path (deployments/checkpoints/identity.py)."""
-    return {stage: ("cuda" if getattr(args, f"{pool}_gpus") else "cpu", fast_path) for stage, pool in zip(IDENTITY_STAGES, STAGES)}
+    return {
+        stage: (gpu_device(getattr(args, f"{pool}_gpus"), getattr(args, f"{pool}_accelerator_type")), fast_path)
+        for stage, pool in zip(IDENTITY_STAGES, STAGES)
+    }
 
 
 def drop_done(rows: pa.Table, done: pa.Array) -> pa.Table:

@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cluster.bulk.manifest import PASS_COLUMNS
 from cluster.bulk.results import GUARD, QUALITY
 from deployments import metrics
 from deployments.settings.guard import Guard
@@ -51,9 +52,7 @@ class Pending:
         return cls(int(row["pending_link"]), None if pd.isna(image) else image, None if pd.isna(seed) else int(seed))
 
 
-COLUMNS = pa.schema(
-    [("id", pa.string()), ("pending_link", pa.int64()), ("pending_image", pa.string()), ("pending_retry_of_seed", pa.int64())]
-)
+COLUMNS = pa.schema([("id", pa.string()), *zip(PASS_COLUMNS, (pa.int64(), pa.string(), pa.int64()))])
 
 
 def as_table(pending: dict[str, Pending]) -> pa.Table:

@@ -21,6 +21,7 @@ from deployments.request.fields import EditParameters
 from deployments.request.registry import foreign_field
 
 REQUIRED = ("id", "image", "instruction")
+PASS_COLUMNS = ("pending_link", "pending_image", "pending_retry_of_seed")  # a later pass's next edit (cluster/bulk/follow_ups.py)
 NOT_COLUMNS = ("image", "prompt", "n")  # image and prompt are required columns (as paths, as `instruction`)
 MAX_LISTED = 10
 ARROW_TYPES = {  # a declared field's JSON type -> the Arrow types its column may have
@@ -64,6 +65,7 @@ def check_schema(schema: pa.Schema, declared: type[EditParameters]) -> None:
     columns = parameter_columns(declared)
     problems = [f"missing required column {name!r}" for name in REQUIRED if name not in schema.names]
     problems += [f"column {name!r} {why}" for name in schema.names if (why := foreign_field(name, declared))]
+    problems += [f"column {name!r} is reserved for the job's own passes; rename it" for name in schema.names if name in PASS_COLUMNS]
     types = {field.name: field.type for field in schema}
     for name in ("id", "instruction"):
         if name in types and not _is_string(types[name]):

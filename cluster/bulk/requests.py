@@ -81,7 +81,7 @@ class RequestBuilder:
         last = pending.link == len(links) - 1  # its image is the row's result, OUT/images/<safe-id>.<ext>
         # NUL: no row's own id ends like an intermediate's, so no two requests share an image file
         request_id = row_id if last else f"{row_id}\x00link{pending.link + 1}"
-        later = links[1:] if pending.link == 0 else ()  # the Encoder checks them before link 1 runs
+        later = links[pending.link + 1 :]  # the Encoder checks them first (also after a link answered from the result cache)
         return EditRequest(link, request_id=request_id, derived_from=derived_from, later_links=later), link
 
     def _from_cache(self, request: EditRequest) -> dict:

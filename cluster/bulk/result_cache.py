@@ -37,9 +37,11 @@ class SharedResultCache:
     def _call(self, what: str, method: str, *args):
         if not self.reachability.worth_calling:
             return None
+        response = getattr(_handle(self.app), method).remote(*args)
         try:
-            return getattr(_handle(self.app), method).remote(*args).result(timeout_s=self.timeout_s)
+            return response.result(timeout_s=self.timeout_s)
         except Exception as e:
+            response.cancel()  # not left queued for a cache that may never answer
             self.reachability.failed()
             logger.warning("result cache %s failed (%r); going on without the cache for %.0fs", what, e, self.reachability.pause_s)
             return None

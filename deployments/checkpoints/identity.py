@@ -7,7 +7,6 @@ another attention backend or VAE tiling, from another revision of the checkpoint
 file under an adapter's name is never the answer to a request that would not make it.
 """
 
-import dataclasses
 import functools
 import hashlib
 import os
@@ -18,20 +17,36 @@ from deployments.checkpoints.loader import ModelSpec, dtype_name
 from deployments.settings.fast_path import FastPath
 from deployments.settings.lora import LoraAdapter, LoraSettings
 
-STAGES = ("encode", "denoise", "decode")
+# The fast-path settings each stage applies that can change pixels (deployments/devices/fast_path.py:
+# the Denoiser's kernels, the VAE's tiles); the others (slicing, pinned transfers) leave every pixel as
+# it is, so engines differing only in them share images — e.g. a bulk job and a config slicing its Decoder's VAE.
+PIXEL_SETTINGS = {"encode": ("vae_tiling",), "denoise": ("attention_backend", "compile", "fp8"), "decode": ("vae_tiling",)}
+STAGES = tuple(PIXEL_SETTINGS)
 
 
 def engine_identity(spec: ModelSpec, lora: LoraSettings, stages: dict[str, tuple[str, FastPath]]) -> dict[str, Any]:
-    """The identity of an engine that runs `spec` with `stages` (stage -> (device type, fast path)) and
-    offers `lora`'s adapters (a key lists only the adapters its request uses: `adapters`)."""
+    """The identity of an engine that runs `spec` with `stages` (stage -> (device, fast path); a device is
+    "cpu", "cuda" or "cuda:<GPU type>" where the stage is pinned to one: kernels differ between GPU
+    models) and offers `lora`'s adapters (a key lists only the adapters its request uses)."""
     return {
         "checkpoint": {"model": spec.model_id, "path": str(spec.path.resolve()), "files_sha256": _files_digest(spec.path.resolve())},
         "stages": {
-            stage: {"device": device, "dtype": dtype_name(device), "fast_path": dataclasses.asdict(fast_path)}
+            stage: {
+                "device": device, "dtype": dtype_name(device.partition(":")[0]),
+                "fast_path": {name: getattr(fast_path, name) for name in PIXEL_SETTINGS[stage]},
+            }
             for stage, (device, fast_path) in stages.items()
         },
         "adapters": {name: adapter_identity(adapter) for name, adapter in lora.adapters.items()},
     }
+
+
+def gpu_device(gpus: float, accelerator_type: str | None) -> str:
+    """A stage's device in an identity: "cpu" without GPUs, else "cuda", or "cuda:<type>" when pinned
+    to a GPU type (Ray's accelerator_type)."""
+    if not gpus:
+        return "cpu"
+    return f"cuda:{accelerator_type}" if accelerator_type else "cuda"
 
 
 def adapter_identity(adapter: LoraAdapter) -> dict[str, Any]:

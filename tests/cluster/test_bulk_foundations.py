@@ -40,6 +40,11 @@ def test_guidance_columns_of_the_other_family_are_refused():
         check_schema(schema(mask=pa.string()), IP2P)
 
 
+def test_the_job_s_own_pass_columns_are_reserved():
+    with pytest.raises(ManifestError, match="column 'pending_link' is reserved for the job's own passes"):
+        check_schema(schema(pending_link=pa.int64()), QWEN)
+
+
 def test_missing_and_mistyped_columns_are_all_named():
     bad = pa.schema([("id", pa.int64()), ("image", pa.int32()), ("seed", pa.string()), ("mask", pa.binary())])
     with pytest.raises(ManifestError) as info:

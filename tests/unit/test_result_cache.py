@@ -89,6 +89,8 @@ def test_the_key_is_the_engine_too(tiny_checkpoints, tmp_path):
     }
     for name, stages in variants.items():
         assert key(stages) != same, name
+    for neutral in ({**CPU, "decode": ("cpu", FastPath(vae_slicing=True))}, {**CPU, "encode": ("cpu", FastPath(pinned_transfers=False))}):
+        assert key(neutral) == same  # settings that change no pixel don't split the cache
     assert key(weight_name="other.safetensors") != same
     assert key(scheduler="lightning") != same
     (tmp_path / "style.safetensors").write_bytes(b"weights two")  # another file under the same name

@@ -108,3 +108,27 @@ def test_the_default_config_serves_every_tiny_model(variant, tiny_checkpoints, m
     assert result_cache is not None  # on in serve/config.yaml
     expected = {"style", "detail", "lightning-4step"} if variant == "edit-plus" else set()
     assert set(served.lora.adapters) == expected
+
+
+GPU_POOLS = ["--encoder-gpus", "0.25", "--denoiser-gpus", "0.5", "--decoder-gpus", "0.25"]
+PINNED = ["--encoder-accelerator-type", "L4", "--denoiser-accelerator-type", "H100", "--decoder-accelerator-type", "L4"]
+
+
+@pytest.mark.parametrize("config, flags", [
+    ("config.yaml", ["--encoder-gpus", "0", "--denoiser-gpus", "0", "--decoder-gpus", "0"]),
+    ("config.one-gpu.yaml", GPU_POOLS), ("config.multi-gpu.yaml", GPU_POOLS), ("config.hetero-gpu.yaml", GPU_POOLS + PINNED),
+])
+def test_a_bulk_job_on_the_same_hardware_shares_each_shipped_configs_result_cache_keys(tiny_checkpoints, config, flags):
+    """The result cache keys images by the engine too (deployments/checkpoints/identity.py): a bulk job on
+    the hardware a shipped config runs on must make the same identity — only what changes pixels counts
+    (the configs slice their Decoder's VAE; a bulk job has one fast path for every stage)."""
+    from cluster.bulk.__main__ import parse_args, stage_engines
+    from deployments.checkpoints.identity import engine_identity
+    from deployments.checkpoints.loader import resolve_model
+    from deployments.settings.fast_path import FastPath
+    from deployments.settings.lora import LoraSettings
+
+    spec = resolve_model(tiny_checkpoints["edit"])
+    online = engine_identity(spec, LoraSettings(), settings_of(CONFIG.with_name(config)).stage_engines())
+    args = parse_args(["--manifest", "m.parquet", "--output", "out", *flags])
+    assert engine_identity(spec, LoraSettings(), stage_engines(args, FastPath())) == online
