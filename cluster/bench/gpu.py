@@ -162,6 +162,7 @@ def edit_request(model: str, image_bytes: bytes, size: int, steps: int, cfg: flo
 def run_staged(model: str, device: torch.device, image_bytes: bytes, size: int, steps: int, cfg: float,
                run: Variant, scratch: Path) -> dict:
     fast, adapter = run.fast, scratch / "adapter.safetensors"
+    adapter.touch()  # offered before its weights exist (they take the loaded transformer's shapes): written below
     lora = LoraSettings(adapters={"random": LoraAdapter(source=str(adapter), scheduler="lightning")}) if run.lora_rank else LoraSettings()
     encoder, denoiser = Encoder(model, device, fast, lora), Denoiser(model, device, fast, lora)
     decoder = Decoder(model, device, fast)
