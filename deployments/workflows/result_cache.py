@@ -55,30 +55,30 @@ class ResultCache:
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._images: OrderedDict[str, EditedImage] = OrderedDict()
+        self._images: OrderedDict[str, tuple[EditedImage, int]] = OrderedDict()  # key -> (image, held_bytes)
         self._lock = threading.Lock()
         self.hits = self.misses = self.evictions = 0
 
     def get(self, key: str) -> EditedImage | None:
         with self._lock:
-            image = self._images.get(key)
-            if image is None:
+            held = self._images.get(key)
+            if held is None:
                 self.misses += 1
                 return None
             self._images.move_to_end(key)
             self.hits += 1
-            return image
+            return held[0]
 
     def put(self, key: str, image: EditedImage) -> None:
         size = held_bytes(image)
         with self._lock:
             if key in self._images or size > self.max_bytes:
                 return
-            self._images[key] = image
+            self._images[key] = (image, size)
             self.bytes += size
-            while self.bytes > self.max_bytes:
-                _, evicted = self._images.popitem(last=False)
-                self.bytes -= held_bytes(evicted)
+            while self.bytes > self.max_bytes:  # each entry's size as counted when it came in: no record is encoded twice
+                _, (_, evicted_size) = self._images.popitem(last=False)
+                self.bytes -= evicted_size
                 self.evictions += 1
 
     def stats(self) -> dict[str, int]:
